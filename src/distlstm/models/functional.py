@@ -1,0 +1,179 @@
+"""Flat parameter vectors θ and models evaluated at them.
+
+EKF, particle filters and evolution strategies treat a model as a map ``θ, X ↦ d̂``
+on a flat vector θ ∈ R^{n_θ}. This module gives
+
+* :class:`ParamSpec` — names, shapes and offsets of a module's parameters in θ, with
+  ``flatten`` / ``unflatten`` (``unflatten`` returns views, and works on a batch
+  Θ (B, n_θ) as well as on one θ);
+* :class:`FunctionalModel` — the module evaluated at one θ, or at a batch Θ of B
+  parameter vectors in one call (``torch.func.vmap`` over ``functional_call``, no
+  Python loop over B), and the gradient / Jacobian of its output with respect to θ
+  (the EKF's ``H = ∂d̂/∂θ``).
+
+The order of θ is the module's ``named_parameters()`` order. For :class:`~distlstm.LSTM`
+cells that is ``nn.LSTM``'s layout (gate order i, f, g, o; ``bias_ih`` and ``bias_hh``
+both kept). Ergen & Kozat write θ = [w; W_z; R_z; b_z; W_i; …]: the same numbers in
+another order, with z ↔ g and b = b_ih + b_hh.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value, jacrev, vmap
+
+from distlstm._checks import check_finite
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """Where each parameter of a module lives in the flat vector θ."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    offsets: tuple[int, ...]
+    numel: int
+
+    @classmethod
+    def of(cls, module: nn.Module) -> ParamSpec:
+        names, shapes, offsets, n = [], [], [], 0
+        for name, p in module.named_parameters():
+            names.append(name)
+            shapes.append(tuple(p.shape))
+            offsets.append(n)
+            n += p.numel()
+        if n == 0:
+            raise ValueError(f"{type(module).__name__} has no parameters to flatten")
+        return cls(tuple(names), tuple(shapes), tuple(offsets), n)
+
+    def slice(self, name: str) -> slice:
+        """The slice of θ that holds parameter ``name``."""
+        if name not in self.names:
+            raise KeyError(f"no parameter {name!r}; parameters are {list(self.names)}")
+        k = self.names.index(name)
+        return slice(self.offsets[k], self.offsets[k] + math.prod(self.shapes[k]))
+
+    def check(self, theta: Tensor, name: str = "theta") -> None:
+        """Raise unless ``theta`` is (n_θ,) or (B, n_θ) floating point."""
+        if not isinstance(theta, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(theta).__name__}")
+        if not theta.is_floating_point():
+            raise TypeError(f"{name} must be floating point, got dtype {theta.dtype}")
+        if theta.dim() not in (1, 2) or theta.shape[-1] != self.numel:
+            raise ValueError(f"{name}: expected shape ({self.numel},) or (B, {self.numel}), "
+                             f"got {tuple(theta.shape)}")
+
+    def flatten(self, params: Mapping[str, Tensor]) -> Tensor:
+        """Concatenate ``params`` (name → tensor) into θ (n_θ,), in spec order."""
+        missing = [n for n in self.names if n not in params]
+        if missing:
+            raise KeyError(f"parameters missing from the mapping: {missing}")
+        return torch.cat([params[n].reshape(-1) for n in self.names])
+
+    def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
+        """Views of θ (..., n_θ) as parameters (..., *shape), keyed by name."""
+        lead = theta.shape[:-1]
+        return {
+            name: theta[..., off : off + math.prod(shape)].view(*lead, *shape)
+            for name, shape, off in zip(self.names, self.shapes, self.offsets, strict=True)
+        }
+
+
+def flatten(module: nn.Module) -> Tensor:
+    """θ (n_θ,): a detached copy of ``module``'s parameters."""
+    spec = ParamSpec.of(module)
+    return spec.flatten(dict(module.named_parameters())).detach().clone()
+
+
+def assign(module: nn.Module, theta: Tensor) -> None:
+    """Copy θ (n_θ,) into ``module``'s parameters in place."""
+    spec = ParamSpec.of(module)
+    spec.check(theta)
+    if theta.dim() != 1:
+        raise ValueError(f"assign takes one parameter vector (n_θ,), got shape {tuple(theta.shape)}")
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for name, value in spec.unflatten(theta).items():
+            params[name].copy_(value)
+
+
+class FunctionalModel:
+    """A module evaluated at explicit parameter vectors.
+
+    ``fm(theta, *args, **kwargs)`` runs ``module(*args, **kwargs)`` with parameters
+    taken from ``theta``: (n_θ,) gives one output, (B, n_θ) gives B outputs stacked
+    on a new leading dimension, computed in one batched call. ``args`` are shared by
+    all members unless ``per_member=True``, in which case every positional argument
+    carries a leading dimension B (e.g. a different sequence batch per member).
+    ``kwargs`` (lengths, pooling flags…) are always shared.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.spec = ParamSpec.of(module)
+
+    @property
+    def numel(self) -> int:
+        return self.spec.numel
+
+    def flatten(self) -> Tensor:
+        """The module's current parameters as θ."""
+        return flatten(self.module)
+
+    def _call(self, theta: Tensor, *args: Any, **kwargs: Any) -> Any:
+        return functional_call(self.module, self.spec.unflatten(theta), args, kwargs)
+
+    def __call__(self, theta: Tensor, *args: Any, per_member: bool = False, **kwargs: Any) -> Any:
+        self.spec.check(theta)
+        check_finite(theta, "theta")
+        if theta.dim() == 1:
+            if per_member:
+                raise ValueError("per_member=True needs a batch of parameter vectors (B, n_θ)")
+            return self._call(theta, *args, **kwargs)
+        if per_member:
+            for k, a in enumerate(args):
+                if not isinstance(a, Tensor) or a.shape[0] != theta.shape[0]:
+                    shape = tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__
+                    raise ValueError(f"per_member argument {k}: expected leading dimension {theta.shape[0]}, "
+                                     f"got {shape}")
+        in_dims = (0,) + ((0 if per_member else None),) * len(args)
+        return vmap(lambda th, *a: self._call(th, *a, **kwargs), in_dims=in_dims)(theta, *args)
+
+    def value_and_grad(self, theta: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        """Scalar output and its gradient ∂out/∂θ (n_θ,) at one θ.
+
+        For a model with one output per call (e.g. d̂ for one sequence) this is the
+        EKF's measurement Jacobian H as a row vector.
+        """
+        self.spec.check(theta)
+        if theta.dim() != 1:
+            raise ValueError(f"value_and_grad takes one θ (n_θ,), got shape {tuple(theta.shape)}")
+
+        def scalar(th: Tensor) -> Tensor:
+            out = self._call(th, *args, **kwargs)
+            if out.numel() != 1:
+                raise ValueError(f"value_and_grad needs a scalar output, got shape {tuple(out.shape)}; "
+                                 "use jacobian for vector outputs")
+            return out.reshape(())
+
+        g, v = grad_and_value(scalar)(theta)
+        return v.detach(), g.detach()
+
+    def jacobian(self, theta: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        """Output (m,) and its Jacobian ∂out/∂θ (m, n_θ) at one θ (reverse mode, m passes)."""
+        self.spec.check(theta)
+        if theta.dim() != 1:
+            raise ValueError(f"jacobian takes one θ (n_θ,), got shape {tuple(theta.shape)}")
+
+        def vector(th: Tensor) -> tuple[Tensor, Tensor]:
+            out = self._call(th, *args, **kwargs).reshape(-1)
+            return out, out
+
+        jac, out = jacrev(vector, has_aux=True)(theta)
+        return out.detach(), jac.detach()

@@ -1,0 +1,91 @@
+"""Whole models built from a recurrent stack and a head.
+
+* :class:`SequenceRegressor` — Ergen & Kozat's map ``θ, X ↦ d̂ = wᵀ pool(LSTM(X; θ))``,
+  one scalar per variable-length sequence; the model the online filters train.
+* :class:`CharLM` — a character language model (one-hot or embedded input, recurrent
+  stack, softmax head); the model of the ES and data-parallel language-model work.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from distlstm._checks import check_ndim, check_positive_int, is_transformed
+from distlstm.models.cells import State
+from distlstm.models.heads import POOLINGS, RegressionHead, SoftmaxHead, pool
+from distlstm.models.sequence import LSTM
+
+
+class SequenceRegressor(nn.Module):
+    """``d̂ = wᵀ pool(LSTM(X))`` for a batch of variable-length sequences.
+
+    Args:
+        input_size: p, features per step.
+        hidden_size: n, units per layer.
+        cell: any registered cell; ``cell_options`` go to it.
+        pooling: ``mean`` (the paper's default), ``max`` or ``last``.
+        head_bias: add a bias to the linear estimate (the paper has none).
+
+    Inputs: ``x`` (B, T, p) batch-first, ``lengths`` (B,) or None, ``state`` or None.
+    Output: ``d̂`` (B,); with ``return_state=True`` also the carried state for stateful use.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, cell: str = "lstm",
+                 pooling: str = "mean", head_bias: bool = False, **cell_options: Any) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+        self.pooling = pooling
+        self.rnn = LSTM(input_size, hidden_size, num_layers, batch_first=True, cell=cell, **cell_options)
+        self.head = RegressionHead(self.rnn.output_size, bias=head_bias)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None, state: State | None = None,
+                return_state: bool = False) -> Tensor | tuple[Tensor, State]:
+        check_ndim(x, (3,), "x", "(batch, time, features)")
+        y, state = self.rnn(x, state, lengths)
+        assert isinstance(y, Tensor)
+        d_hat = self.head(pool(y, lengths, self.pooling))
+        return (d_hat, state) if return_state else d_hat
+
+
+class CharLM(nn.Module):
+    """Character language model: one-hot (or embedded) ids → recurrent stack → logits.
+
+    Args:
+        vocab_size: V.
+        hidden_size, num_layers, cell, cell_options: the recurrent stack.
+        embedding_dim: 0 feeds one-hot vectors (the ES source's model); > 0 learns an
+            embedding table of that width.
+
+    Inputs: ``ids`` (B, T) long, optional ``state``. Output: ``(logits (B, T, V), state)``.
+    """
+
+    def __init__(self, vocab_size: int, hidden_size: int, num_layers: int = 1, cell: str = "lstm",
+                 embedding_dim: int = 0, **cell_options: Any) -> None:
+        super().__init__()
+        self.vocab_size = check_positive_int(vocab_size, "vocab_size")
+        self.embedding = nn.Embedding(vocab_size, embedding_dim) if embedding_dim else None
+        input_size = embedding_dim or vocab_size
+        self.rnn = LSTM(input_size, hidden_size, num_layers, batch_first=True, cell=cell, **cell_options)
+        self.head = SoftmaxHead(self.rnn.output_size, vocab_size)
+
+    def embed(self, ids: Tensor) -> Tensor:
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"ids must be an integer tensor, got dtype {ids.dtype}")
+        if not is_transformed(ids) and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
+            raise ValueError(f"ids must lie in [0, {self.vocab_size}) (the vocabulary), "
+                             f"got min {int(ids.min())}, max {int(ids.max())}")
+        if self.embedding is not None:
+            return self.embedding(ids)
+        dtype = self.head.linear.weight.dtype
+        return F.one_hot(ids.long(), self.vocab_size).to(dtype)
+
+    def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        check_ndim(ids, (2,), "ids", "(batch, time)")
+        y, state = self.rnn(self.embed(ids), state)
+        assert isinstance(y, Tensor)
+        return self.head(y), state
