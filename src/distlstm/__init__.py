@@ -7,9 +7,9 @@ by every training algorithm. Start with :class:`distlstm.LSTM`, a drop-in for
 
 from distlstm.models import (
     CELLS,
+    LSTM,
     CharLM,
     FunctionalModel,
-    LSTM,
     ParamSpec,
     SequenceRegressor,
     make_cell,
@@ -17,5 +17,13 @@ from distlstm.models import (
 
 __version__ = "0.1.0"
 
-__all__ = ["CELLS", "CharLM", "FunctionalModel", "LSTM", "ParamSpec", "SequenceRegressor", "__version__",
-           "make_cell"]
+__all__ = [
+    "CELLS",
+    "LSTM",
+    "CharLM",
+    "FunctionalModel",
+    "ParamSpec",
+    "SequenceRegressor",
+    "__version__",
+    "make_cell",
+]

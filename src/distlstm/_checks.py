@@ -13,7 +13,13 @@ from torch import Tensor
 
 
 def is_transformed(t: Tensor) -> bool:
-    """True when ``t`` is wrapped by a ``torch.func`` transform (vmap, grad, jacrev)."""
+    """True inside ``torch.compile`` or when ``t`` is wrapped by a ``torch.func`` transform.
+
+    Either way the tensor has no concrete values to check, and ATen's fused LSTM
+    (which cannot be vmapped) must not be used.
+    """
+    if torch.compiler.is_compiling():
+        return True
     return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
 
 

@@ -135,7 +135,7 @@ def test_sharpened_gates_match_hand_written_step(fused):
     for t in range(5):
         h, c = reference_sharpened_step(cell, x[:, t], h, c, 3.75)
         ys.append(h)
-    y, (h_n, c_n) = model(x)
+    y, (_h_n, c_n) = model(x)
     torch.testing.assert_close(y, torch.stack(ys, 1))
     torch.testing.assert_close(c_n[0], c)
 
@@ -155,7 +155,7 @@ def test_peephole_cell_matches_hand_written_step(forget_gate):
         i, g, o = (a[:, k * n : (k + 1) * n] for k in range(3))
         c_new = c + sig(i + p[0] * c) * torch.tanh(g)
     y_ref = sig(o + p[-1] * c_new) * torch.tanh(c_new)
-    y, (h_new, c_out) = cell(x, (h, c))
+    y, (_h_new, c_out) = cell(x, (h, c))
     torch.testing.assert_close(y, y_ref)
     torch.testing.assert_close(c_out, c_new)
     assert cell.weight_ih.shape[0] == (4 if forget_gate else 3) * 4
@@ -236,7 +236,7 @@ def test_gradcheck_every_cell(name):
     x = torch.randn(2, 3, 4, dtype=D, requires_grad=True)
 
     def f(x, *ps):
-        y, state = functional_call(cell, dict(zip(names, ps, strict=True)), (x[:, 0],))
+        _y, state = functional_call(cell, dict(zip(names, ps, strict=True)), (x[:, 0],))
         y2, _ = functional_call(cell, dict(zip(names, ps, strict=True)), (x[:, 1], state))
         return y2
 
@@ -250,3 +250,14 @@ def test_every_cell_runs_in_float32_and_float64(name):
         y, state = model(torch.randn(2, 3, 4, dtype=dtype))
         assert y.dtype == dtype and all(s.dtype == dtype for s in state)
         assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("proj", [0, 2])
+def test_no_bias_matches_nn_lstm(proj):
+    torch.manual_seed(12)
+    ref = nn.LSTM(3, 4, 2, bias=False, batch_first=True, proj_size=proj).to(D)
+    for fused in (True, False):
+        ours = distlstm.LSTM(3, 4, 2, bias=False, batch_first=True, proj_size=proj, fused=fused, dtype=D)
+        ours.load_state_dict(ref.state_dict())
+        x = torch.randn(2, 5, 3, dtype=D)
+        torch.testing.assert_close(ours(x)[0], ref(x)[0])

@@ -22,9 +22,9 @@ def test_wrong_number_of_dimensions(model):
 
 
 def test_feature_size_mismatch(model):
-    with pytest.raises(ValueError, match="input feature size .*: expected 3, got 5"):
+    with pytest.raises(ValueError, match=r"input feature size .*: expected 3, got 5"):
         model(torch.zeros(2, 4, 5))
-    with pytest.raises(ValueError, match="x feature size .*: expected 3, got 2"):
+    with pytest.raises(ValueError, match=r"x feature size .*: expected 3, got 2"):
         LSTMCell(3, 4)(torch.zeros(2, 2))
 
 
@@ -74,7 +74,7 @@ def test_bad_construction_arguments():
         LSTMCell(3.5, 4)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="num_layers must be a positive int"):
         distlstm.LSTM(3, 4, num_layers=0)
-    with pytest.raises(ValueError, match="alpha .* must be a positive finite number"):
+    with pytest.raises(ValueError, match=r"alpha .* must be a positive finite number"):
         LSTMCell(3, 4, alpha=0.0)
     with pytest.raises(ValueError, match="proj_size must be 0"):
         LSTMCell(3, 4, proj_size=4)

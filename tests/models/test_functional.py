@@ -80,7 +80,7 @@ def test_batched_forward_of_a_char_lm():
     fm = FunctionalModel(model)
     thetas = fm.flatten() + 0.1 * torch.randn(3, fm.numel, dtype=D)
     ids = torch.randint(0, 7, (2, 4))
-    logits, state = fm(thetas, ids)
+    logits, _state = fm(thetas, ids)
     assert logits.shape == (3, 2, 4, 7)
     torch.testing.assert_close(logits[1], fm(thetas[1], ids)[0])
 
@@ -124,3 +124,14 @@ def test_theta_of_the_wrong_size_is_rejected():
         fm(torch.zeros(2, fm.numel, dtype=D), x, per_member=True)
     with pytest.raises(ValueError, match="scalar output"):
         fm.value_and_grad(fm.flatten(), torch.randn(2, 3, 2, dtype=D))
+
+
+def test_compiled_population_call_equals_vmap():
+    """FunctionalModel(compile=True) must give the numbers of the plain vmap path."""
+    torch.manual_seed(3)
+    model = SequenceRegressor(2, 4)
+    fm, cfm = FunctionalModel(model), FunctionalModel(model, compile=True)
+    thetas = fm.flatten() + 0.1 * torch.randn(8, fm.numel)
+    x, lengths = torch.randn(3, 5, 2), torch.tensor([5, 2, 4])
+    with torch.no_grad():
+        torch.testing.assert_close(cfm(thetas, x, lengths), fm(thetas, x, lengths))

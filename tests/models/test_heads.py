@@ -38,7 +38,7 @@ def test_sequence_cross_entropy_ignores_padding_and_matches_uniform():
 def test_char_lm_shapes_and_embedding_option():
     for emb in (0, 4):
         model = CharLM(11, 6, embedding_dim=emb)
-        logits, (h, c) = model(torch.randint(0, 11, (3, 7)))
+        logits, (h, _c) = model(torch.randint(0, 11, (3, 7)))
         assert logits.shape == (3, 7, 11) and h.shape == (1, 3, 6)
     with pytest.raises(TypeError, match="integer"):
         CharLM(5, 3)(torch.zeros(1, 2))

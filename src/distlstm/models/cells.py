@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import torch
@@ -165,7 +165,7 @@ def make_cell(name: str, input_size: int, hidden_size: int, **options: Any) -> C
     return cls(input_size, hidden_size, **{**defaults, **options})
 
 
-def _uniform_(params: list[Tensor], bound: float) -> None:
+def _uniform_(params: Iterable[Tensor], bound: float) -> None:
     with torch.no_grad():
         for p in params:
             p.uniform_(-bound, bound)
@@ -179,20 +179,18 @@ class _GatedCell(Cell):
         super().__init__()
         self.input_size = check_positive_int(input_size, "input_size")
         self.hidden_size = check_positive_int(hidden_size, "hidden_size")
-        if proj_size < 0 or proj_size >= hidden_size and proj_size != 0:
+        if proj_size < 0 or (proj_size >= hidden_size and proj_size != 0):
             raise ValueError(f"proj_size must be 0 (none) or in [1, hidden_size={hidden_size}), got {proj_size}")
         if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
             raise ValueError(f"alpha (gate sharpness) must be a positive finite number, got {alpha!r}")
         self.proj_size = proj_size
         self.alpha = float(alpha)
         self.output_size = proj_size or hidden_size
-        self._factory = {"device": device, "dtype": dtype}
-        self.weight_hr: nn.Parameter | None = None
-        if proj_size:
-            self.weight_hr = nn.Parameter(torch.empty(proj_size, hidden_size, **self._factory))
+        self._device, self._dtype = device, dtype
+        self.weight_hr: nn.Parameter | None = self._param(proj_size, hidden_size) if proj_size else None
 
     def _param(self, *shape: int) -> nn.Parameter:
-        return nn.Parameter(torch.empty(*shape, **self._factory))
+        return nn.Parameter(torch.empty(*shape, device=self._device, dtype=self._dtype))
 
     def _project(self, y: Tensor) -> Tensor:
         return y if self.weight_hr is None else F.linear(y, self.weight_hr)
@@ -363,7 +361,7 @@ class GLSTMCell(_GatedCell):
         self.bias_ih = self._param(k, 4 * m) if bias else None
         self.bias_hh = self._param(k, 4 * m) if bias else None
         if proj_size:
-            self.weight_hr = nn.Parameter(torch.empty(k, proj_size // k, m, **self._factory))
+            self.weight_hr = self._param(k, proj_size // k, m)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -379,13 +377,15 @@ class GLSTMCell(_GatedCell):
 
     def step(self, xi: Tensor, state: State) -> tuple[Tensor, State]:
         h, c = state
-        hg = h.unflatten(-1, (self.groups, -1))  # (B, k, output/k)
-        a = xi + torch.einsum("bkr,kgr->bkg", hg, self.weight_hh)
-        y, cg = lstm_pointwise(a, c.unflatten(-1, (self.groups, -1)), self.alpha)
+        k = self.groups
+        # Group-major (k, B, ·) so each group's product is one slice of a bmm.
+        hg = h.unflatten(-1, (k, -1)).transpose(0, 1)  # (k, B, output/k)
+        a = torch.baddbmm(xi.transpose(0, 1), hg, self.weight_hh.transpose(1, 2))  # (k, B, 4n/k)
+        y, cg = lstm_pointwise(a, c.unflatten(-1, (k, -1)).transpose(0, 1), self.alpha)
         if self.weight_hr is not None:
-            y = torch.einsum("bkm,kpm->bkp", y, self.weight_hr)
-        h = y.flatten(-2)
-        return h, LSTMState(h, cg.flatten(-2))
+            y = torch.bmm(y, self.weight_hr.transpose(1, 2))  # (k, B, proj/k)
+        h = y.transpose(0, 1).flatten(-2)
+        return h, LSTMState(h, cg.transpose(0, 1).flatten(-2))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", groups={self.groups}"
@@ -403,11 +403,14 @@ class RNNCell(Cell):
         super().__init__()
         self.input_size = check_positive_int(input_size, "input_size")
         self.hidden_size = self.output_size = check_positive_int(hidden_size, "hidden_size")
-        factory: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size, **factory))
-        self.weight_hh = nn.Parameter(torch.empty(hidden_size, hidden_size, **factory))
-        self.bias_ih = nn.Parameter(torch.empty(hidden_size, **factory)) if bias else None
-        self.bias_hh = nn.Parameter(torch.empty(hidden_size, **factory)) if bias else None
+
+        def param(*shape: int) -> nn.Parameter:
+            return nn.Parameter(torch.empty(*shape, device=device, dtype=dtype))
+
+        self.weight_ih = param(hidden_size, input_size)
+        self.weight_hh = param(hidden_size, hidden_size)
+        self.bias_ih = param(hidden_size) if bias else None
+        self.bias_hh = param(hidden_size) if bias else None
         _uniform_(list(self.parameters()), 1.0 / math.sqrt(hidden_size))
 
     def state_sizes(self) -> tuple[int, ...]:

@@ -89,3 +89,25 @@ class CharLM(nn.Module):
         y, state = self.rnn(self.embed(ids), state)
         assert isinstance(y, Tensor)
         return self.head(y), state
+
+    @torch.no_grad()
+    def generate(self, prompt: Tensor, length: int, *, temperature: float = 1.0,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """Sample ``length`` ids after ``prompt`` (P,) ids; returns (length,) ids.
+
+        Each id is drawn from softmax(logits / temperature) with ``generator``.
+        """
+        check_ndim(prompt, (1,), "prompt", "(length,)")
+        if len(prompt) == 0:
+            raise ValueError("prompt must hold at least one id")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        logits, state = self(prompt.unsqueeze(0))
+        out = []
+        for _ in range(length):
+            probs = torch.softmax(logits[0, -1] / temperature, -1)
+            nxt = torch.multinomial(probs, 1, generator=generator)
+            out.append(nxt)
+            logits, state = self(nxt.view(1, 1), state)
+        return torch.cat(out) if out else prompt.new_empty(0)
+

@@ -107,11 +107,12 @@ class LSTM(nn.Module):
         options = dict(cell_options, bias=bias, device=device, dtype=dtype)
         if proj_size:
             options["proj_size"] = proj_size
-        cells = []
+        cells: list[Cell] = []
         for layer in range(num_layers):
             size_in = input_size if layer == 0 else cells[-1].output_size
             cells.append(make_cell(cell, size_in, hidden_size, **options))
         self.cells = nn.ModuleList(cells)
+        self.layers: tuple[Cell, ...] = tuple(cells)  # typed view of self.cells
         self.output_size = cells[-1].output_size
         self.dropout_generator: torch.Generator | None = None
         self._register_state_dict_hook(_to_nn_lstm_keys)
@@ -120,20 +121,21 @@ class LSTM(nn.Module):
     def init_state(self, batch: int, *, dtype: torch.dtype | None = None,
                    device: torch.device | None = None) -> State:
         """Zero state, each tensor (num_layers, batch, size)."""
-        per_layer = [c.init_state(batch, dtype=dtype, device=device) for c in self.cells]
+        per_layer = [c.init_state(batch, dtype=dtype, device=device) for c in self.layers]
         return tuple(torch.stack(parts) for parts in zip(*per_layer, strict=True))
 
     def forward(self, input: Tensor | PackedSequence, hx: State | None = None,
                 lengths: Tensor | None = None) -> tuple[Tensor | PackedSequence, State]:
         packed = isinstance(input, PackedSequence)
+        unbatched = False
         if isinstance(input, PackedSequence):
             if lengths is not None:
                 raise ValueError("give lengths either through a PackedSequence or the lengths argument, not both")
             x, lengths = pad_packed_sequence(input, batch_first=True)
         else:
             check_ndim(input, (2, 3), "input", "(seq_len, batch, features), batch-first, or (seq_len, features)")
-            x = input.unsqueeze(0) if input.dim() == 2 else (input if self.batch_first else input.transpose(0, 1))
-        unbatched = not packed and input.dim() == 2
+            unbatched = input.dim() == 2
+            x = input.unsqueeze(0) if unbatched else (input if self.batch_first else input.transpose(0, 1))
         check_size(x.shape[-1], self.input_size, "input feature size (last dimension)")
         check_finite(x, "input")
         batch, steps = x.shape[0], x.shape[1]
@@ -158,9 +160,10 @@ class LSTM(nn.Module):
     def _initial_state(self, hx: State | None, batch: int, x: Tensor, unbatched: bool) -> State:
         if hx is None:
             return self.init_state(batch, dtype=x.dtype, device=x.device)
-        sizes = self.cells[0].state_sizes()
+        sizes = self.layers[0].state_sizes()
         if not isinstance(hx, (tuple, list)) or len(hx) != len(sizes):
-            raise ValueError(f"hx must be a tuple of {len(sizes)} tensors (one per state part), got {type(hx).__name__}")
+            raise ValueError(f"hx must be a tuple of {len(sizes)} tensors (one per state part), "
+                             f"got {type(hx).__name__}")
         hx = tuple(h.unsqueeze(1) if unbatched else h for h in hx)
         for k, (h, cell_size) in enumerate(zip(hx, sizes, strict=True)):
             if h.dim() != 3 or h.shape[0] != self.num_layers or h.shape[1] != batch or h.shape[2] != cell_size:
@@ -171,7 +174,7 @@ class LSTM(nn.Module):
 
     def _forward_loop(self, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
         finals = []
-        for layer, cell in enumerate(self.cells):
+        for layer, cell in enumerate(self.layers):
             if layer > 0 and self.dropout and self.training:
                 x = self._dropout(x)
             x, last = run_layer(cell, x, cell.make_state([s[layer] for s in state]), lengths)
@@ -188,15 +191,15 @@ class LSTM(nn.Module):
             return False
         if is_transformed(x) or any(is_transformed(p) for p in self.parameters()):
             return False
-        return all(type(c) is LSTMCell for c in self.cells)
+        return all(type(c) is LSTMCell for c in self.layers)
 
     def _forward_fused(self, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
         """The plain/sharpened/projected LSTM through ATen's fused kernel (as ``nn.LSTM``)."""
         weights: list[Tensor] = []
-        for c in self.cells:
+        for c in self.layers:
             assert isinstance(c, LSTMCell)
             weights += _fused_weights(c)
-        has_bias = self.cells[0].bias_ih is not None
+        has_bias = self.layers[0].bias_ih is not None
         h0, c0 = state
         if lengths is None:
             y, h_n, c_n = torch.lstm(x, (h0, c0), weights, has_bias, self.num_layers, 0.0,

@@ -1,0 +1,41 @@
+# One command for the main job, one for the tests. Both create .venv on first use.
+#   make demo   - install, then train the character LSTM demo (runs/demo/report.md)
+#   make test   - install, then run the default test suite (a few minutes on 2 cores)
+# torch==2.13.0 is installed first so pip takes the local CPU wheel; the project's own
+# range (torch<2.14) is then already satisfied and nothing else is downloaded.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-slow lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/distlstm demo --out runs/demo
+
+# pytest exits 5 when it collected no tests: a broken suite, not a pass.
+test: $(STAMP)
+	@$(BIN)/python -m pytest -q; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/distlstm bench --compile --output BENCHMARKS.md
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

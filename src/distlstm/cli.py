@@ -1,0 +1,165 @@
+"""The ``distlstm`` command line.
+
+Every command explains itself with ``--help``; only commands that work are listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from distlstm import __version__
+from distlstm.experiments.charlm_demo import DemoConfig
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _cell_option(text: str) -> tuple[str, float | int]:
+    """``KEY=VALUE`` with a numeric value, e.g. ``rank=32`` or ``alpha=3.75``."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. rank=32), got {text!r}")
+    try:
+        return key, int(raw)
+    except ValueError:
+        try:
+            return key, float(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"the value of {key} must be a number, got {raw!r}") from None
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print versions, threads and the distributed backends this machine can use."""
+    import networkx
+    import numpy
+
+    backends = {name: available() for name, available in (
+        ("gloo", dist.is_gloo_available), ("nccl", dist.is_nccl_available), ("mpi", dist.is_mpi_available))}
+    info = {
+        "distlstm": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "networkx": networkx.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_devices": torch.cuda.device_count(),
+        "distributed_available": dist.is_available(),
+        "distributed_backends": [name for name, ok in backends.items() if ok],
+        "default_backend": "nccl" if torch.cuda.is_available() and backends["nccl"] else "gloo",
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        width = max(map(len, info))
+        for key, value in info.items():
+            shown = ", ".join(value) if isinstance(value, list) else value
+            print(f"{key:<{width}}  {shown}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run the benchmarks and write the Markdown report."""
+    from distlstm.bench.report import run
+
+    out = None if args.output == "-" else Path(args.output)
+    text = run(out, quick=args.quick, compile=args.compile, repeats=args.repeats,
+               notes_file=Path(args.notes) if args.notes else None,
+               progress=lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True))
+    if out is None:
+        print(text)
+    else:
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train the character LSTM demo and write its run folder."""
+    from distlstm.experiments.charlm_demo import run_demo
+
+    steps = args.steps or (300 if args.quick else DemoConfig.steps)
+    cfg = DemoConfig(cell=args.cell, cell_options=tuple(args.cell_opt), hidden=args.hidden, steps=steps,
+                     eval_every=max(1, min(DemoConfig.eval_every, steps // 4)), seed=args.seed,
+                     **({"text": args.text} if args.text else {}))
+    summary = run_demo(cfg, Path(args.out), show_progress=not args.no_progress)
+    print(f"validation {summary['val_nats_per_char']:.3f} nats/char "
+          f"(unigram entropy {summary['unigram_entropy']:.3f}, bigram {summary['bigram_entropy']:.3f}) "
+          f"after {summary['steps']} steps in {summary['seconds']:.0f} s; report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distlstm",
+        description="Train LSTM networks across many workers. Run 'distlstm COMMAND --help' for each command.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"distlstm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("info", help="versions, threads and available distributed backends",
+                       description=cmd_info.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("bench", help="time cells and batched θ side by side; write BENCHMARKS.md",
+                       description="Time forward+backward of every cell against torch.nn.LSTM, and a batched "
+                                   "forward of many parameter vectors against a Python loop, side by side in one "
+                                   "process; write the ratios as Markdown.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--output", default="BENCHMARKS.md", help="Markdown file to write, or - for standard output")
+    p.add_argument("--quick", action="store_true", help="small sizes and few repeats (seconds, for smoke tests)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.compile of the cell loop (adds about a minute of compilation per size)")
+    p.add_argument("--repeats", type=_positive_int, default=None, help="timed rounds per candidate "
+                   "(default 10, or 3 with --quick)")
+    p.add_argument("--notes", default="docs/benchmark-notes.md",
+                   help="Markdown appended to the report (analysis of the numbers); skipped if missing")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("demo", help="train a character LSTM on Shakespeare (the README's main job)",
+                       description="Train a character-level language model on the shipped Shakespeare "
+                                   "tragedies with backprop and write a run folder: config.json, metrics.csv, "
+                                   "loss.png, sample.txt, summary.json, report.md.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default="runs/demo", help="run folder to write")
+    p.add_argument("--text", default=None, help="train on this UTF-8 text file instead of the tragedies")
+    p.add_argument("--cell", default="lstm", help="cell name (lstm, peephole, sharpened, rnn, ...)")
+    p.add_argument("--cell-opt", type=_cell_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="cell option, repeatable: rank=32 (flstm), groups=4 (glstm), proj_size=64 (lstmp), "
+                        "alpha=3.75 (gate sharpness), forget_gate=0 (peephole)")
+    p.add_argument("--hidden", type=_positive_int, default=DemoConfig.hidden, help="hidden units")
+    p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default 3000, 300 --quick)")
+    p.add_argument("--quick", action="store_true", help="a few seconds of training")
+    p.add_argument("--seed", type=int, default=0, help="run seed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as err:
+        print(f"distlstm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Experiments: reproductions and demos that write a run folder (config, CSV, PNG, report)."""

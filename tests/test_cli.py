@@ -1,0 +1,51 @@
+"""The distlstm command: help, info, demo and bench, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from distlstm.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "distlstm.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("command", [[], ["info"], ["bench"], ["demo"]])
+def test_every_command_has_help(command):
+    result = run_cli(*command, "--help")
+    assert result.returncode == 0 and "usage: distlstm" in result.stdout
+
+
+def test_info_reports_backends(capsys):
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert "gloo" in info["distributed_backends"] and info["torch"].startswith("2.")
+
+
+def test_demo_writes_a_run_folder_and_learns(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--steps", "200", "--hidden", "64", "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for name in ("config.json", "metrics.csv", "loss.png", "sample.txt", "report.md"):
+        assert (out / name).is_file(), name
+    # 200 Adam steps already beat letter frequencies (the unigram entropy).
+    assert summary["val_nats_per_char"] < summary["unigram_entropy"] - 0.5
+
+
+def test_demo_bad_arguments_give_clear_errors(tmp_path, capsys):
+    assert main(["demo", "--cell", "gru", "--quick", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "unknown cell 'gru'" in capsys.readouterr().err
+    result = run_cli("demo", "--cell-opt", "rank")
+    assert result.returncode == 2 and "expected KEY=VALUE" in result.stderr
+
+
+def test_bench_quick_writes_markdown(tmp_path):
+    out = tmp_path / "B.md"
+    assert main(["bench", "--quick", "--repeats", "1", "--output", str(out), "--notes", str(tmp_path / "none")]) == 0
+    text = out.read_text()
+    assert "| nn.LSTM (baseline) |" in text and "speed-up" in text
