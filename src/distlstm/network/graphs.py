@@ -140,7 +140,7 @@ def make_topology(name: str, num_nodes: int, *, seed: int = 0, p: float = 0.5, r
     elif name == "complete":
         g = nx.complete_graph(k)
     elif name == "grid":
-        rows = max(r for r in range(1, int(math.isqrt(k)) + 1) if k % r == 0)
+        rows = max(r for r in range(1, math.isqrt(k) + 1) if k % r == 0)
         g = nx.convert_node_labels_to_integers(nx.grid_2d_graph(rows, k // rows), ordering="sorted")
     elif name == "geometric":
         r = radius if radius is not None else min(1.5, math.sqrt(2 * math.log(max(k, 2)) / k) * 1.2)
