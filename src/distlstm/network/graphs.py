@@ -85,14 +85,26 @@ class Topology:
         a = self.adjacency()
         return a / a.sum(1, keepdim=True)
 
-    def slem(self) -> float:
-        """Second-largest eigenvalue modulus of the random-walk matrix (< 1 iff it mixes)."""
+    def slem(self, of: str = "walk") -> float:
+        """Second-largest eigenvalue modulus of the random-walk (``of="walk"``) or Metropolis matrix.
+
+        The Metropolis matrix has a strictly positive diagonal (c_kk ≥ 1/n_k), so its
+        SLEM is < 1 on every connected graph. The simple random walk is periodic on a
+        bipartite graph (a ring of even length, a line, a star): its SLEM is then 1,
+        though its time averages — what the DPF uses — still converge.
+        """
+        if of not in ("walk", "metropolis"):
+            raise ValueError(f"of must be 'walk' or 'metropolis', got {of!r}")
         if self.num_nodes == 1:
             return 0.0
-        # P = D^-1 A is similar to the symmetric D^-1/2 A D^-1/2: real eigenvalues.
-        a = self.adjacency()
-        d = a.sum(1).rsqrt()
-        eig = torch.linalg.eigvalsh(d[:, None] * a * d[None, :]).abs().sort(descending=True).values
+        if of == "metropolis":
+            m = self.metropolis_weights()
+        else:
+            # P = D^-1 A is similar to the symmetric D^-1/2 A D^-1/2: same (real) eigenvalues.
+            a = self.adjacency()
+            d = a.sum(1).rsqrt()
+            m = d[:, None] * a * d[None, :]
+        eig = torch.linalg.eigvalsh(m).abs().sort(descending=True).values
         return float(eig[1])
 
 

@@ -1,0 +1,113 @@
+"""What every online algorithm shares: observations, predictions, the algorithm contract.
+
+Online protocol (Ergen & Kozat §3), at every time step t and every node k:
+
+1. **predict** d̂_{k,t} (and, where the algorithm has one, a predictive variance)
+   from the current estimate, before the label is seen;
+2. receive d_{k,t}; the squared error (d − d̂)² is recorded;
+3. **update** — every node at once, since distributed algorithms exchange messages
+   with their neighbours through a :class:`~distlstm.network.transport.Transport`.
+
+An algorithm object holds only fixed settings; per-node state is a NamedTuple of
+tensors, replaced (never mutated) by ``update``. A NaN label means "no label": the
+node records nothing, and its measurement update is skipped (θ unchanged).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor
+
+from distlstm.models.functional import FunctionalModel
+from distlstm.network.transport import Transport
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One node's data at one time step: a sequence ``x`` (T, p) and its label ``d``."""
+
+    x: Tensor
+    d: float
+
+    @property
+    def labelled(self) -> bool:
+        return math.isfinite(self.d)
+
+
+class Prediction(NamedTuple):
+    """Predictive mean and variance of d before the label (variance NaN if not modelled)."""
+
+    mean: float
+    var: float
+    aux: Any = None  # algorithm-specific values reused by update (e.g. the EKF's H)
+
+
+State = Any  # a NamedTuple of tensors, one per algorithm
+
+
+def check_positive(value: float, name: str) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+
+class OnlineAlgorithm(ABC):
+    """Fixed settings of one algorithm; ``init``/``predict``/``update`` are pure in the state."""
+
+    name: ClassVar[str]
+    communicates: ClassVar[bool] = False
+
+    def __init__(self, fm: FunctionalModel) -> None:
+        self.fm = fm
+
+    def output(self, theta: Tensor, x: Tensor) -> Tensor:
+        """h(θ; X): the model's estimate for one sequence x (T, p), for θ (n,) → () or Θ (B, n) → (B,)."""
+        out = self.fm(theta, x.unsqueeze(0))
+        return out[..., 0]
+
+    def output_and_grad(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """h(θ; X) and ∂h/∂θ (n,)."""
+        return self.fm.value_and_grad(theta, x.unsqueeze(0))
+
+    @abstractmethod
+    def init(self, theta0: Tensor, node: int, gen: torch.Generator) -> State:
+        """The node's state before any data, around the common initial θ0."""
+
+    @abstractmethod
+    def predict(self, state: State, x: Tensor) -> Prediction:
+        """Predictive mean (and variance) of d for sequence x (T, p)."""
+
+    @abstractmethod
+    def update(self, states: Mapping[int, State], obs: Mapping[int, Observation],
+               preds: Mapping[int, Prediction], transport: Transport,
+               gens: Mapping[int, torch.Generator], step: int) -> dict[int, State]:
+        """Every local node's next state after seeing its label (and its neighbours' messages)."""
+
+    @abstractmethod
+    def estimate(self, state: State) -> Tensor:
+        """The node's point estimate θ̂ (n,)."""
+
+
+class LocalAlgorithm(OnlineAlgorithm):
+    """An algorithm whose nodes never communicate: ``update`` maps ``update_node`` over nodes."""
+
+    def update(self, states: Mapping[int, State], obs: Mapping[int, Observation],
+               preds: Mapping[int, Prediction], transport: Transport,
+               gens: Mapping[int, torch.Generator], step: int) -> dict[int, State]:
+        return {k: self.update_node(states[k], obs[k], preds[k], gens[k], where=f"node {k}, step {step}")
+                for k in transport.local_nodes}
+
+    @abstractmethod
+    def update_node(self, state: State, obs: Observation, pred: Prediction, gen: torch.Generator,
+                    where: str) -> State:
+        """One node's update on its own label."""
+
+
+def check_theta(theta: Tensor, where: str) -> None:
+    if not bool(torch.isfinite(theta).all()):
+        raise FloatingPointError(f"{where}: the parameter estimate became NaN/inf; lower the step size")

@@ -1,0 +1,90 @@
+"""Extended Kalman filter on θ at every node (Ergen & Kozat §3.1, no communication).
+
+State-space form (stateless default: every sequence starts from c₀ = y₀ = 0)::
+
+    θ_t = θ_{t-1} + e_t,          e_t ~ N(0, Q),  Q = q I
+    d_t = h(θ_t; X_t) + ε_t,      ε_t ~ N(0, σ²)
+
+Time update (F = I, so no dense F Σ Fᵀ):   Σ_{t|t-1} = Σ_{t-1|t-1} + q I
+Measurement update with H = ∂h/∂θ at θ̂_{t|t-1} (one reverse-mode pass), rank one
+(:func:`distlstm.ops.kalman.scalar_update`)::
+
+    r = H Σ Hᵀ + σ²,   K = Σ Hᵀ / r,   θ̂ ← θ̂ + K (d − h(θ̂)),   Σ ← Σ − K Kᵀ r
+
+Predictive distribution of d before the label: mean h(θ̂_{t-1}), variance
+H Σ_{t|t-1} Hᵀ + σ². Σ₀ = s₀ I. Cost O(n_θ²) time and memory per step.
+
+| symbol | variable |
+|---|---|
+| θ̂, Σ | ``state.theta``, ``state.P`` |
+| s₀, q, σ² | ``cfg.s0``, ``cfg.q``, ``cfg.sigma2`` |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from distlstm.models.functional import FunctionalModel
+from distlstm.online.base import LocalAlgorithm, Observation, Prediction, check_positive, check_theta
+from distlstm.ops.kalman import check_covariance, scalar_update
+
+
+@dataclass(frozen=True)
+class EKFConfig:
+    sigma2: float = 0.01  # σ², measurement noise variance
+    q: float = 1e-6  # process noise: Q = q I
+    s0: float = 0.1  # initial covariance: Σ₀ = s₀ I
+    joseph: bool = False  # Joseph-form covariance update
+
+    def __post_init__(self) -> None:
+        check_positive(self.sigma2, "sigma2 (σ²)")
+        check_positive(self.s0, "s0")
+        if not self.q >= 0:
+            raise ValueError(f"q (process noise) must be ≥ 0, got {self.q}")
+
+
+class EKFState(NamedTuple):
+    theta: Tensor  # (n,) θ̂_{t-1|t-1}
+    P: Tensor  # (n, n) Σ_{t-1|t-1}
+
+
+def time_update(P: Tensor, q: float) -> Tensor:
+    """Σ_{t|t-1} = Σ_{t-1|t-1} + q I (F = I)."""
+    return P + q * torch.eye(P.shape[0], dtype=P.dtype) if q else P
+
+
+class EKF(LocalAlgorithm):
+    """EKF on θ at every node, no communication."""
+
+    name = "ekf"
+
+    def __init__(self, fm: FunctionalModel, cfg: EKFConfig = EKFConfig()) -> None:
+        super().__init__(fm)
+        self.cfg = cfg
+
+    def init(self, theta0: Tensor, node: int, gen: torch.Generator) -> EKFState:
+        n = theta0.shape[0]
+        return EKFState(theta0.clone(), self.cfg.s0 * torch.eye(n, dtype=theta0.dtype))
+
+    def predict(self, state: EKFState, x: Tensor) -> Prediction:
+        value, H = self.output_and_grad(state.theta, x)
+        var = float(H @ (state.P @ H)) + self.cfg.q * float(H @ H) + self.cfg.sigma2
+        return Prediction(float(value), var, H)
+
+    def update_node(self, state: EKFState, obs: Observation, pred: Prediction, gen: torch.Generator,
+                    where: str) -> EKFState:
+        P = time_update(state.P, self.cfg.q)
+        if not obs.labelled:
+            return EKFState(state.theta, P)
+        upd = scalar_update(state.theta, P, pred.aux, torch.tensor(obs.d - pred.mean, dtype=P.dtype),
+                            self.cfg.sigma2, self.cfg.joseph)
+        check_covariance(upd.P, f"EKF at {where}")
+        check_theta(upd.a, f"EKF at {where}")
+        return EKFState(upd.a, upd.P)
+
+    def estimate(self, state: EKFState) -> Tensor:
+        return state.theta
