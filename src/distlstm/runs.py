@@ -52,7 +52,7 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def plot_curves(path: Path, curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, xlabel: str,
-                ylabel: str, title: str, hlines: Mapping[str, float] | None = None) -> None:
+                ylabel: str, title: str, hlines: Mapping[str, float] | None = None, logy: bool = False) -> None:
     """Line plot of named (x, y) curves, with optional labelled reference levels, to PNG."""
     import matplotlib
 
@@ -64,6 +64,8 @@ def plot_curves(path: Path, curves: Mapping[str, tuple[Sequence[float], Sequence
         ax.plot(xs, ys, label=name)
     for k, (name, level) in enumerate((hlines or {}).items()):
         ax.axhline(level, linestyle="--", linewidth=1, color=f"C{k + len(curves)}", label=name)
+    if logy:
+        ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -75,7 +75,7 @@ def test_transport_counts_what_it_sends():
     assert tr.stats.messages == [3, 1, 1, 1] and tr.stats.bytes == [60, 20, 20, 20]
     tr.stats.reset()
     routed = tr.route({0: {1: torch.ones(2, 3), 2: torch.ones(0, 3)}, 1: {0: torch.zeros(1, 3)}})
-    assert list(routed[1]) == [0] and 2 not in routed[2] or routed[2] == {}
+    assert (list(routed[1]) == [0] and 2 not in routed[2]) or routed[2] == {}
     assert tr.stats.bytes == [24, 12, 0, 0]
     with pytest.raises(ValueError, match="only send to its neighbours"):
         tr.route({1: {2: torch.ones(1, 3)}})

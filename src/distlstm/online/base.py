@@ -18,26 +18,14 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
 
+from distlstm.data.observation import Observation
 from distlstm.models.functional import FunctionalModel
 from distlstm.network.transport import Transport
-
-
-@dataclass(frozen=True)
-class Observation:
-    """One node's data at one time step: a sequence ``x`` (T, p) and its label ``d``."""
-
-    x: Tensor
-    d: float
-
-    @property
-    def labelled(self) -> bool:
-        return math.isfinite(self.d)
 
 
 class Prediction(NamedTuple):
@@ -47,6 +35,9 @@ class Prediction(NamedTuple):
     var: float
     aux: Any = None  # algorithm-specific values reused by update (e.g. the EKF's H)
 
+
+__all__ = ["LocalAlgorithm", "Observation", "OnlineAlgorithm", "Prediction", "State", "check_positive",
+           "check_theta"]
 
 State = Any  # a NamedTuple of tensors, one per algorithm
 

@@ -20,6 +20,7 @@ graph every node processes all data exactly as a centralized EKF does.
 from __future__ import annotations
 
 from collections.abc import Mapping
+
 import torch
 from torch import Tensor
 
@@ -46,10 +47,10 @@ class DEKF(OnlineAlgorithm):
     name = "dekf"
     communicates = True
 
-    def __init__(self, fm: FunctionalModel, cfg: EKFConfig = EKFConfig()) -> None:
+    def __init__(self, fm: FunctionalModel, cfg: EKFConfig | None = None) -> None:
         super().__init__(fm)
-        self.cfg = cfg
-        self._ekf = EKF(fm, cfg)
+        self.cfg = cfg or EKFConfig()
+        self._ekf = EKF(fm, self.cfg)
 
     def init(self, theta0: Tensor, node: int, gen: torch.Generator) -> EKFState:
         return self._ekf.init(theta0, node, gen)

@@ -64,10 +64,10 @@ class DPF(OnlineAlgorithm):
     name = "dpf"
     communicates = True
 
-    def __init__(self, fm: FunctionalModel, cfg: DPFConfig = DPFConfig()) -> None:
+    def __init__(self, fm: FunctionalModel, cfg: DPFConfig | None = None) -> None:
         super().__init__(fm)
-        self.cfg = cfg
-        self._pf = PF(fm, cfg.pf)
+        self.cfg = cfg or DPFConfig()
+        self._pf = PF(fm, self.cfg.pf)
 
     def init(self, theta0: Tensor, node: int, gen: torch.Generator) -> ParticleState:
         return self._pf.init(theta0, node, gen)

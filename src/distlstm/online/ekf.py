@@ -62,9 +62,9 @@ class EKF(LocalAlgorithm):
 
     name = "ekf"
 
-    def __init__(self, fm: FunctionalModel, cfg: EKFConfig = EKFConfig()) -> None:
+    def __init__(self, fm: FunctionalModel, cfg: EKFConfig | None = None) -> None:
         super().__init__(fm)
-        self.cfg = cfg
+        self.cfg = cfg or EKFConfig()
 
     def init(self, theta0: Tensor, node: int, gen: torch.Generator) -> EKFState:
         n = theta0.shape[0]

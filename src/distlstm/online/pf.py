@@ -103,9 +103,9 @@ class PF(LocalAlgorithm):
 
     name = "pf"
 
-    def __init__(self, fm: FunctionalModel, cfg: PFConfig = PFConfig()) -> None:
+    def __init__(self, fm: FunctionalModel, cfg: PFConfig | None = None) -> None:
         super().__init__(fm)
-        self.cfg = cfg
+        self.cfg = cfg or PFConfig()
 
     def init(self, theta0: Tensor, node: int, gen: torch.Generator) -> ParticleState:
         return initial_particles(theta0, self.cfg.num_particles, self.cfg.s0, gen)

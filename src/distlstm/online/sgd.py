@@ -24,7 +24,6 @@ from torch import Tensor
 
 from distlstm.models.functional import FunctionalModel
 from distlstm.network.transport import Transport
-from distlstm.online.diffusion import diffusion_combine
 from distlstm.online.base import (
     LocalAlgorithm,
     Observation,
@@ -33,6 +32,7 @@ from distlstm.online.base import (
     check_positive,
     check_theta,
 )
+from distlstm.online.diffusion import diffusion_combine
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,9 @@ class SGD(LocalAlgorithm):
 
     name = "sgd"
 
-    def __init__(self, fm: FunctionalModel, cfg: SGDConfig = SGDConfig()) -> None:
+    def __init__(self, fm: FunctionalModel, cfg: SGDConfig | None = None) -> None:
         super().__init__(fm)
-        self.cfg = cfg
+        self.cfg = cfg or SGDConfig()
 
     def init(self, theta0: Tensor, node: int, gen: torch.Generator) -> SGDState:
         return SGDState(theta0.clone())
@@ -94,10 +94,10 @@ class DiffusionSGD(OnlineAlgorithm):
     name = "dsgd"
     communicates = True
 
-    def __init__(self, fm: FunctionalModel, cfg: SGDConfig = SGDConfig()) -> None:
+    def __init__(self, fm: FunctionalModel, cfg: SGDConfig | None = None) -> None:
         super().__init__(fm)
-        self.cfg = cfg
-        self._local = SGD(fm, cfg)
+        self.cfg = cfg or SGDConfig()
+        self._local = SGD(fm, self.cfg)
 
     def init(self, theta0: Tensor, node: int, gen: torch.Generator) -> SGDState:
         return SGDState(theta0.clone())

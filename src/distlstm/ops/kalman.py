@@ -54,11 +54,9 @@ def scalar_update(a: Tensor, P: Tensor, H: Tensor, innovation: Tensor, sigma2: f
     r = H @ u + sigma2
     K = u / r
     a = a + K * innovation
-    if joseph:
-        P = P - torch.outer(K, u) - torch.outer(u, K) + r * torch.outer(K, K)
-    else:
-        P = P - r * torch.outer(K, K)
-    return KalmanUpdate(a, symmetrize(P), r)
+    if joseph:  # (I − K H) Σ (I − K H)ᵀ + K σ² Kᵀ, expanded for rank one
+        return KalmanUpdate(a, symmetrize(P - torch.outer(K, u) - torch.outer(u, K) + r * torch.outer(K, K)), r)
+    return KalmanUpdate(a, symmetrize(P - r * torch.outer(K, K)), r)
 
 
 def check_covariance(P: Tensor, where: str) -> None:
