@@ -44,3 +44,13 @@ def test_unknown_scheme_and_bad_count():
         resample(W, 3, "stratified", torch.Generator())
     with pytest.raises(ValueError, match="cannot resample to 0"):
         resample(W, 0, "systematic", torch.Generator())
+
+
+def test_covariance_checks_name_the_problem():
+    from distlstm.ops.kalman import check_covariance
+
+    with pytest.raises(FloatingPointError, match="here: the covariance has NaN/inf"):
+        check_covariance(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), "here")
+    with pytest.raises(FloatingPointError, match="not positive semi-definite"):
+        check_covariance(torch.tensor([[1.0, 0.0], [0.0, -1e-3]]), "here")
+    check_covariance(torch.eye(2), "fine")

@@ -87,6 +87,12 @@ class OnlineResult:
         return sum(self.bytes_per_step) / max(self.steps, 1)
 
 
+def squared_error(d: float, d_hat: float) -> float:
+    """(d − d̂)², saturating at inf instead of raising OverflowError."""
+    e = d - d_hat
+    return e * e if abs(e) < 1e150 else math.inf
+
+
 def _nanmean(values: Sequence[float]) -> float:
     vals = [v for v in values if not math.isnan(v)]
     return sum(vals) / len(vals) if vals else math.nan
@@ -128,8 +134,14 @@ def run_online(algorithm: OnlineAlgorithm, streams: Sequence[Sequence[Observatio
         preds: dict[int, Prediction] = {k: algorithm.predict(states[k], obs[k].x) for k in nodes}
         errors, variances = [], []
         for k in nodes:
+            where = f"{algorithm.name} at node {k}, step {t}"
+            if not math.isfinite(preds[k].mean):
+                raise FloatingPointError(f"{where}: the prediction is {preds[k].mean}; the estimate diverged")
             if obs[k].labelled:
-                errors.append((obs[k].d - preds[k].mean) ** 2)
+                errors.append(squared_error(obs[k].d, preds[k].mean))
+                if math.isinf(errors[-1]):
+                    raise FloatingPointError(f"{where}: the squared prediction error overflows (label {obs[k].d:.3g}, "
+                                             f"prediction {preds[k].mean:.3g}); check the data's scale")
             else:
                 errors.append(math.nan)
                 result.skipped_labels += 1
