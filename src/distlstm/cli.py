@@ -81,6 +81,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = None if args.output == "-" else Path(args.output)
     text = run(out, quick=args.quick, compile=args.compile, repeats=args.repeats,
                notes_file=Path(args.notes) if args.notes else None,
+               sections=tuple(part.strip() for part in args.sections.split(",") if part.strip()),
                progress=lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True))
     if out is None:
         print(text)
@@ -153,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time torch.compile of the cell loop (adds about a minute of compilation per size)")
     p.add_argument("--repeats", type=_positive_int, default=None, help="timed rounds per candidate "
                    "(default 10, or 3 with --quick)")
+    p.add_argument("--sections", default="cells,batched,online",
+                   help="comma-separated sections to run: cells, batched, online")
     p.add_argument("--notes", default="docs/benchmark-notes.md",
                    help="Markdown appended to the report (analysis of the numbers); skipped if missing")
     p.set_defaults(func=cmd_bench)

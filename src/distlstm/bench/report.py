@@ -12,6 +12,9 @@ import torch
 
 from distlstm.bench.cells import CellRow, bench_cells
 from distlstm.bench.functional import BatchedRow, bench_batched
+from distlstm.bench.online import EKFRow, ParticleRow, StepRow, bench_ekf_floor, bench_particles, bench_steps
+
+SECTIONS = ("cells", "batched", "online")
 
 HEADER = """# distlstm benchmarks
 
@@ -49,8 +52,49 @@ parentheses).
 """
 
 
+ONLINE_TEXT = """## Online algorithms (Ergen & Kozat)
+
+Time per online step for 4 nodes on a ring (all nodes in one process), sequences of
+10 steps with p = 8 features, float64; particle filters with {particles} particles per
+node and DPF with K = 4 walk steps.
+
+| algorithm | hidden | n_θ | ms / step | bytes / node / step |
+|---|---:|---:|---:|---:|
+"""
+
+PARTICLES_TEXT = """
+Particle evaluation h(θ^i; X) for N particles (hidden 8), one batched call against a
+Python loop over particles:
+
+| N | n_θ | loop ms | batched ms | speed-up |
+|---:|---:|---:|---:|---:|
+"""
+
+EKF_TEXT = """
+One EKF step (prediction with H = ∂d̂/∂θ, gain, rank-1 covariance update) against one
+read and one write of the n_θ × n_θ float64 covariance (`clone`), the memory floor of
+any O(n_θ²) update:
+
+| hidden | n_θ | Σ size | EKF step ms | floor ms | × floor |
+|---:|---:|---:|---:|---:|---:|
+"""
+
+
+def render_online(steps: list[StepRow], particles: list[ParticleRow], ekf: list[EKFRow], n_particles: int) -> str:
+    parts = [ONLINE_TEXT.format(particles=n_particles)]
+    parts += [f"| {r.algorithm} | {r.hidden} | {r.n_theta:,} | {r.ms_per_step:.1f} | "
+              f"{r.bytes_per_node_per_step:,.0f} |\n" for r in steps]
+    parts.append(PARTICLES_TEXT)
+    parts += [f"| {r.particles} | {r.n_theta:,} | {r.loop_ms:.1f} | {r.batched_ms:.2f} | "
+              f"{r.loop_ms / r.batched_ms:.1f}× |\n" for r in particles]
+    parts.append(EKF_TEXT)
+    parts += [f"| {r.hidden} | {r.n_theta:,} | {r.n_theta**2 * 8 / 2**20:,.1f} MiB | {r.step_ms:.2f} | "
+              f"{r.floor_ms:.2f} | {r.step_ms / r.floor_ms:.2f} |\n" for r in ekf]
+    return "".join(parts)
+
+
 def render(cell_rows: list[CellRow], batched_rows: list[BatchedRow], *, command: str, notes: str = "",
-           batch: int = 64, steps: int = 100, input_size: int = 32) -> str:
+           batch: int = 64, steps: int = 100, input_size: int = 32, online: str = "") -> str:
     parts = [HEADER.format(
         command=command, date=datetime.date.today().isoformat(),
         machine=f"{platform.machine()}, {os.cpu_count()} logical cores",
@@ -64,6 +108,8 @@ def render(cell_rows: list[CellRow], batched_rows: list[BatchedRow], *, command:
         parts.append("".join(f"| {r.name} | {r.population} | {r.n_theta:,} | {r.loop_ms:.1f} | "
                              f"{r.batched_ms:.2f} | {r.speedup:.1f}× | {_compiled_cells(r)} |\n"
                              for r in batched_rows))
+    if online:
+        parts.append("\n" + online)
     if notes:
         parts.append("\n" + notes.strip() + "\n")
     return "".join(parts)
@@ -76,16 +122,33 @@ def _compiled_cells(r: BatchedRow) -> str:
 
 
 def run(output: Path | None, *, quick: bool = False, compile: bool = False, repeats: int | None = None,
-        notes_file: Path | None = None, progress: Callable[[str], None] | None = None) -> str:
-    """Run every benchmark and return (and write, if ``output``) the Markdown report."""
+        notes_file: Path | None = None, sections: tuple[str, ...] = SECTIONS,
+        progress: Callable[[str], None] | None = None) -> str:
+    """Run the chosen benchmark sections and return (and write, if ``output``) the Markdown report."""
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown benchmark sections {sorted(unknown)}; expected some of {list(SECTIONS)}")
     reps = repeats or (3 if quick else 10)
     hidden = (64,) if quick else (128, 512)
     steps = 20 if quick else 100
-    cell_rows = bench_cells(hidden, steps=steps, repeats=reps, compile=compile, progress=progress)
-    batched_rows = bench_batched(population=64 if quick else 256, repeats=reps, compile=compile, progress=progress)
+    cell_rows = bench_cells(hidden, steps=steps, repeats=reps, compile=compile, progress=progress) \
+        if "cells" in sections else []
+    batched_rows = bench_batched(population=64 if quick else 256, repeats=reps, compile=compile, progress=progress) \
+        if "batched" in sections else []
+    online = ""
+    if "online" in sections:
+        n_particles = 50 if quick else 200
+        online = render_online(
+            bench_steps((8,) if quick else (8, 16, 32), steps=2 if quick else 6, particles=n_particles,
+                        progress=progress),
+            bench_particles((100,) if quick else (100, 300, 1000), repeats=min(reps, 5), progress=progress),
+            bench_ekf_floor((8,) if quick else (8, 16, 32), repeats=min(reps, 5), progress=progress),
+            n_particles)
     command = "distlstm bench" + (" --quick" if quick else "") + (" --compile" if compile else "")
+    if tuple(sections) != SECTIONS:
+        command += " --sections " + ",".join(sections)
     notes = notes_file.read_text() if notes_file and notes_file.exists() else ""
-    text = render(cell_rows, batched_rows, command=command, notes=notes, steps=steps)
+    text = render(cell_rows, batched_rows, command=command, notes=notes, steps=steps, online=online)
     if output is not None:
         tmp = output.with_suffix(output.suffix + ".tmp")
         tmp.write_text(text)

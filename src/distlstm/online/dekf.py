@@ -72,14 +72,16 @@ class DEKF(OnlineAlgorithm):
 
     def incremental_update(self, state: EKFState, data: list[Observation], where: str) -> tuple[Tensor, Tensor]:
         """ψ and P after the time update and one measurement update per labelled observation."""
-        psi, P = state.theta, time_update(state.P, self.cfg.q)
+        psi, P, q = state.theta, state.P, self.cfg.q  # the time update (+ q I) rides on the first update
         for ob in data:
             if not ob.labelled:
                 continue
             value, H = self.output_and_grad(psi, ob.x)
             upd = scalar_update(psi, P, H, torch.tensor(ob.d - float(value), dtype=P.dtype), self.cfg.sigma2,
-                                self.cfg.joseph)
-            psi, P = upd.a, upd.P
+                                self.cfg.joseph, q=q)
+            psi, P, q = upd.a, upd.P, 0.0
+        if q:  # no labelled observation: time update only
+            P = time_update(P, q)
         check_covariance(P, f"DEKF at {where}")
         check_theta(psi, f"DEKF at {where}")
         return psi, P

@@ -77,11 +77,10 @@ class EKF(LocalAlgorithm):
 
     def update_node(self, state: EKFState, obs: Observation, pred: Prediction, gen: torch.Generator,
                     where: str) -> EKFState:
-        P = time_update(state.P, self.cfg.q)
         if not obs.labelled:
-            return EKFState(state.theta, P)
-        upd = scalar_update(state.theta, P, pred.aux, torch.tensor(obs.d - pred.mean, dtype=P.dtype),
-                            self.cfg.sigma2, self.cfg.joseph)
+            return EKFState(state.theta, time_update(state.P, self.cfg.q))
+        upd = scalar_update(state.theta, state.P, pred.aux, torch.tensor(obs.d - pred.mean, dtype=state.P.dtype),
+                            self.cfg.sigma2, self.cfg.joseph, q=self.cfg.q)
         check_covariance(upd.P, f"EKF at {where}")
         check_theta(upd.a, f"EKF at {where}")
         return EKFState(upd.a, upd.P)

@@ -13,7 +13,12 @@ Joseph form, ``(I − K H) Σ (I − K H)ᵀ + K σ² Kᵀ``, expanded for rank 
 
     Σ ← Σ − K uᵀ − u Kᵀ + (H Σ Hᵀ + σ²) K Kᵀ
 
-Both are O(n²) — never an n × n × n product. The result is symmetrised.
+Both are O(n²) — never an n × n × n product — and the outer product is never
+materialised. The time update Σ + q I of a random-walk
+state is folded in (Σ_pred Hᵀ = Σ Hᵀ + q Hᵀ). The standard form is computed as
+Σ − w wᵀ with w = √r K: entries (i, j) and (j, i) are then the same product w_i w_j, so
+a symmetric Σ stays symmetric bit for bit with one read and one write of Σ (tested).
+The Joseph form, a rank-2 update, is symmetrised explicitly.
 
 | symbol | variable |
 |---|---|
@@ -37,26 +42,33 @@ class KalmanUpdate(NamedTuple):
     r: Tensor  # () innovation variance H Σ Hᵀ + σ²
 
 
-def symmetrize(P: Tensor) -> Tensor:
-    """(P + Pᵀ) / 2: removes the asymmetry rounding adds."""
-    return 0.5 * (P + P.mT)
-
-
 def innovation_variance(P: Tensor, H: Tensor, sigma2: float) -> Tensor:
     """r = H Σ Hᵀ + σ² for H (n,)."""
     return H @ (P @ H) + sigma2
 
 
 def scalar_update(a: Tensor, P: Tensor, H: Tensor, innovation: Tensor, sigma2: float,
-                  joseph: bool = False) -> KalmanUpdate:
-    """One EKF measurement update with a scalar measurement (see module docstring)."""
-    u = P @ H  # (n,)
+                  joseph: bool = False, q: float = 0.0) -> KalmanUpdate:
+    """Time update Σ + q I, then one measurement update with a scalar measurement.
+
+    Args:
+        a: (n,) prior mean; P: (n, n) covariance *before* the time update; H: (n,)
+        innovation: d − h(a); sigma2: σ²; joseph: Joseph-form covariance; q: process noise.
+    """
+    u = torch.addmv(H, P, H, beta=q) if q else P @ H  # Σ_pred Hᵀ, (n,)
     r = H @ u + sigma2
     K = u / r
     a = a + K * innovation
-    if joseph:  # (I − K H) Σ (I − K H)ᵀ + K σ² Kᵀ, expanded for rank one
-        return KalmanUpdate(a, symmetrize(P - torch.outer(K, u) - torch.outer(u, K) + r * torch.outer(K, K)), r)
-    return KalmanUpdate(a, symmetrize(P - r * torch.outer(K, K)), r)
+    if joseph:  # (I − K H) Σ (I − K H)ᵀ + K σ² Kᵀ = Σ − K uᵀ − u Kᵀ + r K Kᵀ
+        P = torch.addr(torch.addr(torch.addr(P, K, u, alpha=-1.0), u, K, alpha=-1.0), K, K, alpha=float(r))
+        P = 0.5 * (P + P.mT)
+    else:
+        w = K * r.sqrt()
+        # elementwise P_ij − w_i w_j (not BLAS ger, whose blocking rounds (i, j) and (j, i) differently)
+        P = torch.addcmul(P, w[:, None], w[None, :], value=-1.0)
+    if q:
+        P.diagonal().add_(q)  # P is a fresh tensor from addr: safe to write in place
+    return KalmanUpdate(a, P, r)
 
 
 def check_covariance(P: Tensor, where: str) -> None:

@@ -1,0 +1,120 @@
+"""Online algorithms: time per step, particles batched vs looped, EKF vs the memory floor.
+
+* Time per online step (4 nodes on a ring, sequences of 10 steps with p = 8 features)
+  for every algorithm at hidden sizes 8, 16, 32 (n_θ ≈ 600, 1,700, 5,400).
+* A particle filter's N model evaluations in one batched call against a Python loop.
+* One EKF step (gradient, gain, rank-1 covariance update) against one read and one
+  write of the n_θ × n_θ covariance (``clone``): the memory-bandwidth floor of any
+  O(n_θ²) update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from distlstm.bench.timing import compare
+from distlstm.data.observation import Observation
+from distlstm.experiments.online_runs import DEFAULT_SETTINGS, regressor
+from distlstm.models.functional import FunctionalModel
+from distlstm.network import InProcessTransport, make_topology
+from distlstm.online import ALGORITHMS, EKF, make_algorithm, run_online
+from distlstm.online.ekf import EKFState
+
+
+@dataclass(frozen=True)
+class StepRow:
+    algorithm: str
+    hidden: int
+    n_theta: int
+    ms_per_step: float
+    bytes_per_node_per_step: float
+
+
+@dataclass(frozen=True)
+class ParticleRow:
+    particles: int
+    n_theta: int
+    loop_ms: float
+    batched_ms: float
+
+
+@dataclass(frozen=True)
+class EKFRow:
+    hidden: int
+    n_theta: int
+    step_ms: float
+    floor_ms: float
+
+
+def _streams(nodes: int, steps: int, p: int, length: int, seed: int = 0) -> list[list[Observation]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [[Observation(torch.randn(length, p, generator=gen, dtype=torch.float64),
+                         float(torch.randn((), generator=gen))) for _ in range(steps)] for _ in range(nodes)]
+
+
+def bench_steps(hidden_sizes: tuple[int, ...] = (8, 16, 32), steps: int = 6, particles: int = 200,
+                progress: Callable[[str], None] | None = None) -> list[StepRow]:
+    """Seconds per online step of every algorithm (first step excluded as warm-up)."""
+    rows = []
+    streams = _streams(4, steps + 1, 8, 10)
+    topology = make_topology("ring", 4)
+    for h in hidden_sizes:
+        fm, theta0 = regressor(8, h, seed=0)
+        for name in ALGORITHMS:
+            if progress:
+                progress(f"online step: {name}, hidden {h}")
+            settings = dict(DEFAULT_SETTINGS[name])
+            if "num_particles" in settings:
+                settings["num_particles"] = particles
+            alg = make_algorithm(name, fm, **settings)
+            run_online(alg, [s[:1] for s in streams], theta0, InProcessTransport(topology))  # warm-up
+            res = run_online(alg, [s[1:] for s in streams], theta0, InProcessTransport(topology))
+            rows.append(StepRow(name, h, fm.numel, res.seconds_per_step * 1e3, res.bytes_per_node_per_step))
+    return rows
+
+
+def _loop_and_batched(fm: FunctionalModel, particles: torch.Tensor,
+                      x: torch.Tensor) -> dict[str, Callable[[], object]]:
+    return {"loop": lambda: [fm(th, x) for th in particles], "batched": lambda: fm(particles, x)}
+
+
+def bench_particles(counts: tuple[int, ...] = (100, 300, 1000), hidden: int = 8, repeats: int = 5,
+                    progress: Callable[[str], None] | None = None) -> list[ParticleRow]:
+    """h(θ^i; X) for N particles: one batched call against a loop over particles."""
+    fm, theta0 = regressor(8, hidden, seed=0)
+    x = torch.randn(1, 10, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    rows = []
+    for n in counts:
+        if progress:
+            progress(f"particles batched vs looped: N = {n}")
+        particles = theta0 + 0.1 * torch.randn(n, fm.numel, dtype=torch.float64)
+        with torch.no_grad():
+            t = compare(_loop_and_batched(fm, particles, x), repeats=repeats)
+        rows.append(ParticleRow(n, fm.numel, t["loop"] * 1e3, t["batched"] * 1e3))
+    return rows
+
+
+def _ekf_step(ekf: EKF, state: EKFState, obs: Observation) -> Callable[[], object]:
+    """One predict + update from ``state`` on ``obs`` (the state is not advanced)."""
+    gen = torch.Generator()
+    return lambda: ekf.update_node(state, obs, ekf.predict(state, obs.x), gen, "bench")
+
+
+def bench_ekf_floor(hidden_sizes: tuple[int, ...] = (8, 16, 32), repeats: int = 5,
+                    progress: Callable[[str], None] | None = None) -> list[EKFRow]:
+    """One EKF predict+update against ``P.clone()`` (one read and one write of Σ)."""
+    rows = []
+    x = torch.randn(10, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for h in hidden_sizes:
+        if progress:
+            progress(f"EKF step vs covariance floor: hidden {h}")
+        fm, theta0 = regressor(8, h, seed=0)
+        ekf = EKF(fm)
+        state = ekf.init(theta0, 0, torch.Generator())
+
+        t = compare({"step": _ekf_step(ekf, state, Observation(x, 0.5)), "floor": state.P.clone}, repeats=repeats)
+        rows.append(EKFRow(h, fm.numel, t["step"] * 1e3, t["floor"] * 1e3))
+    return rows
