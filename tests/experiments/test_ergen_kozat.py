@@ -58,3 +58,11 @@ def test_quick_reproduction_from_the_command_line(tmp_path):
     assert main(["reproduce", "ergen-kozat", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert len(summary) == 12 and all(set(e) >= KEYS for e in summary)
+
+
+def test_online_command_stateful_ekf(tmp_path):
+    out = tmp_path / "st"
+    assert main(["online", "--algorithm", "ekf", "--stateful", "--s0-carry", "0.01", "--steps", "20",
+                 "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["stateful"] is True and summary["n_theta"] == 116

@@ -21,6 +21,7 @@ SETTING_FLAGS = {  # flag → (config field, type, help)
     "walk_steps": ("walk_steps", int, "random-walk steps K per time step (dpf)"),
     "resampling": ("resampling", str, "systematic, residual or multinomial (pf, dpf)"),
     "ess_threshold": ("ess_threshold", float, "resample when ESS < threshold·N; 1 = every step (pf)"),
+    "s0_carry": ("s0_carry", float, "initial variance of the carried state (ekf --stateful)"),
 }
 
 
@@ -39,6 +40,8 @@ def add_online_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="stop after this many steps per node")
     p.add_argument("--seed", type=int, default=0, help="run seed (initial θ, noise, resampling, walks)")
     p.add_argument("--joseph", action="store_true", help="Joseph-form covariance update (ekf, dekf)")
+    p.add_argument("--stateful", action="store_true",
+                   help="ekf only: carry the LSTM state from each window to the next and filter [carry; θ]")
     for flag, (_, kind, text) in SETTING_FLAGS.items():
         p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, default=None,
                        help=f"{text}; default per algorithm")
@@ -63,6 +66,11 @@ def run_series(args: argparse.Namespace) -> dict[str, Any]:
         known.add("joseph")
         if args.joseph:
             settings["joseph"] = True
+    if args.stateful:
+        if args.algorithm != "ekf":
+            raise ValueError(f"--stateful applies to ekf only, not {args.algorithm}")
+        settings["stateful"] = True
+        known |= {"stateful", "s0_carry"}
     unused = sorted(set(settings) - known)
     if unused:
         raise ValueError(f"--{unused[0].replace('num_particles', 'particles').replace('_', '-')} does not apply "

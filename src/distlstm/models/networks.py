@@ -43,6 +43,10 @@ class SequenceRegressor(nn.Module):
         self.rnn = LSTM(input_size, hidden_size, num_layers, batch_first=True, cell=cell, **cell_options)
         self.head = RegressionHead(self.rnn.output_size, bias=head_bias)
 
+    def init_state(self, batch: int, *, dtype: torch.dtype | None = None) -> State:
+        """Zero carried state for ``batch`` sequences, each tensor (num_layers, batch, size)."""
+        return self.rnn.init_state(batch, dtype=dtype)
+
     def forward(self, x: Tensor, lengths: Tensor | None = None, state: State | None = None,
                 return_state: bool = False) -> Tensor | tuple[Tensor, State]:
         check_ndim(x, (3,), "x", "(batch, time, features)")

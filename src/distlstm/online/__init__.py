@@ -18,6 +18,7 @@ from distlstm.online.ekf import EKF, EKFConfig
 from distlstm.online.loop import OnlineResult, run_online
 from distlstm.online.pf import PF, PFConfig
 from distlstm.online.sgd import SGD, DiffusionSGD, SGDConfig
+from distlstm.online.stateful_ekf import StatefulEKF
 
 ALGORITHMS: dict[str, tuple[type[OnlineAlgorithm], type]] = {
     "sgd": (SGD, SGDConfig),
@@ -32,7 +33,8 @@ ALGORITHMS: dict[str, tuple[type[OnlineAlgorithm], type]] = {
 def make_algorithm(name: str, fm: FunctionalModel, **settings: Any) -> OnlineAlgorithm:
     """Build the algorithm ``name`` with its config from ``settings``.
 
-    DPF takes ``walk_steps`` plus the particle settings of :class:`PFConfig`.
+    DPF takes ``walk_steps`` plus the particle settings of :class:`PFConfig`;
+    ``ekf`` with ``stateful=True`` filters [carry; θ] (:class:`StatefulEKF`).
     """
     if name not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {name!r}; expected one of {list(ALGORITHMS)}")
@@ -42,9 +44,11 @@ def make_algorithm(name: str, fm: FunctionalModel, **settings: Any) -> OnlineAlg
         cfg: Any = DPFConfig(walk_steps=walk, pf=PFConfig(**settings))
     else:
         cfg = config_cls(**settings)
+    if name == "ekf" and cfg.stateful:
+        return StatefulEKF(fm, cfg)
     return cls(fm, cfg)  # type: ignore[call-arg]
 
 
 __all__ = ["ALGORITHMS", "DEKF", "DPF", "EKF", "PF", "SGD", "DPFConfig", "DiffusionSGD", "EKFConfig",
            "Observation", "OnlineAlgorithm", "OnlineResult", "PFConfig", "Prediction", "SGDConfig",
-           "make_algorithm", "run_online"]
+           "StatefulEKF", "make_algorithm", "run_online"]

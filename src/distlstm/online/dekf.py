@@ -50,6 +50,9 @@ class DEKF(OnlineAlgorithm):
     def __init__(self, fm: FunctionalModel, cfg: EKFConfig | None = None) -> None:
         super().__init__(fm)
         self.cfg = cfg or EKFConfig()
+        if self.cfg.stateful:
+            raise ValueError("DEKF filters θ only: a carry belongs to one node's stream, and a neighbour's "
+                             "sequence does not continue it; use the stateful EKF at each node instead")
         self._ekf = EKF(fm, self.cfg)
 
     def init(self, theta0: Tensor, node: int, gen: torch.Generator) -> EKFState:

@@ -39,10 +39,14 @@ class EKFConfig:
     q: float = 1e-6  # process noise: Q = q I
     s0: float = 0.1  # initial covariance: Σ₀ = s₀ I
     joseph: bool = False  # Joseph-form covariance update
+    stateful: bool = False  # filter [carry; θ] (see stateful_ekf.py) instead of θ alone
+    s0_carry: float = 0.0  # initial variance of the carry (stateful only); the first carry is zero
 
     def __post_init__(self) -> None:
         check_positive(self.sigma2, "sigma2 (σ²)")
         check_positive(self.s0, "s0")
+        if not self.s0_carry >= 0:
+            raise ValueError(f"s0_carry must be ≥ 0, got {self.s0_carry}")
         if not self.q >= 0:
             raise ValueError(f"q (process noise) must be ≥ 0, got {self.q}")
 

@@ -48,14 +48,16 @@ def innovation_variance(P: Tensor, H: Tensor, sigma2: float) -> Tensor:
 
 
 def scalar_update(a: Tensor, P: Tensor, H: Tensor, innovation: Tensor, sigma2: float,
-                  joseph: bool = False, q: float = 0.0) -> KalmanUpdate:
-    """Time update Σ + q I, then one measurement update with a scalar measurement.
+                  joseph: bool = False, q: float | Tensor = 0.0) -> KalmanUpdate:
+    """Time update Σ + diag(q), then one measurement update with a scalar measurement.
 
     Args:
         a: (n,) prior mean; P: (n, n) covariance *before* the time update; H: (n,)
-        innovation: d − h(a); sigma2: σ²; joseph: Joseph-form covariance; q: process noise.
+        innovation: d − h(a); sigma2: σ²; joseph: Joseph-form covariance;
+        q: process noise variance, a scalar (q I) or per coordinate (n,).
     """
-    u = torch.addmv(H, P, H, beta=q) if q else P @ H  # Σ_pred Hᵀ, (n,)
+    has_q = isinstance(q, Tensor) or q != 0.0
+    u = P @ H + q * H if has_q else P @ H  # Σ_pred Hᵀ, (n,)
     r = H @ u + sigma2
     K = u / r
     a = a + K * innovation
@@ -66,8 +68,8 @@ def scalar_update(a: Tensor, P: Tensor, H: Tensor, innovation: Tensor, sigma2: f
         w = K * r.sqrt()
         # elementwise P_ij − w_i w_j (not BLAS ger, whose blocking rounds (i, j) and (j, i) differently)
         P = torch.addcmul(P, w[:, None], w[None, :], value=-1.0)
-    if q:
-        P.diagonal().add_(q)  # P is a fresh tensor from addr: safe to write in place
+    if has_q:
+        P.diagonal().add_(q)  # P is a fresh tensor: safe to write in place
     return KalmanUpdate(a, P, r)
 
 
