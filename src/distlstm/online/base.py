@@ -36,8 +36,8 @@ class Prediction(NamedTuple):
     aux: Any = None  # algorithm-specific values reused by update (e.g. the EKF's H)
 
 
-__all__ = ["LocalAlgorithm", "Observation", "OnlineAlgorithm", "Prediction", "State", "check_positive",
-           "check_theta"]
+__all__ = ["LocalAlgorithm", "NetworkAlgorithm", "Observation", "OnlineAlgorithm", "Prediction", "State",
+           "check_positive", "check_theta"]
 
 State = Any  # a NamedTuple of tensors, one per algorithm
 
@@ -97,6 +97,26 @@ class LocalAlgorithm(OnlineAlgorithm):
     def update_node(self, state: State, obs: Observation, pred: Prediction, gen: torch.Generator,
                     where: str) -> State:
         """One node's update on its own label."""
+
+
+class NetworkAlgorithm(OnlineAlgorithm):
+    """A distributed algorithm built on a local one: same per-node state, prediction and
+    estimate as ``local``; only ``update`` (which talks to neighbours) is its own."""
+
+    communicates = True
+
+    def __init__(self, fm: FunctionalModel, local: LocalAlgorithm) -> None:
+        super().__init__(fm)
+        self.local = local
+
+    def init(self, theta0: Tensor, node: int, gen: torch.Generator) -> State:
+        return self.local.init(theta0, node, gen)
+
+    def predict(self, state: State, x: Tensor) -> Prediction:
+        return self.local.predict(state, x)
+
+    def estimate(self, state: State) -> Tensor:
+        return self.local.estimate(state)
 
 
 def check_theta(theta: Tensor, where: str) -> None:

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from distlstm.models.functional import FunctionalModel
 from distlstm.network.transport import Transport
-from distlstm.online.base import Observation, OnlineAlgorithm, Prediction, check_theta
+from distlstm.online.base import NetworkAlgorithm, Observation, Prediction, check_theta
 from distlstm.online.diffusion import diffusion_combine
 from distlstm.online.ekf import EKF, EKFConfig, EKFState, time_update
 from distlstm.ops.kalman import check_covariance, scalar_update
@@ -41,25 +41,18 @@ def unpack_observation(message: Tensor, p: int) -> Observation:
     return Observation(message[:-1].view(-1, p), float(message[-1]))
 
 
-class DEKF(OnlineAlgorithm):
-    """Diffusion EKF with Metropolis combination of θ."""
+class DEKF(NetworkAlgorithm):
+    """Diffusion EKF with Metropolis combination of θ (state, prediction and estimate as the EKF)."""
 
     name = "dekf"
-    communicates = True
 
     def __init__(self, fm: FunctionalModel, cfg: EKFConfig | None = None) -> None:
-        super().__init__(fm)
-        self.cfg = cfg or EKFConfig()
-        if self.cfg.stateful:
+        cfg = cfg or EKFConfig()
+        if cfg.stateful:
             raise ValueError("DEKF filters θ only: a carry belongs to one node's stream, and a neighbour's "
                              "sequence does not continue it; use the stateful EKF at each node instead")
-        self._ekf = EKF(fm, self.cfg)
-
-    def init(self, theta0: Tensor, node: int, gen: torch.Generator) -> EKFState:
-        return self._ekf.init(theta0, node, gen)
-
-    def predict(self, state: EKFState, x: Tensor) -> Prediction:
-        return self._ekf.predict(state, x)
+        super().__init__(fm, EKF(fm, cfg))
+        self.cfg = cfg
 
     def update(self, states: Mapping[int, EKFState], obs: Mapping[int, Observation],
                preds: Mapping[int, Prediction], transport: Transport,
@@ -88,6 +81,3 @@ class DEKF(OnlineAlgorithm):
         check_covariance(P, f"DEKF at {where}")
         check_theta(psi, f"DEKF at {where}")
         return psi, P
-
-    def estimate(self, state: EKFState) -> Tensor:
-        return state.theta

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from distlstm.models.functional import FunctionalModel
 from distlstm.network.transport import Transport
-from distlstm.online.base import Observation, OnlineAlgorithm, Prediction
+from distlstm.online.base import NetworkAlgorithm, Observation, Prediction
 from distlstm.online.pf import (
     PF,
     ParticleState,
@@ -44,7 +44,6 @@ from distlstm.online.pf import (
     gaussian_loglik,
     jitter,
     resample_state,
-    weighted_mean,
 )
 
 
@@ -58,22 +57,15 @@ class DPFConfig:
             raise ValueError(f"walk_steps (K) must be an int ≥ 1, got {self.walk_steps!r}")
 
 
-class DPF(OnlineAlgorithm):
-    """Markov-chain distributed particle filter over the transport's topology."""
+class DPF(NetworkAlgorithm):
+    """Markov-chain distributed particle filter (state, prediction and estimate as the PF)."""
 
     name = "dpf"
-    communicates = True
 
     def __init__(self, fm: FunctionalModel, cfg: DPFConfig | None = None) -> None:
-        super().__init__(fm)
-        self.cfg = cfg or DPFConfig()
-        self._pf = PF(fm, self.cfg.pf)
-
-    def init(self, theta0: Tensor, node: int, gen: torch.Generator) -> ParticleState:
-        return self._pf.init(theta0, node, gen)
-
-    def predict(self, state: ParticleState, x: Tensor) -> Prediction:
-        return self._pf.predict(state, x)
+        cfg = cfg or DPFConfig()
+        super().__init__(fm, PF(fm, cfg.pf))
+        self.cfg = cfg
 
     def update(self, states: Mapping[int, ParticleState], obs: Mapping[int, Observation],
                preds: Mapping[int, Prediction], transport: Transport,
@@ -122,6 +114,3 @@ class DPF(OnlineAlgorithm):
             rows = torch.cat(blocks) if blocks else here[k].particles.new_zeros(0, n + 1)
             result[k] = ParticleState(rows[:, :n], rows[:, n])
         return result
-
-    def estimate(self, state: ParticleState) -> Tensor:
-        return weighted_mean(state)

@@ -26,8 +26,8 @@ from distlstm.models.functional import FunctionalModel
 from distlstm.network.transport import Transport
 from distlstm.online.base import (
     LocalAlgorithm,
+    NetworkAlgorithm,
     Observation,
-    OnlineAlgorithm,
     Prediction,
     check_positive,
     check_theta,
@@ -88,29 +88,20 @@ class SGD(LocalAlgorithm):
         return state.theta
 
 
-class DiffusionSGD(OnlineAlgorithm):
-    """Adapt-then-combine diffusion SGD with Metropolis weights."""
+class DiffusionSGD(NetworkAlgorithm):
+    """Adapt-then-combine diffusion SGD with Metropolis weights (state and prediction as SGD)."""
 
     name = "dsgd"
-    communicates = True
 
     def __init__(self, fm: FunctionalModel, cfg: SGDConfig | None = None) -> None:
-        super().__init__(fm)
-        self.cfg = cfg or SGDConfig()
-        self._local = SGD(fm, self.cfg)
-
-    def init(self, theta0: Tensor, node: int, gen: torch.Generator) -> SGDState:
-        return SGDState(theta0.clone())
-
-    def predict(self, state: SGDState, x: Tensor) -> Prediction:
-        return self._local.predict(state, x)
+        cfg = cfg or SGDConfig()
+        super().__init__(fm, SGD(fm, cfg))
+        self.cfg = cfg
 
     def update(self, states: Mapping[int, SGDState], obs: Mapping[int, Observation],
                preds: Mapping[int, Prediction], transport: Transport,
                gens: Mapping[int, torch.Generator], step: int) -> dict[int, SGDState]:
-        psi = {k: self._local.update_node(states[k], obs[k], preds[k], gens[k], f"node {k}, step {step}").theta
+        assert isinstance(self.local, SGD)
+        psi = {k: self.local.update_node(states[k], obs[k], preds[k], gens[k], f"node {k}, step {step}").theta
                for k in transport.local_nodes}
         return {k: SGDState(theta) for k, theta in diffusion_combine(psi, transport).items()}
-
-    def estimate(self, state: SGDState) -> Tensor:
-        return state.theta
