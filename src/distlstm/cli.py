@@ -108,11 +108,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_online(args: argparse.Namespace) -> int:
     """Train one online algorithm on a univariate CSV series over a network of nodes."""
     from distlstm.experiments.online_cli import run_series
+    from distlstm.runtime.dist import launched_env
 
     summary = run_series(args)
+    env = launched_env()
+    if env is not None and not env.is_main:
+        return 0
     print(f"{summary['algorithm']}: final MSE {summary['final_mse']:.5g} (last-value forecast "
           f"{summary['mse_naive']:.5g}), {summary['seconds_per_step'] * 1e3:.1f} ms/step, "
-          f"{summary['bytes_per_node_per_step']:,.0f} bytes/node/step; wrote {args.out}")
+          f"{summary['bytes_per_node_per_step']:,.0f} bytes/node/step, {summary['processes']} process(es); "
+          f"wrote {args.out}")
     return 0
 
 

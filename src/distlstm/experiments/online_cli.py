@@ -9,8 +9,10 @@ from typing import Any
 from distlstm.data.series import EXCHANGE_RATES, Scaler, load_series, naive_mse, split_round_robin, windows
 from distlstm.experiments.online_runs import DEFAULT_SETTINGS, regressor, run_one, write_curves
 from distlstm.network.graphs import TOPOLOGIES, make_topology, parse_edges
+from distlstm.network.torch_transport import TorchDistTransport
 from distlstm.online import ALGORITHMS
 from distlstm.runs import write_json
+from distlstm.runtime.dist import init_distributed, launched_env, shutdown_distributed
 
 SETTING_FLAGS = {  # flag → (config field, type, help)
     "lr": ("lr", float, "SGD step size μ (sgd, dsgd)"),
@@ -76,14 +78,25 @@ def run_series(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--{unused[0].replace('num_particles', 'particles').replace('_', '-')} does not apply "
                          f"to {args.algorithm}")
     fm, theta0 = regressor(1, args.hidden, args.seed)
+    env = launched_env()
+    transport = None
+    if env is not None and env.world_size > 1:  # under torchrun: nodes spread over the processes
+        init_distributed()
+        transport = TorchDistTransport(topology, env.rank, env.world_size)
+    main_process = env is None or env.is_main
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     result, summary = run_one(args.algorithm, streams, fm, theta0, topology, seed=args.seed, settings=settings,
                               dataset=Path(args.data).name, mse_naive=naive_mse(streams), steps=args.steps,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress and main_process, transport=transport)
+    data = summary.as_dict() | {"nodes": args.nodes, "topology": args.topology, "window": args.window,
+                                "scaling": args.scaling, "hidden": args.hidden, "seed": args.seed,
+                                "processes": 1 if env is None else env.world_size}
+    if transport is not None:
+        shutdown_distributed()
+    if not main_process:
+        return data
+    out.mkdir(parents=True, exist_ok=True)
     write_curves(out, "mse", {args.algorithm: result}, f"{args.algorithm} on {Path(args.data).name}, "
                  f"{args.nodes} nodes ({args.topology})", reference={"last-value forecast": summary.mse_naive})
-    data = summary.as_dict() | {"nodes": args.nodes, "topology": args.topology, "window": args.window,
-                                "scaling": args.scaling, "hidden": args.hidden, "seed": args.seed}
     write_json(out / "summary.json", data)
     return data

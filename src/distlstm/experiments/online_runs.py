@@ -18,7 +18,7 @@ from distlstm.data.observation import Observation
 from distlstm.models.functional import FunctionalModel
 from distlstm.models.networks import SequenceRegressor
 from distlstm.network.graphs import Topology
-from distlstm.network.transport import InProcessTransport
+from distlstm.network.transport import InProcessTransport, Transport
 from distlstm.online import make_algorithm, run_online
 from distlstm.online.loop import OnlineResult
 from distlstm.runs import plot_curves, write_csv
@@ -68,12 +68,21 @@ def regressor(input_size: int, hidden: int, seed: int) -> tuple[FunctionalModel,
 def run_one(name: str, streams: Sequence[Sequence[Observation]], fm: FunctionalModel, theta0: torch.Tensor,
             topology: Topology, *, seed: int, settings: Mapping[str, Any] | None = None,
             dataset: str = "", mse_naive: float = math.nan, steps: int | None = None,
-            progress: bool = False) -> tuple[OnlineResult, RunSummary]:
-    """Run one algorithm with its default settings overridden by ``settings``."""
+            progress: bool = False, transport: Transport | None = None) -> tuple[OnlineResult, RunSummary]:
+    """Run one algorithm with its default settings overridden by ``settings``.
+
+    ``transport`` defaults to all nodes in this process; with a
+    :class:`~distlstm.network.torch_transport.TorchDistTransport` each process runs its
+    own nodes and the records of all processes are gathered on every rank.
+    """
     merged = {**DEFAULT_SETTINGS.get(name, {}), **(settings or {})}
     algorithm = make_algorithm(name, fm, **dict(merged))
-    result = run_online(algorithm, streams, theta0, InProcessTransport(topology), seed=seed, steps=steps,
-                        progress=progress)
+    transport = transport or InProcessTransport(topology)
+    result = run_online(algorithm, streams, theta0, transport, seed=seed, steps=steps, progress=progress)
+    if not isinstance(transport, InProcessTransport):
+        from distlstm.online.gather import gather_result
+
+        result = gather_result(result, transport)
     running = result.running_mse()
     summary = RunSummary(
         dataset=dataset, algorithm=name, final_mse=result.final_mse(), mse_naive=mse_naive,

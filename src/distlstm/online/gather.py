@@ -1,0 +1,42 @@
+"""Combine the per-process records of a multi-process online run into one result.
+
+Every process runs the loop for its own nodes; these collectives (tensors only)
+give every rank the whole run: errors and variances of all nodes, bytes and
+messages summed over nodes, skipped labels summed, the slowest process's time,
+and every node's final estimate.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from distlstm.network.transport import Transport
+from distlstm.online.loop import OnlineResult
+
+
+def _all_gather_columns(local: torch.Tensor, world: int) -> torch.Tensor:
+    parts = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(parts, local.contiguous())
+    return torch.cat(parts, dim=-1 if local.dim() > 1 else 0)
+
+
+def gather_result(result: OnlineResult, transport: Transport) -> OnlineResult:
+    """The whole run's result on every rank (nodes are contiguous blocks per rank, in rank order)."""
+    world = dist.get_world_size()
+    errors = _all_gather_columns(torch.tensor(result.sq_errors, dtype=torch.float64), world)
+    variances = _all_gather_columns(torch.tensor(result.variances, dtype=torch.float64), world)
+    per_step = torch.tensor([result.bytes_per_step, result.messages_per_step], dtype=torch.float64)
+    dist.all_reduce(per_step)
+    scalars = torch.tensor([float(result.skipped_labels)], dtype=torch.float64)
+    dist.all_reduce(scalars)
+    seconds = torch.tensor([result.seconds], dtype=torch.float64)
+    dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+    nodes = transport.local_nodes
+    thetas = _all_gather_columns(torch.stack([result.final_thetas[k] for k in nodes]).T, world).T
+    return OnlineResult(
+        algorithm=result.algorithm, num_nodes=result.num_nodes,
+        sq_errors=errors.tolist(), variances=variances.tolist(),
+        bytes_per_step=per_step[0].tolist(), messages_per_step=per_step[1].tolist(),
+        seconds=float(seconds), skipped_labels=int(scalars[0]),
+        final_thetas={k: thetas[k] for k in range(result.num_nodes)})

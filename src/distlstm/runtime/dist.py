@@ -1,0 +1,64 @@
+"""Starting and stopping ``torch.distributed`` for every distributed mode.
+
+``torchrun`` (or any launcher) sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; this
+module reads them once. The backend is NCCL when this process has a GPU and gloo
+otherwise. The rendezvous address defaults to 127.0.0.1 — a run binds to loopback
+unless the user sets ``MASTER_ADDR`` (or torchrun's ``--master-addr``) to another
+host. A peer that does not answer within ``timeout_s`` ends the run with an error
+instead of hanging.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_env() -> DistEnv | None:
+    """The launcher's rank and world size, or None when not launched by torchrun (or similar)."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local = int(os.environ.get("LOCAL_RANK", rank))
+    except ValueError:
+        raise ValueError(f"RANK/WORLD_SIZE must be integers, got {os.environ['RANK']!r}/"
+                         f"{os.environ['WORLD_SIZE']!r}") from None
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK {rank} is outside WORLD_SIZE {world}")
+    return DistEnv(rank, world, local)
+
+
+def init_distributed(timeout_s: float = 120.0) -> DistEnv:
+    """Join the process group described by the environment (idempotent)."""
+    env = launched_env()
+    if env is None:
+        raise RuntimeError("not launched by torchrun: RANK and WORLD_SIZE are not set "
+                           "(run under `torchrun --nproc-per-node N ...`)")
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        use_nccl = torch.cuda.is_available() and dist.is_nccl_available()
+        if use_nccl:
+            torch.cuda.set_device(env.local_rank)
+        dist.init_process_group("nccl" if use_nccl else "gloo", timeout=timedelta(seconds=timeout_s))
+    return env
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
