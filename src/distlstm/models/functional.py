@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad_and_value, jacrev, vmap
+from torch.func import functional_call, jacrev, vmap
 
 from distlstm._checks import check_finite
 
@@ -160,21 +160,21 @@ class FunctionalModel:
         """Scalar output and its gradient ∂out/∂θ (n_θ,) at one θ.
 
         For a model with one output per call (e.g. d̂ for one sequence) this is the
-        EKF's measurement Jacobian H as a row vector.
+        EKF's measurement Jacobian H as a row vector. Plain reverse-mode autograd on a
+        leaf θ, so the model keeps its fastest path (e.g. ATen's fused LSTM).
         """
         self.spec.check(theta)
         if theta.dim() != 1:
             raise ValueError(f"value_and_grad takes one θ (n_θ,), got shape {tuple(theta.shape)}")
-
-        def scalar(th: Tensor) -> Tensor:
-            out = self._call(th, *args, **kwargs)
-            if out.numel() != 1:
-                raise ValueError(f"value_and_grad needs a scalar output, got shape {tuple(out.shape)}; "
+        with torch.enable_grad():
+            leaf = theta.detach().requires_grad_(True)
+            out = self._call(leaf, *args, **kwargs)
+            if not isinstance(out, Tensor) or out.numel() != 1:
+                shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                raise ValueError(f"value_and_grad needs a scalar output, got shape {shape}; "
                                  "use jacobian for vector outputs")
-            return out.reshape(())
-
-        g, v = grad_and_value(scalar)(theta)
-        return v.detach(), g.detach()
+            (grad,) = torch.autograd.grad(out.reshape(()), leaf)
+        return out.detach().reshape(()), grad
 
     def jacobian(self, theta: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         """Output (m,) and its Jacobian ∂out/∂θ (m, n_θ) at one θ (reverse mode, m passes)."""

@@ -76,15 +76,17 @@ class EKF(LocalAlgorithm):
 
     def predict(self, state: EKFState, x: Tensor) -> Prediction:
         value, H = self.output_and_grad(state.theta, x)
-        var = float(H @ (state.P @ H)) + self.cfg.q * float(H @ H) + self.cfg.sigma2
-        return Prediction(float(value), var, H)
+        PH = state.P @ H
+        var = float(H @ PH) + self.cfg.q * float(H @ H) + self.cfg.sigma2
+        return Prediction(float(value), var, (H, PH))
 
     def update_node(self, state: EKFState, obs: Observation, pred: Prediction, gen: torch.Generator,
                     where: str) -> EKFState:
         if not obs.labelled:
             return EKFState(state.theta, time_update(state.P, self.cfg.q))
-        upd = scalar_update(state.theta, state.P, pred.aux, torch.tensor(obs.d - pred.mean, dtype=state.P.dtype),
-                            self.cfg.sigma2, self.cfg.joseph, q=self.cfg.q)
+        H, PH = pred.aux
+        upd = scalar_update(state.theta, state.P, H, torch.tensor(obs.d - pred.mean, dtype=state.P.dtype),
+                            self.cfg.sigma2, self.cfg.joseph, q=self.cfg.q, PH=PH)
         check_covariance(upd.P, f"EKF at {where}")
         check_theta(upd.a, f"EKF at {where}")
         return EKFState(upd.a, upd.P)

@@ -48,16 +48,18 @@ def innovation_variance(P: Tensor, H: Tensor, sigma2: float) -> Tensor:
 
 
 def scalar_update(a: Tensor, P: Tensor, H: Tensor, innovation: Tensor, sigma2: float,
-                  joseph: bool = False, q: float | Tensor = 0.0) -> KalmanUpdate:
+                  joseph: bool = False, q: float | Tensor = 0.0, PH: Tensor | None = None) -> KalmanUpdate:
     """Time update Σ + diag(q), then one measurement update with a scalar measurement.
 
     Args:
         a: (n,) prior mean; P: (n, n) covariance *before* the time update; H: (n,)
         innovation: d − h(a); sigma2: σ²; joseph: Joseph-form covariance;
-        q: process noise variance, a scalar (q I) or per coordinate (n,).
+        q: process noise variance, a scalar (q I) or per coordinate (n,);
+        PH: Σ Hᵀ if the caller already has it (saves a pass over Σ).
     """
     has_q = isinstance(q, Tensor) or q != 0.0
-    u = P @ H + q * H if has_q else P @ H  # Σ_pred Hᵀ, (n,)
+    PH = P @ H if PH is None else PH
+    u = PH + q * H if has_q else PH  # Σ_pred Hᵀ, (n,)
     r = H @ u + sigma2
     K = u / r
     a = a + K * innovation
@@ -74,8 +76,11 @@ def scalar_update(a: Tensor, P: Tensor, H: Tensor, innovation: Tensor, sigma2: f
 
 
 def check_covariance(P: Tensor, where: str) -> None:
-    """Raise ``FloatingPointError`` if Σ is non-finite or has a negative diagonal (not PSD)."""
-    if not bool(torch.isfinite(P).all()):
+    """Raise ``FloatingPointError`` if Σ is non-finite or has a negative diagonal (not PSD).
+
+    One reduction over Σ (a finite sum means finite entries), not an elementwise pass.
+    """
+    if not bool(torch.isfinite(P.sum())):
         raise FloatingPointError(f"{where}: the covariance has NaN/inf entries; the filter diverged "
                                  "(lower the initial covariance s0 or the process noise q, or raise σ²)")
     diag_min = float(P.diagonal().min())
