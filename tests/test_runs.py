@@ -27,7 +27,10 @@ class Arbitrary:
 def test_checkpoint_refuses_pickled_objects(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"obj": Arbitrary()}, path)
-    with pytest.raises(Exception, match=r"[Ww]eights only"):
+    with pytest.raises(ValueError, match="objects other than tensors and plain data, which are never unpickled"):
+        load_checkpoint(path)
+    path.write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="not a readable distlstm checkpoint"):
         load_checkpoint(path)
 
 

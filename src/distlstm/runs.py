@@ -31,7 +31,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint without unpickling arbitrary objects (``weights_only=True``)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load reports bad files as many types; any of them means "not readable"
+        raise ValueError(f"{path} is not a readable distlstm checkpoint: it is corrupt, truncated, or holds "
+                         "objects other than tensors and plain data, which are never unpickled") from err
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -9,17 +9,16 @@ with the resolved config, metrics CSV, a loss plot, samples and a summary.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
-from distlstm.data.text import SHAKESPEARE_TRAGEDIES, CharVocab, load_text, random_windows, split_ids
-from distlstm.models import CharLM, sequence_cross_entropy
+from distlstm.data.text import SHAKESPEARE_TRAGEDIES, CharVocab, load_text, split_ids
+from distlstm.experiments.backprop_lm import BackpropConfig, train_backprop
+from distlstm.models import CharLM
 from distlstm.runs import atomic_write_text, plot_curves, write_csv, write_json
 
 
@@ -60,22 +59,6 @@ def entropies(ids: torch.Tensor, vocab_size: int) -> tuple[float, float]:
     return h1, h2
 
 
-@torch.no_grad()
-def evaluate(model: CharLM, ids: torch.Tensor, chars: int, window: int = 256) -> float:
-    """Mean nats/char over the first ``chars`` characters, state carried across windows."""
-    ids = ids[: chars + 1]
-    state = None
-    total, count = 0.0, 0
-    for start in range(0, len(ids) - 1, window):
-        x = ids[start : start + window].unsqueeze(0)
-        y = ids[start + 1 : start + 1 + window].unsqueeze(0)
-        x = x[:, : y.shape[1]]
-        logits, state = model(x, state)
-        total += float(sequence_cross_entropy(logits, y)) * y.numel()
-        count += y.numel()
-    return total / count
-
-
 def run_demo(cfg: DemoConfig, out: Path, show_progress: bool = True) -> dict[str, Any]:
     """Train, evaluate and write the run folder; returns the summary."""
     out.mkdir(parents=True, exist_ok=True)
@@ -88,27 +71,11 @@ def run_demo(cfg: DemoConfig, out: Path, show_progress: bool = True) -> dict[str
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = CharLM(len(vocab), cfg.hidden, cell=cfg.cell, embedding_dim=cfg.embedding, **dict(cfg.cell_options))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    rows: list[dict[str, Any]] = []
     start = time.perf_counter()
-    bar = tqdm(range(1, cfg.steps + 1), desc="demo: char LSTM", disable=not show_progress, unit="step")
-    train_loss = math.nan
-    for step in bar:
-        x, y = random_windows(train, cfg.batch, cfg.window, gen)
-        loss = sequence_cross_entropy(model(x)[0], y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss at step {step}; lower --lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        opt.step()
-        value = loss.item()
-        train_loss = value if math.isnan(train_loss) else 0.95 * train_loss + 0.05 * value
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            val_loss = evaluate(model, val, cfg.eval_chars)
-            rows.append({"step": step, "seconds": round(time.perf_counter() - start, 3),
-                         "train_nats_per_char": round(train_loss, 5), "val_nats_per_char": round(val_loss, 5)})
-            bar.set_postfix(val=f"{val_loss:.3f}")
+    rows = train_backprop(model, train, val, BackpropConfig(batch=cfg.batch, window=cfg.window, lr=cfg.lr,
+                                                            clip=cfg.clip, steps=cfg.steps,
+                                                            eval_every=cfg.eval_every, eval_chars=cfg.eval_chars),
+                          gen, desc="demo: char LSTM", show_progress=show_progress)
     seconds = time.perf_counter() - start
 
     write_csv(out / "metrics.csv", rows)

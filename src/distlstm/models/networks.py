@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -54,6 +55,27 @@ class SequenceRegressor(nn.Module):
         assert isinstance(y, Tensor)
         d_hat = self.head(pool(y, lengths, self.pooling))
         return (d_hat, state) if return_state else d_hat
+
+
+@torch.no_grad()
+def sequence_nats(forward: Callable[[Tensor, State | None], tuple[Tensor, State]], ids: Tensor,
+                  window: int = 256) -> float:
+    """Mean next-id cross-entropy (nats) over a contiguous id sequence (L,), state carried across windows.
+
+    ``forward(x, state) -> (logits, state)`` is a language model's call, e.g. a
+    :class:`CharLM` or its ``functional_call`` at some θ.
+    """
+    if len(ids) < 2:
+        raise ValueError(f"need at least 2 ids to score next-id predictions, got {len(ids)}")
+    state: State | None = None
+    total, count = 0.0, 0
+    for start in range(0, len(ids) - 1, window):
+        y = ids[start + 1 : start + 1 + window].unsqueeze(0)
+        x = ids[start : start + y.shape[1]].unsqueeze(0)
+        logits, state = forward(x, state)
+        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"))
+        count += y.numel()
+    return total / count
 
 
 class CharLM(nn.Module):

@@ -1,0 +1,171 @@
+"""Reproduction: evolution strategies for a character RNN/LSTM on Shakespeare, against backprop.
+
+The federated-ES source trained a one-hot character RNN with θ ← θ + α/(nσ) Σ F_i ε_i
+(z-scored fitness) and plateaued near 3.35 nats/char from 4.33. Here, on the shipped
+tragedies with a contiguous validation split, on one wall-clock budget per run:
+
+* OpenAI-ES (mirrored sampling, centred ranks, Adam, weight decay) for the tanh RNN
+  and an LSTM of the same width;
+* the source's plain rule for the RNN;
+* backprop (Adam, truncated BPTT on random windows) for both models.
+
+Writes per-run CSVs, learning curves against generations and wall time (PNG), text
+samples at temperatures 0.8 and 1.0, a checkpoint per model (``distlstm sample``),
+``summary.json`` and ``report.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distlstm.data.text import SHAKESPEARE_TRAGEDIES, CharVocab, load_text, split_ids
+from distlstm.es.train import ESRunConfig, build_model, train_es
+from distlstm.experiments.backprop_lm import BackpropConfig, train_backprop
+from distlstm.experiments.charlm_demo import entropies
+from distlstm.experiments.sampling import sample_text
+from distlstm.models.functional import flatten
+from distlstm.models.networks import CharLM
+from distlstm.runs import atomic_write_text, plot_curves, save_checkpoint, write_csv, write_json
+
+SOURCE_PLATEAU = 3.35
+
+
+@dataclass(frozen=True)
+class ESShakespeareConfig:
+    quick: bool = False
+    seed: int = 0
+    seconds: float = 240.0  # wall-clock budget of every run
+    hidden: int = 64
+    population: int = 256
+    sigma: float = 0.02
+    lr: float = 0.01
+    eval_every: int = 50
+    eval_chars: int = 20_000
+    plain_lr: float = 0.01
+
+    @classmethod
+    def preset(cls, quick: bool, seed: int = 0) -> ESShakespeareConfig:
+        if quick:
+            return cls(quick=True, seed=seed, seconds=15.0, eval_every=25, eval_chars=5_000)
+        return cls(seed=seed)
+
+
+def run(cfg: ESShakespeareConfig, out: Path, show_progress: bool = True) -> list[dict[str, Any]]:
+    """Train every model and method, write the run folder, return the summary rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", asdict(cfg))
+    text = load_text(SHAKESPEARE_TRAGEDIES)
+    vocab = CharVocab.from_text(text)
+    train, val = split_ids(vocab.encode(text))
+    h1, h2 = entropies(train, len(vocab))
+    runs: list[dict[str, Any]] = []
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for cell, strategy, lr in (("rnn", "openai-es", cfg.lr), ("rnn", "plain", cfg.plain_lr),
+                               ("lstm", "openai-es", cfg.lr)):
+        name = f"{cell} {strategy}"
+        folder = out / f"es_{cell}_{strategy}"
+        es_cfg = ESRunConfig(cell=cell, hidden=cfg.hidden, strategy=strategy, population=cfg.population,
+                             sigma=cfg.sigma, lr=lr, generations=10**9, seconds=cfg.seconds,
+                             eval_every=cfg.eval_every, eval_chars=cfg.eval_chars, seed=cfg.seed)
+        summary = train_es(es_cfg, folder, show_progress=show_progress)
+        summary.pop("theta")
+        runs.append(summary)
+        curves[name] = _read_rows(folder / "metrics.csv")
+    for cell in ("rnn", "lstm"):
+        torch.manual_seed(cfg.seed)
+        model = build_model(len(vocab), cell, cfg.hidden, cfg.seed).module
+        assert isinstance(model, CharLM)
+        bp = BackpropConfig(steps=10**9, seconds=cfg.seconds, eval_every=100, eval_chars=cfg.eval_chars)
+        rows = train_backprop(model, train, val, bp, torch.Generator().manual_seed(cfg.seed),
+                              desc=f"backprop {cell}", show_progress=show_progress)
+        folder = out / f"backprop_{cell}"
+        folder.mkdir(exist_ok=True)
+        write_csv(folder / "metrics.csv", rows)
+        save_checkpoint(folder / "checkpoint.pt", {"version": 1, "theta": flatten(model), "vocab": vocab.chars,
+                                                  "config": {"cell": cell, "hidden": cfg.hidden}, "rows": rows})
+        last = rows[-1]
+        runs.append({"model": cell, "method": "backprop", "val_nats_per_char": last["val_nats_per_char"],
+                     "seconds": last["seconds"], "evaluations": last["step"] * bp.batch, "generations": last["step"],
+                     "parameters": sum(p.numel() for p in model.parameters()), "workers": 1})
+        curves[f"{cell} backprop"] = rows
+    write_json(out / "summary.json", runs)
+    _plots(out, curves, h1, h2)
+    samples = _samples(out, runs)
+    atomic_write_text(out / "report.md", render_report(cfg, runs, h1, h2, samples))
+    return runs
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    import csv
+
+    with path.open() as f:
+        return [{k: float(v) if v not in ("", "nan") else float("nan") for k, v in row.items()}
+                for row in csv.DictReader(f)]
+
+
+def _plots(out: Path, curves: dict[str, list[dict[str, Any]]], h1: float, h2: float) -> None:
+    ref = {"unigram entropy": h1, "bigram entropy": h2, "source's ES plateau": SOURCE_PLATEAU}
+    def series(rows: list[dict[str, Any]], x: str) -> tuple[list[float], list[float]]:
+        return [r[x] for r in rows], [r["val_nats_per_char"] for r in rows]
+
+    plot_curves(out / "val_vs_seconds.png", {n: series(rows, "seconds") for n, rows in curves.items()},
+                xlabel="wall time (s, 2 cores)", ylabel="validation nats / char",
+                title="ES vs backprop on Shakespeare", hlines=ref)
+    plot_curves(out / "val_vs_generations.png",
+                {n: series(rows, "generation") for n, rows in curves.items() if "backprop" not in n},
+                xlabel="generation", ylabel="validation nats / char", title="ES on Shakespeare", hlines=ref)
+
+
+def _samples(out: Path, runs: list[dict[str, Any]]) -> dict[str, dict[float, str]]:
+    samples = {}
+    for r in runs:
+        folder = out / (f"backprop_{r['model']}" if r["method"] == "backprop" else f"es_{r['model']}_{r['method']}")
+        samples[f"{r['model']} {r['method']}"] = {t: sample_text(folder / "checkpoint.pt", "ROMEO.\n", 240, t, seed=0)
+                                                  for t in (0.8, 1.0)}
+    return samples
+
+
+def render_report(cfg: ESShakespeareConfig, runs: list[dict[str, Any]], h1: float, h2: float,
+                  samples: dict[str, dict[float, str]]) -> str:
+    es_best = min((r for r in runs if r["method"] != "backprop"), key=lambda r: r["val_nats_per_char"])
+    lines = [
+        "# Evolution strategies for a character RNN/LSTM on Shakespeare",
+        "",
+        f"Shipped tragedies (1.18 M characters, 73 symbols), last 10% held out. Every run had {cfg.seconds:.0f} s "
+        f"of wall time on this machine{' (quick preset)' if cfg.quick else ''}; one-hot input, hidden {cfg.hidden}. "
+        f"ES: population {cfg.population}, σ = {cfg.sigma}, fitness = −mean cross-entropy on 8 shared windows "
+        "of 32 characters per generation. References: unigram entropy "
+        f"{h1:.3f} and bigram conditional entropy {h2:.3f} nats/char of the training text; the source's ES "
+        f"run plateaued near {SOURCE_PLATEAU} from 4.33.",
+        "",
+        "| model | method | validation nats/char | seconds | evaluations | parameters |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        lines.append(f"| {r['model']} | {r['method']} | {r['val_nats_per_char']:.3f} | {r['seconds']:.0f} | "
+                     f"{r['evaluations']:,} | {r['parameters']:,} |")
+    bp = {r["model"]: r for r in runs if r["method"] == "backprop"}
+    gap = es_best["val_nats_per_char"] - bp[es_best["model"]]["val_nats_per_char"]
+    lines += [
+        "", "![validation vs time](val_vs_seconds.png) ![validation vs generations](val_vs_generations.png)", "",
+        "## Findings", "",
+        f"- Best ES: {es_best['model']} {es_best['method']} at {es_best['val_nats_per_char']:.3f} nats/char — "
+        f"{'below' if es_best['val_nats_per_char'] < SOURCE_PLATEAU else 'not below'} the source's plateau "
+        f"({SOURCE_PLATEAU}) and {'below' if es_best['val_nats_per_char'] < h2 else 'above'} the bigram entropy "
+        f"({h2:.3f}).",
+        f"- Backprop on the same model and budget reaches {bp[es_best['model']]['val_nats_per_char']:.3f}: ES stays "
+        f"{gap:.2f} nats/char behind. Each ES generation spends {cfg.population} forward passes to estimate one "
+        "gradient of n_θ ≈ 10⁴–10⁵ dimensions from scalar fitnesses, a signal far noisier than the exact "
+        "gradient one backward pass gives; ES pays this to need no backward pass and to exchange only "
+        f"{cfg.population} numbers per generation between workers.",
+        "",
+        "## Samples (prompt `ROMEO.`)", "",
+    ]
+    for name, by_t in samples.items():
+        for t, text in by_t.items():
+            lines += [f"**{name}, temperature {t}**", "", "```", text, "```", ""]
+    return "\n".join(lines) + "\n"
