@@ -203,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time torch.compile of the cell loop (adds about a minute of compilation per size)")
     p.add_argument("--repeats", type=_positive_int, default=None, help="timed rounds per candidate "
                    "(default 10, or 3 with --quick)")
-    p.add_argument("--sections", default="cells,batched,online",
-                   help="comma-separated sections to run: cells, batched, online")
+    p.add_argument("--sections", default="cells,batched,online,es",
+                   help="comma-separated sections to run: cells, batched, online, es")
     p.add_argument("--notes", default="docs/benchmark-notes.md",
                    help="Markdown appended to the report (analysis of the numbers); skipped if missing")
     p.set_defaults(func=cmd_bench)

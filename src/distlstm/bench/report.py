@@ -11,10 +11,11 @@ from pathlib import Path
 import torch
 
 from distlstm.bench.cells import CellRow, bench_cells
+from distlstm.bench.es import ESBatchRow, ESWorkersRow, bench_es_batched, bench_es_workers
 from distlstm.bench.functional import BatchedRow, bench_batched
 from distlstm.bench.online import EKFRow, ParticleRow, StepRow, bench_ekf_floor, bench_particles, bench_steps
 
-SECTIONS = ("cells", "batched", "online")
+SECTIONS = ("cells", "batched", "online", "es")
 
 HEADER = """# distlstm benchmarks
 
@@ -93,6 +94,37 @@ def render_online(steps: list[StepRow], particles: list[ParticleRow], ekf: list[
     return "".join(parts)
 
 
+ES_TEXT = """## Evolution strategies (character model on Shakespeare)
+
+Fitness of a population of 256 members (one-hot input, hidden 64, 8 shared windows of
+32 characters): one batched call against a Python loop over members.
+
+| cell | population | n_θ | loop evaluations/s | batched evaluations/s | speed-up |
+|---|---:|---:|---:|---:|---:|
+"""
+
+ES_WORKERS_TEXT = """
+`distlstm es` (RNN, population 256), training-loop time for {generations} generations by
+worker setting (start-up excluded). Workers exchange only fitnesses (256 × 4 bytes per
+generation) and a θ checksum.
+
+| setting | seconds | evaluations/s | × 1 worker × 1 thread |
+|---|---:|---:|---:|
+"""
+
+
+def render_es(batched: list[ESBatchRow], workers: list[ESWorkersRow], generations: int) -> str:
+    parts = [ES_TEXT]
+    parts += [f"| {r.cell} | {r.population} | {r.n_theta:,} | {r.loop_evals_per_s:,.0f} | "
+              f"{r.batched_evals_per_s:,.0f} | {r.batched_evals_per_s / r.loop_evals_per_s:.1f}× |\n" for r in batched]
+    if workers:
+        base = workers[0].evals_per_s
+        parts.append(ES_WORKERS_TEXT.format(generations=generations))
+        parts += [f"| {r.setting} | {r.seconds:.1f} | {r.evals_per_s:,.0f} | {r.evals_per_s / base:.2f} |\n"
+                  for r in workers]
+    return "".join(parts)
+
+
 def render(cell_rows: list[CellRow], batched_rows: list[BatchedRow], *, command: str, notes: str = "",
            batch: int = 64, steps: int = 100, input_size: int = 32, online: str = "") -> str:
     parts = [HEADER.format(
@@ -144,6 +176,12 @@ def run(output: Path | None, *, quick: bool = False, compile: bool = False, repe
             bench_particles((100,) if quick else (100, 300, 1000), repeats=min(reps, 5), progress=progress),
             bench_ekf_floor((8,) if quick else (8, 16, 32), repeats=min(reps, 5), progress=progress),
             n_particles)
+    if "es" in sections:
+        generations = 5 if quick else 40
+        es_text = render_es(bench_es_batched(("rnn",) if quick else ("rnn", "lstm"), population=256,
+                                             repeats=1 if quick else 3, progress=progress),
+                            bench_es_workers(generations, progress=progress), generations)
+        online = (online + "\n" + es_text) if online else es_text
     command = "distlstm bench" + (" --quick" if quick else "") + (" --compile" if compile else "")
     if tuple(sections) != SECTIONS:
         command += " --sections " + ",".join(sections)

@@ -5,7 +5,8 @@ text windows all members share in a generation. So workers agree without talking
 except for one ``all_gather`` of scalar fitnesses per generation (P numbers in all,
 O(P) bytes, not O(n_θ)), and a resumed run continues with exactly the numbers of an
 uninterrupted one. Worker r evaluates members [r·P/W, (r+1)·P/W) in one batched call;
-every worker then applies the identical update.
+every worker then applies the identical update, and a two-number checksum of θ is
+compared across workers after every generation (a divergence is an error).
 """
 
 from __future__ import annotations
@@ -127,6 +128,8 @@ def train_es(cfg: ESRunConfig, out: Path, *, resume: bool = False, show_progress
         mine = char_fitness(fm, ask(es_cfg, state, members), x, y)
         fitness = _all_gather(mine, world_size)
         state, metrics = tell(es_cfg, state, fitness)
+        if world_size > 1:
+            _check_same_theta(state, world_size)
         bar.update()
         if state.generation % cfg.eval_every == 0 or state.generation == cfg.generations:
             row = {"generation": state.generation, "seconds": round(time.perf_counter() - start + elapsed_before, 3),
@@ -150,7 +153,17 @@ def train_es(cfg: ESRunConfig, out: Path, *, resume: bool = False, show_progress
     last = rows[-1]
     return {"model": cfg.cell, "method": cfg.strategy, "val_nats_per_char": last["val_nats_per_char"],
             "seconds": last["seconds"], "evaluations": last["evaluations"], "generations": state.generation,
-            "parameters": fm.numel, "workers": world_size, "theta": state.theta}
+            "parameters": fm.numel, "workers": world_size,
+            "fitness_bytes_per_generation": es_cfg.population * 4, "theta": state.theta}
+
+
+def _check_same_theta(state: ESState, world_size: int) -> None:
+    """Every worker must hold the same θ after each update (a 2-number checksum, all-gathered)."""
+    checksum = torch.stack([state.theta.sum(), (state.theta * state.theta).sum()]).double()
+    parts = _all_gather(checksum, world_size).view(world_size, 2)
+    if not bool((parts == parts[0]).all()):
+        raise RuntimeError(f"workers hold different parameters after generation {state.generation} "
+                           f"(checksums {parts.tolist()}); run every worker with the same version and threads")
 
 
 def _all_gather(mine: torch.Tensor, world_size: int) -> torch.Tensor:

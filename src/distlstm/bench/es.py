@@ -1,0 +1,84 @@
+"""Evolution strategies: fitness evaluations per second, batched vs looped, 1 vs 2 workers.
+
+* The population's fitness on shared windows in one batched call against a Python
+  loop over members (same model, same windows).
+* ``distlstm es`` for a fixed number of generations with 1 worker and with 2 workers
+  (``torchrun``, one thread each), against 1 worker using both threads.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from distlstm.bench.timing import compare
+from distlstm.es.fitness import char_fitness
+from distlstm.es.strategy import ESConfig, ask, init
+from distlstm.es.train import build_model
+from distlstm.models.functional import FunctionalModel
+
+
+@dataclass(frozen=True)
+class ESBatchRow:
+    cell: str
+    population: int
+    n_theta: int
+    loop_evals_per_s: float
+    batched_evals_per_s: float
+
+
+@dataclass(frozen=True)
+class ESWorkersRow:
+    setting: str
+    seconds: float
+    evals_per_s: float
+
+
+def _loop_and_batched(fm: FunctionalModel, thetas: torch.Tensor, x: torch.Tensor,
+                      y: torch.Tensor) -> dict[str, Callable[[], object]]:
+    return {"loop": lambda: [char_fitness(fm, th[None], x, y) for th in thetas],
+            "batched": lambda: char_fitness(fm, thetas, x, y)}
+
+
+def bench_es_batched(cells: tuple[str, ...] = ("rnn", "lstm"), population: int = 256, repeats: int = 3,
+                     progress: Callable[[str], None] | None = None) -> list[ESBatchRow]:
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 73, (8, 32), generator=gen)
+    y = torch.randint(0, 73, (8, 32), generator=gen)
+    for cell in cells:
+        if progress:
+            progress(f"ES fitness batched vs looped: {cell}")
+        fm = build_model(73, cell, 64, seed=0)
+        thetas = ask(ESConfig(population=population), init(fm.flatten()))
+        t = compare(_loop_and_batched(fm, thetas, x, y), repeats=repeats, warmup=1)
+        rows.append(ESBatchRow(cell, population, fm.numel, population / t["loop"], population / t["batched"]))
+    return rows
+
+
+def bench_es_workers(generations: int = 40, progress: Callable[[str], None] | None = None) -> list[ESWorkersRow]:
+    """Wall time of ``distlstm es`` (RNN, population 256) by worker setting, start-up excluded."""
+    es_args = ["es", "--generations", str(generations), "--eval-every", str(generations), "--eval-chars", "2000",
+               "--checkpoint-every", str(generations), "--no-progress"]
+    settings = {"1 worker × 1 thread": (1, "1"), "2 workers × 1 thread": (2, "1"), "1 worker × 2 threads": (1, "2")}
+    rows = []
+    for name, (workers, threads) in settings.items():
+        if progress:
+            progress(f"ES workers: {name}")
+        with tempfile.TemporaryDirectory() as out:
+            launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}"] \
+                if workers > 1 else []
+            cmd = [sys.executable, *launcher, "-m", "distlstm.cli", *es_args, "--out", out]
+            subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS=threads), check=True, capture_output=True,
+                           timeout=1800)
+            with open(os.path.join(out, "metrics.csv")) as f:
+                seconds = float(list(csv.DictReader(f))[-1]["seconds"])  # the training loop, start-up excluded
+        rows.append(ESWorkersRow(name, seconds, generations * 256 / seconds))
+    return rows
