@@ -46,6 +46,18 @@ def test_demo_bad_arguments_give_clear_errors(tmp_path, capsys):
 
 def test_bench_quick_writes_markdown(tmp_path):
     out = tmp_path / "B.md"
-    assert main(["bench", "--quick", "--repeats", "1", "--output", str(out), "--notes", str(tmp_path / "none")]) == 0
+    assert main(["bench", "--quick", "--repeats", "1", "--sections", "cells,batched,online", "--output", str(out),
+                 "--notes", str(tmp_path / "none")]) == 0
     text = out.read_text()
-    assert "| nn.LSTM (baseline) |" in text and "speed-up" in text
+    assert "| nn.LSTM (baseline) |" in text and "speed-up" in text and "| dpf | 8 |" in text
+    assert main(["bench", "--sections", "cells,gpus", "--output", "-"]) == 2
+
+
+def test_es_benchmark_pieces():
+    from distlstm.bench.es import ESWorkersRow, bench_es_batched
+    from distlstm.bench.report import render_es
+
+    rows = bench_es_batched(("rnn",), population=8, repeats=1)
+    assert rows[0].batched_evals_per_s > 0 and rows[0].n_theta == 13_641
+    text = render_es(rows, [ESWorkersRow("1 worker × 1 thread", 2.0, 100.0), ESWorkersRow("2", 1.0, 200.0)], 5)
+    assert "| 2 | 1.0 | 200 | 2.00 |" in text
