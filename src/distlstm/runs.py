@@ -55,6 +55,13 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+def read_csv_numbers(path: Path) -> list[dict[str, float]]:
+    """Rows of a numeric CSV written by :func:`write_csv` (empty cells read as NaN)."""
+    with Path(path).open(newline="", encoding="utf-8") as f:
+        return [{k: float(v) if v not in ("", "nan") else float("nan") for k, v in row.items()}
+                for row in csv.DictReader(f)]
+
+
 def plot_curves(path: Path, curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, xlabel: str,
                 ylabel: str, title: str, hlines: Mapping[str, float] | None = None, logy: bool = False) -> None:
     """Line plot of named (x, y) curves, with optional labelled reference levels, to PNG."""

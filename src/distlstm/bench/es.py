@@ -8,13 +8,13 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -23,6 +23,7 @@ from distlstm.es.fitness import char_fitness
 from distlstm.es.strategy import ESConfig, ask, init
 from distlstm.es.train import build_model
 from distlstm.models.functional import FunctionalModel
+from distlstm.runs import read_csv_numbers
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,6 @@ def bench_es_workers(generations: int = 40, progress: Callable[[str], None] | No
             cmd = [sys.executable, *launcher, "-m", "distlstm.cli", *es_args, "--out", out]
             subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS=threads), check=True, capture_output=True,
                            timeout=1800)
-            with open(os.path.join(out, "metrics.csv")) as f:
-                seconds = float(list(csv.DictReader(f))[-1]["seconds"])  # the training loop, start-up excluded
+            seconds = read_csv_numbers(Path(out) / "metrics.csv")[-1]["seconds"]  # the loop, start-up excluded
         rows.append(ESWorkersRow(name, seconds, generations * 256 / seconds))
     return rows

@@ -29,7 +29,7 @@ from distlstm.experiments.charlm_demo import entropies
 from distlstm.experiments.sampling import sample_text
 from distlstm.models.functional import flatten
 from distlstm.models.networks import CharLM
-from distlstm.runs import atomic_write_text, plot_curves, save_checkpoint, write_csv, write_json
+from distlstm.runs import atomic_write_text, plot_curves, read_csv_numbers, save_checkpoint, write_csv, write_json
 
 SOURCE_PLATEAU = 3.35
 
@@ -74,7 +74,7 @@ def run(cfg: ESShakespeareConfig, out: Path, show_progress: bool = True) -> list
         summary = train_es(es_cfg, folder, show_progress=show_progress)
         summary.pop("theta")
         runs.append(summary)
-        curves[name] = _read_rows(folder / "metrics.csv")
+        curves[name] = list(read_csv_numbers(folder / "metrics.csv"))
     for cell in ("rnn", "lstm"):
         torch.manual_seed(cfg.seed)
         model = build_model(len(vocab), cell, cfg.hidden, cfg.seed).module
@@ -97,14 +97,6 @@ def run(cfg: ESShakespeareConfig, out: Path, show_progress: bool = True) -> list
     samples = _samples(out, runs)
     atomic_write_text(out / "report.md", render_report(cfg, runs, h1, h2, samples))
     return runs
-
-
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    import csv
-
-    with path.open() as f:
-        return [{k: float(v) if v not in ("", "nan") else float("nan") for k, v in row.items()}
-                for row in csv.DictReader(f)]
 
 
 def _plots(out: Path, curves: dict[str, list[dict[str, Any]]], h1: float, h2: float) -> None:
