@@ -10,7 +10,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test test-slow lint bench bench-evotorch clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,5 +39,12 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/distlstm bench --compile --output BENCHMARKS.md
 
+# EvoTorch is compared in its own environment: it is not a dependency of distlstm.
+bench-evotorch:
+	$(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/pip install --quiet --disable-pip-version-check torch==2.13.0
+	.venv-bench/bin/pip install --quiet --disable-pip-version-check evotorch -e .
+	.venv-bench/bin/distlstm bench --sections evotorch --notes '' --output BENCHMARKS-evotorch.md
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-bench runs .pytest_cache .mypy_cache .ruff_cache

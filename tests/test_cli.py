@@ -61,3 +61,21 @@ def test_es_benchmark_pieces():
     assert rows[0].batched_evals_per_s > 0 and rows[0].n_theta == 13_641
     text = render_es(rows, [ESWorkersRow("1 worker × 1 thread", 2.0, 100.0), ESWorkersRow("2", 1.0, 200.0)], 5)
     assert "| 2 | 1.0 | 200 | 2.00 |" in text
+
+
+def test_evotorch_section_explains_its_environment(capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("evotorch") is not None:
+        pytest.skip("evotorch is installed here; the message is for environments without it")
+    assert main(["bench", "--sections", "evotorch", "--output", "-"]) == 2
+    assert "make bench-evotorch" in capsys.readouterr().err
+
+
+def test_evotorch_table_rendering():
+    from distlstm.bench.evotorch_compare import EvoRow
+    from distlstm.bench.report import render_evotorch
+
+    text = render_evotorch([EvoRow("distlstm OpenAI-ES, 1 process, batched population", 4000.0),
+                            EvoRow("EvoTorch PGPE, NEProblem, 1 process", 1000.0)])
+    assert "| distlstm OpenAI-ES, 1 process, batched population | 4,000 | 4.00 |" in text

@@ -204,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=_positive_int, default=None, help="timed rounds per candidate "
                    "(default 10, or 3 with --quick)")
     p.add_argument("--sections", default="cells,batched,online,es",
-                   help="comma-separated sections to run: cells, batched, online, es")
+                   help="comma-separated sections to run: cells, batched, online, es, and evotorch (needs the "
+                        "evotorch package: `make bench-evotorch`)")
     p.add_argument("--notes", default="docs/benchmark-notes.md",
                    help="Markdown appended to the report (analysis of the numbers); skipped if missing")
     p.set_defaults(func=cmd_bench)
@@ -301,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as err:
+    except (ValueError, TypeError, FileNotFoundError, FloatingPointError, ImportError) as err:
         print(f"distlstm {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -12,10 +12,12 @@ import torch
 
 from distlstm.bench.cells import CellRow, bench_cells
 from distlstm.bench.es import ESBatchRow, ESWorkersRow, bench_es_batched, bench_es_workers
+from distlstm.bench.evotorch_compare import EvoRow, bench_evotorch
 from distlstm.bench.functional import BatchedRow, bench_batched
 from distlstm.bench.online import EKFRow, ParticleRow, StepRow, bench_ekf_floor, bench_particles, bench_steps
 
-SECTIONS = ("cells", "batched", "online", "es")
+SECTIONS = ("cells", "batched", "online", "es", "evotorch")
+DEFAULT_SECTIONS = ("cells", "batched", "online", "es")  # evotorch needs the separate benchmark environment
 
 HEADER = """# distlstm benchmarks
 
@@ -125,6 +127,25 @@ def render_es(batched: list[ESBatchRow], workers: list[ESWorkersRow], generation
     return "".join(parts)
 
 
+EVOTORCH_TEXT = """## Against EvoTorch (same model, population and windows)
+
+One-hot tanh RNN (hidden 64, n_θ = 13,641), population 256, 8 windows × 32 characters;
+generations per second × population after one warm-up generation, the settings timed
+one after another (not interleaved). Run in the benchmark environment
+(`make bench-evotorch`); EvoTorch is not a dependency.
+
+| setting | evaluations/s | × EvoTorch, 1 process |
+|---|---:|---:|
+"""
+
+
+def render_evotorch(rows: list[EvoRow]) -> str:
+    base = next((r.evals_per_s for r in rows if r.setting.startswith("EvoTorch") and "1 process" in r.setting),
+                rows[0].evals_per_s)
+    return EVOTORCH_TEXT + "".join(f"| {r.setting} | {r.evals_per_s:,.0f} | {r.evals_per_s / base:.2f} |\n"
+                                   for r in rows)
+
+
 def render(cell_rows: list[CellRow], batched_rows: list[BatchedRow], *, command: str, notes: str = "",
            batch: int = 64, steps: int = 100, input_size: int = 32, online: str = "") -> str:
     parts = [HEADER.format(
@@ -154,7 +175,7 @@ def _compiled_cells(r: BatchedRow) -> str:
 
 
 def run(output: Path | None, *, quick: bool = False, compile: bool = False, repeats: int | None = None,
-        notes_file: Path | None = None, sections: tuple[str, ...] = SECTIONS,
+        notes_file: Path | None = None, sections: tuple[str, ...] = DEFAULT_SECTIONS,
         progress: Callable[[str], None] | None = None) -> str:
     """Run the chosen benchmark sections and return (and write, if ``output``) the Markdown report."""
     unknown = set(sections) - set(SECTIONS)
@@ -182,8 +203,11 @@ def run(output: Path | None, *, quick: bool = False, compile: bool = False, repe
                                              repeats=1 if quick else 3, progress=progress),
                             bench_es_workers(generations, progress=progress), generations)
         online = (online + "\n" + es_text) if online else es_text
+    if "evotorch" in sections:
+        evo_text = render_evotorch(bench_evotorch(generations=2 if quick else 5, progress=progress))
+        online = (online + "\n" + evo_text) if online else evo_text
     command = "distlstm bench" + (" --quick" if quick else "") + (" --compile" if compile else "")
-    if tuple(sections) != SECTIONS:
+    if tuple(sections) != DEFAULT_SECTIONS:
         command += " --sections " + ",".join(sections)
     notes = notes_file.read_text() if notes_file and notes_file.exists() else ""
     text = render(cell_rows, batched_rows, command=command, notes=notes, steps=steps, online=online)
