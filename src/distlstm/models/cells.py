@@ -141,7 +141,6 @@ class Cell(nn.Module):
         return f"{self.input_size}, {self.hidden_size}, output_size={self.output_size}"
 
 
-CellFactory = Callable[..., Cell]
 CELLS: dict[str, tuple[type[Cell], dict[str, Any]]] = {}
 
 

@@ -119,9 +119,4 @@ class InProcessTransport(Transport):
         return received
 
 
-def payload_bytes(*tensors: Tensor) -> int:
-    """Bytes a list of tensors occupies on the wire (the accounting rule)."""
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-__all__ = ["CommStats", "InProcessTransport", "Transport", "payload_bytes"]
+__all__ = ["CommStats", "InProcessTransport", "Transport"]

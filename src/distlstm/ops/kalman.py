@@ -42,11 +42,6 @@ class KalmanUpdate(NamedTuple):
     r: Tensor  # () innovation variance H Σ Hᵀ + σ²
 
 
-def innovation_variance(P: Tensor, H: Tensor, sigma2: float) -> Tensor:
-    """r = H Σ Hᵀ + σ² for H (n,)."""
-    return H @ (P @ H) + sigma2
-
-
 def scalar_update(a: Tensor, P: Tensor, H: Tensor, innovation: Tensor, sigma2: float,
                   joseph: bool = False, q: float | Tensor = 0.0, PH: Tensor | None = None) -> KalmanUpdate:
     """Time update Σ + diag(q), then one measurement update with a scalar measurement.
