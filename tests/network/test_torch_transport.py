@@ -55,6 +55,7 @@ def _worker(rank: int, world: int, port: int, out: str, die: bool) -> None:
         result = {"error": f"{type(err).__name__}: {err}"}
     Path(out, f"{rank}.json").write_text(json.dumps(result))
     if not die:
+        dist.barrier()  # nobody tears the group down while a peer still uses it
         dist.destroy_process_group()
 
 

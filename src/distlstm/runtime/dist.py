@@ -60,5 +60,7 @@ def init_distributed(timeout_s: float = 120.0) -> DistEnv:
 
 
 def shutdown_distributed() -> None:
+    """Leave the process group once every rank is done (no rank tears it down under a peer)."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
