@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from distlstm.data.longlag import LongLagData
+from distlstm.runtime.dist import check_same_across_ranks
 
 
 @dataclass(frozen=True)
@@ -73,15 +74,6 @@ def fullbatch_closure(model: nn.Module, shard: LongLagData, total: int, world_si
     return closure
 
 
-def _check_same(model: nn.Module, world_size: int, step: int) -> None:
-    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    checksum = torch.stack([theta.sum(), (theta * theta).sum()]).double()
-    parts = [torch.empty_like(checksum) for _ in range(world_size)]
-    dist.all_gather(parts, checksum)
-    if not all(torch.equal(p, parts[0]) for p in parts):
-        raise RuntimeError(f"workers hold different parameters after step {step}: {[p.tolist() for p in parts]}")
-
-
 def train_fullbatch(model: nn.Module, data: LongLagData, cfg: FullBatchConfig, *, rank: int = 0,
                     world_size: int = 1, on_step: Callable[[int, float], None] | None = None) -> list[float]:
     """L-BFGS (strong Wolfe) on the whole data set, this worker holding its shard; returns the losses."""
@@ -92,8 +84,7 @@ def train_fullbatch(model: nn.Module, data: LongLagData, cfg: FullBatchConfig, *
     losses = []
     for step in range(cfg.steps):
         loss = float(opt.step(closure).detach())
-        if world_size > 1:
-            _check_same(model, world_size, step)
+        check_same_across_ranks(torch.cat([p.detach().reshape(-1) for p in model.parameters()]), f"step {step}")
         losses.append(loss)
         if on_step is not None:
             on_step(step, loss)

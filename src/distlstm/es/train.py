@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from distlstm.data.text import SHAKESPEARE_TRAGEDIES, CharVocab, load_text, random_windows, split_ids
@@ -28,6 +27,7 @@ from distlstm.es.strategy import STRATEGIES, ESConfig, ESState, ask, init, tell
 from distlstm.models.functional import FunctionalModel
 from distlstm.models.networks import CharLM
 from distlstm.runs import load_checkpoint, save_checkpoint, write_csv
+from distlstm.runtime.dist import all_gather_cat, check_same_across_ranks
 
 CHECKPOINT_VERSION = 1
 
@@ -126,10 +126,9 @@ def train_es(cfg: ESRunConfig, out: Path, *, resume: bool = False, show_progress
             break
         x, y = generation_windows(train, cfg, state.generation)
         mine = char_fitness(fm, ask(es_cfg, state, members), x, y)
-        fitness = _all_gather(mine, world_size)
+        fitness = all_gather_cat(mine)
         state, metrics = tell(es_cfg, state, fitness)
-        if world_size > 1:
-            _check_same_theta(state, world_size)
+        check_same_across_ranks(state.theta, f"generation {state.generation}")
         bar.update()
         if state.generation % cfg.eval_every == 0 or state.generation == cfg.generations:
             row = {"generation": state.generation, "seconds": round(time.perf_counter() - start + elapsed_before, 3),
@@ -155,20 +154,3 @@ def train_es(cfg: ESRunConfig, out: Path, *, resume: bool = False, show_progress
             "seconds": last["seconds"], "evaluations": last["evaluations"], "generations": state.generation,
             "parameters": fm.numel, "workers": world_size,
             "fitness_bytes_per_generation": es_cfg.population * 4, "theta": state.theta}
-
-
-def _check_same_theta(state: ESState, world_size: int) -> None:
-    """Every worker must hold the same θ after each update (a 2-number checksum, all-gathered)."""
-    checksum = torch.stack([state.theta.sum(), (state.theta * state.theta).sum()]).double()
-    parts = _all_gather(checksum, world_size).view(world_size, 2)
-    if not bool((parts == parts[0]).all()):
-        raise RuntimeError(f"workers hold different parameters after generation {state.generation} "
-                           f"(checksums {parts.tolist()}); run every worker with the same version and threads")
-
-
-def _all_gather(mine: torch.Tensor, world_size: int) -> torch.Tensor:
-    if world_size == 1:
-        return mine
-    parts = [torch.empty_like(mine) for _ in range(world_size)]
-    dist.all_gather(parts, mine.contiguous())
-    return torch.cat(parts)

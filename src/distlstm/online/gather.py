@@ -13,19 +13,13 @@ import torch.distributed as dist
 
 from distlstm.network.transport import Transport
 from distlstm.online.loop import OnlineResult
-
-
-def _all_gather_columns(local: torch.Tensor, world: int) -> torch.Tensor:
-    parts = [torch.empty_like(local) for _ in range(world)]
-    dist.all_gather(parts, local.contiguous())
-    return torch.cat(parts, dim=-1 if local.dim() > 1 else 0)
+from distlstm.runtime.dist import all_gather_cat
 
 
 def gather_result(result: OnlineResult, transport: Transport) -> OnlineResult:
     """The whole run's result on every rank (nodes are contiguous blocks per rank, in rank order)."""
-    world = dist.get_world_size()
-    errors = _all_gather_columns(torch.tensor(result.sq_errors, dtype=torch.float64), world)
-    variances = _all_gather_columns(torch.tensor(result.variances, dtype=torch.float64), world)
+    errors = all_gather_cat(torch.tensor(result.sq_errors, dtype=torch.float64), dim=-1)
+    variances = all_gather_cat(torch.tensor(result.variances, dtype=torch.float64), dim=-1)
     per_step = torch.tensor([result.bytes_per_step, result.messages_per_step], dtype=torch.float64)
     dist.all_reduce(per_step)
     scalars = torch.tensor([float(result.skipped_labels)], dtype=torch.float64)
@@ -33,7 +27,7 @@ def gather_result(result: OnlineResult, transport: Transport) -> OnlineResult:
     seconds = torch.tensor([result.seconds], dtype=torch.float64)
     dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
     nodes = transport.local_nodes
-    thetas = _all_gather_columns(torch.stack([result.final_thetas[k] for k in nodes]).T, world).T
+    thetas = all_gather_cat(torch.stack([result.final_thetas[k] for k in nodes]))  # (K, n), rank order
     return OnlineResult(
         algorithm=result.algorithm, num_nodes=result.num_nodes,
         sq_errors=errors.tolist(), variances=variances.tolist(),

@@ -1,5 +1,13 @@
 """Process groups: the one place that reads the launcher's environment."""
 
-from distlstm.runtime.dist import DistEnv, init_distributed, launched_env, shutdown_distributed
+from distlstm.runtime.dist import (
+    DistEnv,
+    all_gather_cat,
+    check_same_across_ranks,
+    init_distributed,
+    launched_env,
+    shutdown_distributed,
+)
 
-__all__ = ["DistEnv", "init_distributed", "launched_env", "shutdown_distributed"]
+__all__ = ["DistEnv", "all_gather_cat", "check_same_across_ranks", "init_distributed", "launched_env",
+           "shutdown_distributed"]

@@ -59,6 +59,26 @@ def init_distributed(timeout_s: float = 120.0) -> DistEnv:
     return env
 
 
+def all_gather_cat(local: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Every rank's ``local`` (same shape on all ranks), concatenated along ``dim`` in rank order."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return local
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, local.contiguous())
+    return torch.cat(parts, dim=dim)
+
+
+def check_same_across_ranks(theta: torch.Tensor, when: str) -> None:
+    """Raise unless every rank holds the same θ: a two-number checksum, all-gathered and compared."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    checksum = torch.stack([theta.sum(), (theta * theta).sum()]).double()
+    parts = all_gather_cat(checksum).view(-1, 2)
+    if not bool((parts == parts[0]).all()):
+        raise RuntimeError(f"workers hold different parameters after {when} (checksums {parts.tolist()}); "
+                           "run every worker with the same version and threads")
+
+
 def shutdown_distributed() -> None:
     """Leave the process group once every rank is done (no rank tears it down under a peer)."""
     if dist.is_initialized():
