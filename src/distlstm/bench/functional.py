@@ -38,6 +38,11 @@ class BatchedRow:
         return None if self.compiled_ms is None else self.loop_ms / self.compiled_ms
 
 
+def loop_vs_batched(fm: FunctionalModel, thetas: Tensor, *args: Tensor) -> dict[str, Callable[[], object]]:
+    """The two candidates: ``fm`` at each θ in turn (its single-θ path), and at all of Θ in one call."""
+    return {"loop": lambda: [fm(t, *args) for t in thetas], "batched": lambda: fm(thetas, *args)}
+
+
 def _configs() -> dict[str, tuple[nn.Module, tuple[Tensor, ...]]]:
     torch.manual_seed(0)
     return {
@@ -62,13 +67,7 @@ def bench_batched(population: int = 256, repeats: int = 10, compile: bool = Fals
         gen = torch.Generator().manual_seed(1)
         thetas = fm.flatten() + 0.01 * torch.randn(population, fm.numel, generator=gen)
 
-        def loop(fm: FunctionalModel = fm, thetas: Tensor = thetas, args: tuple[Tensor, ...] = args) -> object:
-            return [fm(t, *args) for t in thetas]
-
-        def batched(fm: FunctionalModel = fm, thetas: Tensor = thetas, args: tuple[Tensor, ...] = args) -> object:
-            return fm(thetas, *args)
-
-        candidates: dict[str, Callable[[], object]] = {"loop": loop, "batched": batched}
+        candidates = loop_vs_batched(fm, thetas, *args)
         compile_seconds = None
         if compile:
             cfm = FunctionalModel(model, compile=True)
@@ -76,11 +75,7 @@ def bench_batched(population: int = 256, repeats: int = 10, compile: bool = Fals
             with torch.no_grad():
                 cfm(thetas, *args)
             compile_seconds = time.perf_counter() - start
-            def compiled(cfm: FunctionalModel = cfm, thetas: Tensor = thetas,
-                         args: tuple[Tensor, ...] = args) -> object:
-                return cfm(thetas, *args)
-
-            candidates["compiled"] = compiled
+            candidates["compiled"] = loop_vs_batched(cfm, thetas, *args)["batched"]
         with torch.no_grad():
             times = compare(candidates, repeats=repeats)
         rows.append(BatchedRow(name, population, fm.numel, times["loop"] * 1e3, times["batched"] * 1e3,

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
+from distlstm.bench.functional import loop_vs_batched
 from distlstm.bench.timing import compare
 from distlstm.data.observation import Observation
 from distlstm.experiments.online_runs import DEFAULT_SETTINGS, regressor
-from distlstm.models.functional import FunctionalModel
 from distlstm.network import InProcessTransport, make_topology
 from distlstm.online import ALGORITHMS, EKF, make_algorithm, run_online
 from distlstm.online.ekf import EKFState
@@ -76,11 +76,6 @@ def bench_steps(hidden_sizes: tuple[int, ...] = (8, 16, 32), steps: int = 6, par
     return rows
 
 
-def _loop_and_batched(fm: FunctionalModel, particles: torch.Tensor,
-                      x: torch.Tensor) -> dict[str, Callable[[], object]]:
-    return {"loop": lambda: [fm(th, x) for th in particles], "batched": lambda: fm(particles, x)}
-
-
 def bench_particles(counts: tuple[int, ...] = (100, 300, 1000), hidden: int = 8, repeats: int = 5,
                     progress: Callable[[str], None] | None = None) -> list[ParticleRow]:
     """h(θ^i; X) for N particles: one batched call against a loop over particles."""
@@ -92,7 +87,7 @@ def bench_particles(counts: tuple[int, ...] = (100, 300, 1000), hidden: int = 8,
             progress(f"particles batched vs looped: N = {n}")
         particles = theta0 + 0.1 * torch.randn(n, fm.numel, dtype=torch.float64)
         with torch.no_grad():
-            t = compare(_loop_and_batched(fm, particles, x), repeats=repeats)
+            t = compare(loop_vs_batched(fm, particles, x), repeats=repeats)
         rows.append(ParticleRow(n, fm.numel, t["loop"] * 1e3, t["batched"] * 1e3))
     return rows
 

@@ -76,8 +76,7 @@ def run(cfg: ESShakespeareConfig, out: Path, show_progress: bool = True) -> list
         runs.append(summary)
         curves[name] = list(read_csv_numbers(folder / "metrics.csv"))
     for cell in ("rnn", "lstm"):
-        torch.manual_seed(cfg.seed)
-        model = build_model(len(vocab), cell, cfg.hidden, cfg.seed).module
+        model = build_model(len(vocab), cell, cfg.hidden, cfg.seed).module  # seeds the initialisation itself
         assert isinstance(model, CharLM)
         bp = BackpropConfig(steps=10**9, seconds=cfg.seconds, eval_every=100, eval_chars=cfg.eval_chars)
         rows = train_backprop(model, train, val, bp, torch.Generator().manual_seed(cfg.seed),

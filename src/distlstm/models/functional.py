@@ -122,7 +122,6 @@ class FunctionalModel:
     def __init__(self, module: nn.Module, *, compile: bool = False) -> None:
         self.module = module
         self.spec = ParamSpec.of(module)
-        self.compiled = compile
         self._population = torch.compile(self._population_call, dynamic=False) if compile else self._population_call
 
     @property
