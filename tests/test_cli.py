@@ -15,7 +15,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "distlstm.cli", *args], capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("command", [[], ["info"], ["bench"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["info"], ["bench"], ["demo"], ["train"]])
 def test_every_command_has_help(command):
     result = run_cli(*command, "--help")
     assert result.returncode == 0 and "usage: distlstm" in result.stdout

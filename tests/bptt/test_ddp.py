@@ -153,3 +153,26 @@ def test_bad_settings():
         DDPConfig(clip=0.0)
     with pytest.raises(ValueError, match="fewer than one global batch"):
         LongLagTask(min_len=24, train_size=10, test_size=4, batch_size=8, world_size=2)
+
+
+@pytest.mark.multiprocess
+def test_train_command_under_torchrun_matches_one_process(tmp_path):
+    import subprocess
+    import sys
+
+    args = ["train", "--task", "adding", "--min-len", "24", "--train-size", "96", "--test-size", "32",
+            "--optimizer", "momentum", "--lr", "0.05", "--steps", "10", "--eval-every", "5", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, "-m", "distlstm.cli", *args, "--batch", "16", "--out", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                          "-m", "distlstm.cli", *args, "--batch", "8", "--out", str(tmp_path / "two")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    torch.testing.assert_close(theta(tmp_path / "two"), theta(tmp_path / "one"), atol=1e-6, rtol=0)
+    summary = json.loads(Path(tmp_path, "two", "summary.json").read_text())
+    assert summary["workers"] == 2 and summary["samples"] == 160
+    again = subprocess.run([sys.executable, "-m", "distlstm.cli", *args, "--batch", "8", "--resume", "--steps", "12",
+                            "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "resume with 2 worker(s)" in again.stderr

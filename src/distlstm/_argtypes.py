@@ -1,0 +1,26 @@
+"""Argument types shared by the command-line parsers."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def cell_option(text: str) -> tuple[str, float | int]:
+    """``KEY=VALUE`` with a numeric value, e.g. ``rank=32`` or ``alpha=3.75``."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. rank=32), got {text!r}")
+    try:
+        return key, int(raw)
+    except ValueError:
+        try:
+            return key, float(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"the value of {key} must be a number, got {raw!r}") from None

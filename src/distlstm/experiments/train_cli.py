@@ -1,0 +1,113 @@
+"""``distlstm train``: data-parallel BPTT of a character LM or a long-lag regressor, alone or under torchrun."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from distlstm._argtypes import cell_option, positive_int
+from distlstm.bptt.ddp import OPTIMIZERS, DDPConfig, train_ddp
+from distlstm.bptt.tasks import LONG_LAG_PROBLEMS, CharStreamTask, LongLagTask
+from distlstm.data.text import SHAKESPEARE_TRAGEDIES
+from distlstm.runtime.dist import init_distributed, launched_env, shutdown_distributed
+
+TASKS = ("char-lm", *LONG_LAG_PROBLEMS)
+DESCRIPTION = """\
+Synchronous data-parallel training with back-propagation through time. Every worker
+holds a model replica and its own part of each global batch; gradients are averaged by
+DistributedDataParallel (gloo on CPU, NCCL on GPUs), so W workers take the steps of one
+process with W times the batch. Run alone, or with torchrun for several workers:
+
+  distlstm train --task char-lm --steps 2000 --out runs/lm
+  OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 -m distlstm.cli train --out runs/lm2
+
+Tasks: char-lm (next-character prediction on a text: the text is cut into one
+contiguous shard per worker, each shard into --batch streams read in windows of
+--window characters, the LSTM state carried from window to window and reset at each
+epoch) and adding / multiplication (Hochreiter & Schmidhuber's long-lag problems:
+minibatches of --batch independent variable-length sequences per worker, full BPTT).
+
+Writes metrics.csv, loss.png, summary.json and checkpoint.pt (atomically, every
+--checkpoint-every steps) into --out; --resume continues from the checkpoint with the
+numbers of an uninterrupted run (same settings and number of workers required).
+"""
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("task and model")
+    g.add_argument("--task", choices=TASKS, default="char-lm", help="what to learn")
+    g.add_argument("--batch", type=positive_int, default=None,
+                   help="per worker: streams (char-lm, default 16) or sequences (long-lag, default 100)")
+    g.add_argument("--hidden", type=positive_int, default=None, help="hidden units (default 128 char-lm, 4 long-lag)")
+    g.add_argument("--dtype", choices=["float32", "float64"], default=None,
+                   help="parameter precision (default float32 char-lm; long-lag always float64)")
+    g = p.add_argument_group("char-lm")
+    g.add_argument("--text", default=str(SHAKESPEARE_TRAGEDIES), help="UTF-8 text (default: the shipped tragedies)")
+    g.add_argument("--window", type=positive_int, default=64, help="truncated-BPTT window k (characters)")
+    g.add_argument("--layers", type=positive_int, default=1, help="stacked recurrent layers")
+    g.add_argument("--cell", default="lstm", help="cell: lstm, peephole, sharpened, flstm, glstm, lstmp, rnn")
+    g.add_argument("--cell-opt", type=cell_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="cell option, repeatable (e.g. rank=64 for flstm, groups=4 for glstm)")
+    g.add_argument("--embedding", type=int, default=0, help="embedding width; 0 feeds one-hot characters")
+    g.add_argument("--eval-chars", type=positive_int, default=20_000, help="validation characters per evaluation")
+    g = p.add_argument_group("long-lag (adding, multiplication)")
+    g.add_argument("--min-len", type=positive_int, default=100, help="minimal sequence length T")
+    g.add_argument("--train-size", type=positive_int, default=10_000, help="training sequences")
+    g.add_argument("--test-size", type=positive_int, default=3_000, help="test sequences (test MAE is evaluated)")
+    g.add_argument("--alpha", type=float, default=3.75, help="gate sharpness α in σ(α·a)")
+    g.add_argument("--data-seed", type=int, default=0, help="seed of the generated data set")
+    g = p.add_argument_group("optimisation")
+    d = DDPConfig()
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="sgd, momentum (SGD + momentum), adam")
+    g.add_argument("--lr", type=float, default=d.lr, help="learning rate")
+    g.add_argument("--momentum", type=float, default=d.momentum, help="momentum (--optimizer momentum)")
+    g.add_argument("--clip", type=float, default=d.clip, help="max gradient norm; 0 turns clipping off")
+    g.add_argument("--steps", type=positive_int, default=d.steps, help="global steps (one batch on every worker)")
+    g.add_argument("--seconds", type=float, default=None, help="stop after this much training time")
+    g.add_argument("--target", type=float, default=None,
+                   help="stop once the evaluation metric (validation nats/char, or test MAE) is at or below this")
+    g.add_argument("--eval-every", type=positive_int, default=d.eval_every, help="evaluate every N steps")
+    g.add_argument("--checkpoint-every", type=positive_int, default=d.checkpoint_every, help="checkpoint every N steps")
+    g.add_argument("--amp", action="store_true", help="float16 mixed precision (CUDA GPUs only)")
+    g.add_argument("--seed", type=int, default=d.seed, help="run seed (initial weights, minibatch order)")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default="runs/train", help="run folder")
+    g.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_task(args: argparse.Namespace, rank: int, world_size: int) -> CharStreamTask | LongLagTask:
+    if args.task == "char-lm":
+        return CharStreamTask(rank=rank, world_size=world_size, text=args.text, streams=args.batch or 16,
+                              window=args.window, hidden=args.hidden or 128, layers=args.layers, cell=args.cell,
+                              embedding=args.embedding, cell_options=dict(args.cell_opt),
+                              dtype=args.dtype or "float32", eval_chars=args.eval_chars)
+    if args.dtype == "float32":
+        raise ValueError("the long-lag tasks train in float64 (the matrix-batch paper found float32 unstable)")
+    return LongLagTask(rank=rank, world_size=world_size, problem=args.task, min_len=args.min_len,
+                       train_size=args.train_size, test_size=args.test_size, batch_size=args.batch or 100,
+                       hidden=args.hidden or 4, alpha=args.alpha, data_seed=args.data_seed)
+
+
+def task_settings(task: CharStreamTask | LongLagTask) -> dict[str, Any]:
+    """The task's options that a resumed run must share (its data and model)."""
+    return {k: v for k, v in asdict(task).items() if k not in ("rank", "eval_chars", "test_size")}
+
+
+def run_train(args: argparse.Namespace) -> dict[str, Any]:
+    env = launched_env()
+    rank, world = (0, 1) if env is None else (env.rank, env.world_size)
+    cfg = DDPConfig(optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, clip=args.clip or None,
+                    steps=args.steps, seconds=args.seconds, target=args.target, eval_every=args.eval_every,
+                    checkpoint_every=args.checkpoint_every, amp=args.amp, seed=args.seed)
+    task = build_task(args, rank, world)
+    if world > 1:
+        init_distributed()
+    try:
+        return train_ddp(task, cfg, Path(args.out), rank=rank, world_size=world, resume=args.resume,
+                         show_progress=not args.no_progress, settings=task_settings(task))
+    finally:
+        if world > 1:
+            shutdown_distributed()
