@@ -1,18 +1,19 @@
-"""Full-batch L-BFGS across workers equals one process on the whole batch."""
+"""Full-batch L-BFGS and CG across workers equal one process on the whole batch."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from distlstm.bptt import FullBatchConfig, train_fullbatch
-from distlstm.data.longlag import adding_problem
+from distlstm.bptt import FullBatchConfig, fullbatch_closure, train_fullbatch
+from distlstm.data.longlag import LongLagData, adding_problem
 from distlstm.models.networks import SequenceRegressor
 
 CFG = FullBatchConfig(steps=3, max_iter=5)
@@ -28,20 +29,64 @@ def data():
     return adding_problem(64, 24, torch.Generator().manual_seed(1))
 
 
-def test_lbfgs_learns_the_adding_problem():
+@pytest.mark.parametrize("method", ["lbfgs", "cg"])
+def test_full_batch_methods_learn_the_adding_problem(method):
     net = model()
-    losses = train_fullbatch(net, data(), FullBatchConfig(steps=5, max_iter=10))
-    assert losses[-1] < 0.5 * losses[0]
+    first = fullbatch_closure(net, data(), len(data()))().item()
+    result = train_fullbatch(net, data(), FullBatchConfig(method=method, steps=30 if method == "cg" else 5,
+                                                          max_iter=10))
+    assert result.losses[-1] < 0.5 * first
+    assert result.evaluations >= len(result.losses)
+    # the reported loss is the loss at the final θ
+    assert result.losses[-1] == pytest.approx(fullbatch_closure(net, data(), len(data()))().item(), rel=1e-12)
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def test_cg_is_polak_ribiere_plus_on_a_quadratic():
+    """On a convex quadratic, nonlinear CG with exact-enough line searches converges in ≈ n steps."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(6, 1, bias=False).double()
+    x = torch.randn(40, 6, dtype=torch.float64)
+    y = x @ torch.randn(6, dtype=torch.float64)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = lin
+
+        def forward(self, xs, lengths):
+            return self.lin(xs[:, 0]).squeeze(-1)
+
+    quad = LongLagData(x[:, None, :], torch.ones(40, dtype=torch.long), y)
+    result = train_fullbatch(Net(), quad, FullBatchConfig(method="cg", steps=30))
+    assert result.losses[-1] < 1e-12
+    assert len(result.losses) <= 12
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "cg"])
+def test_a_failing_line_search_is_reported_not_raised(method):
+    net = model()
+    for p in net.parameters():
+        p.register_hook(lambda g: -g)  # the gradient points uphill: no step can decrease the loss
+    result = train_fullbatch(net, data(), FullBatchConfig(method=method, steps=5, max_iter=5))
+    assert "line search" in result.status
+
+
+def test_the_callback_and_the_time_budget_stop_the_run():
+    stopped = train_fullbatch(model(), data(), FullBatchConfig(method="cg", steps=50),
+                              on_step=lambda step, _loss: step == 3)
+    assert len(stopped.losses) == 3 and stopped.status == "stopped by the callback"
+    timed = train_fullbatch(model(), data(), FullBatchConfig(steps=50, max_iter=2, seconds=1e-9))
+    assert len(timed.losses) == 1 and timed.status == "time budget used"
+
+
+def _worker(rank: int, world: int, port: int, method: str, out: str) -> None:
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     net = model()
-    losses = train_fullbatch(net, data(), CFG, rank=rank, world_size=world)
+    losses = train_fullbatch(net, data(), replace(CFG, method=method), rank=rank, world_size=world).losses
     theta = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
     Path(out, f"{rank}.json").write_text(json.dumps({"losses": losses, "theta": theta.tolist()}))
     dist.barrier()  # nobody tears the group down while a peer still uses it
@@ -49,14 +94,15 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 @pytest.mark.multiprocess
-def test_two_workers_take_the_steps_of_one_process(tmp_path):
+@pytest.mark.parametrize("method", ["lbfgs", "cg"])
+def test_two_workers_take_the_steps_of_one_process(tmp_path, method):
     torch.set_num_threads(1)
     single = model()
-    single_losses = train_fullbatch(single, data(), CFG)
+    single_losses = train_fullbatch(single, data(), replace(CFG, method=method)).losses
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, port, method, str(tmp_path)), nprocs=2, join=True)
     runs = [json.loads(Path(tmp_path, f"{r}.json").read_text()) for r in range(2)]
     assert runs[0]["theta"] == runs[1]["theta"]  # identical on every rank, bit for bit
     theta = torch.tensor(runs[0]["theta"], dtype=torch.float64)
@@ -68,5 +114,7 @@ def test_two_workers_take_the_steps_of_one_process(tmp_path):
 def test_bad_settings():
     with pytest.raises(ValueError, match="steps must be at least 1"):
         FullBatchConfig(steps=0)
+    with pytest.raises(ValueError, match="unknown full-batch method"):
+        FullBatchConfig(method="newton")
     with pytest.raises(ValueError, match="cannot be split evenly"):
         train_fullbatch(model(), adding_problem(5, 24, torch.Generator()), CFG, world_size=2)

@@ -1,5 +1,15 @@
-"""Training by back-propagation through time: full-batch second-order optimizers across workers."""
+"""Training by back-propagation through time across workers.
 
-from distlstm.bptt.fullbatch import FullBatchConfig, fullbatch_closure, train_fullbatch
+* ``ddp`` — synchronous data parallelism (DistributedDataParallel) with stateful
+  stream shards and truncated BPTT, or minibatches of independent sequences;
+* ``fullbatch`` — full-batch L-BFGS and nonlinear CG, loss and gradient summed over
+  workers in every evaluation;
+* ``tasks`` — what those train (character LM, long-lag problems).
+"""
 
-__all__ = ["FullBatchConfig", "fullbatch_closure", "train_fullbatch"]
+from distlstm.bptt.ddp import DDPConfig, train_ddp
+from distlstm.bptt.fullbatch import FullBatchConfig, FullBatchResult, fullbatch_closure, train_fullbatch
+from distlstm.bptt.tasks import CharStreamTask, LongLagTask
+
+__all__ = ["CharStreamTask", "DDPConfig", "FullBatchConfig", "FullBatchResult", "LongLagTask", "fullbatch_closure",
+           "train_ddp", "train_fullbatch"]
