@@ -53,6 +53,18 @@ def test_bench_quick_writes_markdown(tmp_path):
     assert main(["bench", "--sections", "cells,gpus", "--output", "-"]) == 2
 
 
+def test_bptt_benchmark_pieces():
+    from distlstm.bench.bptt import WorkersRow, bench_vectorization
+    from distlstm.bench.report import render_bptt
+
+    row = bench_vectorization(batch=8, steps=4, repeats=1)
+    assert row.looped_ms > row.batched_ms > 0
+    text = render_bptt([row], [WorkersRow("1 worker × 1 thread", 1.0, 100.0), WorkersRow("2", 1.0, 150.0)],
+                       [WorkersRow("1 worker × 1 thread", 2.0, 0.2), WorkersRow("2", 1.0, 0.1)], steps=5, hidden=8,
+                       batch=4, train=100, min_len=30)
+    assert "| 2 | 1.00 | 150 | 1.50 |" in text and "| 2 | 1.00 | 0.100 | 2.00 |" in text
+
+
 def test_es_benchmark_pieces():
     from distlstm.bench.es import ESWorkersRow, bench_es_batched
     from distlstm.bench.report import render_es

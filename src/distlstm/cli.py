@@ -165,6 +165,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         print(f"wrote {Path(args.out) / 'report.md'}: best ES {best['model']} {best['val_nats_per_char']:.3f} "
               f"nats/char (source's plateau 3.35)")
         return 0
+    if args.paper == "matrix-batch":
+        from distlstm.experiments import matrix_batch
+
+        rows = matrix_batch.run(matrix_batch.MatrixBatchConfig.preset(args.quick, seed=args.seed), Path(args.out),
+                                show_progress=not args.no_progress)
+        print(f"wrote {Path(args.out) / 'report.md'}: " + "; ".join(
+            f"{r['optimizer']} α={r['alpha']:g} {r['successes']}/{r['runs']}" for r in rows))
+        return 0
     if args.paper == "ergen-kozat":
         from distlstm.experiments import ergen_kozat
 
@@ -201,8 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time torch.compile of the cell loop (adds about a minute of compilation per size)")
     p.add_argument("--repeats", type=positive_int, default=None, help="timed rounds per candidate "
                    "(default 10, or 3 with --quick)")
-    p.add_argument("--sections", default="cells,batched,online,es",
-                   help="comma-separated sections to run: cells, batched, online, es, and evotorch (needs the "
+    p.add_argument("--sections", default="cells,batched,online,es,bptt",
+                   help="comma-separated sections to run: cells, batched, online, es, bptt, and evotorch (needs the "
                         "evotorch package: `make bench-evotorch`)")
     p.add_argument("--notes", default="docs/benchmark-notes.md",
                    help="Markdown appended to the report (analysis of the numbers); skipped if missing")
@@ -242,10 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Reproductions: ergen-kozat (online distributed LSTM training: SGD, EKF, PF, "
                                    "diffusion SGD, DEKF, DPF on exchange rates and sentence valence, with the DPF "
                                    "N/K sweep); es-shakespeare (evolution strategies for a character RNN and LSTM "
-                                   "against backprop on the same budget). Writes report.md, summary.json, CSVs "
+                                   "against backprop on the same budget); matrix-batch (full-batch L-BFGS and CG "
+                                   "against momentum SGD on the multiplication problem, α = 3.75 vs 1, "
+                                   "matrix-batched vs looped, 1 vs 2 workers). Writes report.md, summary.json, CSVs "
                                    "and PNGs into --out.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("paper", choices=["ergen-kozat", "es-shakespeare"], help="which reproduction")
+    p.add_argument("paper", choices=["ergen-kozat", "es-shakespeare", "matrix-batch"], help="which reproduction")
     p.add_argument("--quick", action="store_true", help="small preset (under 2 minutes)")
     p.add_argument("--out", default="runs/reproduce", help="run folder to write")
     p.add_argument("--seed", type=int, default=0, help="run seed")

@@ -73,7 +73,7 @@ def test_a_failing_line_search_is_reported_not_raised(method):
 
 def test_the_callback_and_the_time_budget_stop_the_run():
     stopped = train_fullbatch(model(), data(), FullBatchConfig(method="cg", steps=50),
-                              on_step=lambda step, _loss: step == 3)
+                              on_step=lambda progress: len(progress.losses) == 3)
     assert len(stopped.losses) == 3 and stopped.status == "stopped by the callback"
     timed = train_fullbatch(model(), data(), FullBatchConfig(steps=50, max_iter=2, seconds=1e-9))
     assert len(timed.losses) == 1 and timed.status == "time budget used"

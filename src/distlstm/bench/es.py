@@ -8,9 +8,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from distlstm.bench.timing import compare
+from distlstm.bench.timing import WORKER_SETTINGS, compare, run_cli
 from distlstm.es.fitness import char_fitness
 from distlstm.es.strategy import ESConfig, ask, init
 from distlstm.es.train import build_model
@@ -68,17 +65,12 @@ def bench_es_workers(generations: int = 40, progress: Callable[[str], None] | No
     """Wall time of ``distlstm es`` (RNN, population 256) by worker setting, start-up excluded."""
     es_args = ["es", "--generations", str(generations), "--eval-every", str(generations), "--eval-chars", "2000",
                "--checkpoint-every", str(generations), "--no-progress"]
-    settings = {"1 worker × 1 thread": (1, "1"), "2 workers × 1 thread": (2, "1"), "1 worker × 2 threads": (1, "2")}
     rows = []
-    for name, (workers, threads) in settings.items():
+    for name, (workers, threads) in WORKER_SETTINGS.items():
         if progress:
             progress(f"ES workers: {name}")
         with tempfile.TemporaryDirectory() as out:
-            launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}"] \
-                if workers > 1 else []
-            cmd = [sys.executable, *launcher, "-m", "distlstm.cli", *es_args, "--out", out]
-            subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS=threads), check=True, capture_output=True,
-                           timeout=1800)
+            run_cli(es_args, Path(out), workers=workers, threads=threads)
             seconds = read_csv_numbers(Path(out) / "metrics.csv")[-1]["seconds"]  # the loop, start-up excluded
         rows.append(ESWorkersRow(name, seconds, generations * 256 / seconds))
     return rows

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import torch
 
+from distlstm.bench.bptt import VectorRow, WorkersRow, bench_ddp_workers, bench_lbfgs_workers, bench_vectorization
 from distlstm.bench.cells import CellRow, bench_cells
 from distlstm.bench.es import ESBatchRow, ESWorkersRow, bench_es_batched, bench_es_workers
 from distlstm.bench.evotorch_compare import EvoRow, bench_evotorch
 from distlstm.bench.functional import BatchedRow, bench_batched
 from distlstm.bench.online import EKFRow, ParticleRow, StepRow, bench_ekf_floor, bench_particles, bench_steps
 
-SECTIONS = ("cells", "batched", "online", "es", "evotorch")
-DEFAULT_SECTIONS = ("cells", "batched", "online", "es")  # evotorch needs the separate benchmark environment
+SECTIONS = ("cells", "batched", "online", "es", "bptt", "evotorch")
+DEFAULT_SECTIONS = ("cells", "batched", "online", "es", "bptt")  # evotorch needs the separate benchmark environment
 
 HEADER = """# distlstm benchmarks
 
@@ -127,6 +128,51 @@ def render_es(batched: list[ESBatchRow], workers: list[ESWorkersRow], generation
     return "".join(parts)
 
 
+BPTT_TEXT = """## Data-parallel and full-batch BPTT
+
+Forward + backward of one minibatch of the long-lag network (peephole cells without
+forget gate, hidden 4, float64, one thread) as one matrix computation against a loop
+over its samples with gradients accumulated — the matrix-batch paper's Fig. 3(b)
+comparison (it reports ≈ 100× at batch 100):
+
+| batch | steps | looped ms | batched ms | speed-up |
+|---:|---:|---:|---:|---:|
+"""
+
+DDP_WORKERS_TEXT = """
+`distlstm train` (character LSTM, hidden {hidden}, window 100, global batch {batch}
+streams, Adam) for {steps} steps by worker setting; W workers hold {batch}/W streams
+each and all-reduce gradients every step. Training time only.
+
+| setting | seconds | characters/s | × 1 worker × 1 thread |
+|---|---:|---:|---:|
+"""
+
+LBFGS_WORKERS_TEXT = """
+`distlstm train --optimizer lbfgs` on the multiplication problem ({train:,} sequences of
+≥ {min_len} steps, float64): seconds per L-BFGS iteration (one full-batch loss and
+gradient plus line-search trials), the training set split over the workers.
+
+| setting | seconds | s / iteration | speed-up over 1 worker × 1 thread |
+|---|---:|---:|---:|
+"""
+
+
+def render_bptt(vector: list[VectorRow], ddp: list[WorkersRow], lbfgs: list[WorkersRow], *, steps: int,
+                hidden: int, batch: int, train: int, min_len: int) -> str:
+    parts = [BPTT_TEXT]
+    parts += [f"| {r.batch} | {r.steps} | {r.looped_ms:.1f} | {r.batched_ms:.2f} | {r.speedup:.0f}× |\n"
+              for r in vector]
+    if ddp:
+        parts.append(DDP_WORKERS_TEXT.format(hidden=hidden, batch=batch, steps=steps))
+        parts += [f"| {r.setting} | {r.seconds:.2f} | {r.rate:,.0f} | {r.rate / ddp[0].rate:.2f} |\n" for r in ddp]
+    if lbfgs:
+        parts.append(LBFGS_WORKERS_TEXT.format(train=train, min_len=min_len))
+        parts += [f"| {r.setting} | {r.seconds:.2f} | {r.rate:.3f} | {lbfgs[0].rate / r.rate:.2f} |\n"
+                  for r in lbfgs]
+    return "".join(parts)
+
+
 EVOTORCH_TEXT = """## Against EvoTorch (same model, population and windows)
 
 One-hot tanh RNN (hidden 64, n_θ = 13,641), population 256, 8 windows × 32 characters;
@@ -203,6 +249,18 @@ def run(output: Path | None, *, quick: bool = False, compile: bool = False, repe
                                              repeats=1 if quick else 3, progress=progress),
                             bench_es_workers(generations, progress=progress), generations)
         online = (online + "\n" + es_text) if online else es_text
+    if "bptt" in sections:
+        ddp_steps, train, min_len = (10, 2000, 30) if quick else (40, 10_000, 100)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)  # the paper's comparison ran on one core
+        vector = [bench_vectorization(steps=s, repeats=2 if quick else 5) for s in ((10,) if quick else (10, 100))]
+        torch.set_num_threads(previous)
+        if progress:
+            progress("BPTT: matrix-batched vs looped")
+        bptt_text = render_bptt(vector, bench_ddp_workers(ddp_steps, progress=progress),
+                                bench_lbfgs_workers(3 if quick else 10, train, min_len, progress=progress),
+                                steps=ddp_steps, hidden=256, batch=32, train=train, min_len=min_len)
+        online = (online + "\n" + bptt_text) if online else bptt_text
     if "evotorch" in sections:
         evo_text = render_evotorch(bench_evotorch(generations=2 if quick else 5, progress=progress))
         online = (online + "\n" + evo_text) if online else evo_text

@@ -222,6 +222,8 @@ def train_ddp(task: Task, cfg: DDPConfig, out: Path, *, rank: int = 0, world_siz
             gathered = _gather_carry(carry, world_size)
             if main:
                 checkpoints.save(model, opt, step, seconds, rows, gathered)
+                if rows:
+                    write_csv(out / "metrics.csv", rows)
     bar.close()
     if not rows or rows[-1]["step"] != step:  # stopped by the time budget between evaluations
         rows.append({"step": step, "epoch": round(step / per_epoch, 4), "samples": step * task.samples_per_step,

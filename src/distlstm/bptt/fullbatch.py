@@ -111,11 +111,12 @@ class _Stop(Exception):
 
 
 def train_fullbatch(model: nn.Module, data: LongLagData, cfg: FullBatchConfig, *, rank: int = 0,
-                    world_size: int = 1, on_step: Callable[[int, float], bool | None] | None = None) -> FullBatchResult:
+                    world_size: int = 1, on_step: Callable[[FullBatchResult], bool] | None = None) -> FullBatchResult:
     """Minimise the full-batch MSE with ``cfg.method``, this worker holding its shard of ``data``.
 
-    ``on_step(step, loss)`` runs after each step (its time is not counted) and may
-    return True to stop (e.g. once the test error is small enough).
+    ``on_step(result)`` runs after each step with the progress so far (the step is
+    ``len(result.losses)``; its own time is not counted) and may return True to stop,
+    e.g. once the test error is small enough.
     """
     shard = data.shard(rank, world_size)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -148,7 +149,7 @@ def train_fullbatch(model: nn.Module, data: LongLagData, cfg: FullBatchConfig, *
         step = len(result.losses)
         check_same_across_ranks(parameters_to_vector(params).detach(), f"step {step + 1}")
         result.losses.append(loss)
-        stop = on_step is not None and on_step(step + 1, loss)
+        stop = on_step is not None and on_step(result)
         if stop:
             result.status = "stopped by the callback"
         elif cfg.seconds is not None and result.seconds >= cfg.seconds:

@@ -9,6 +9,8 @@ from typing import Any
 
 from distlstm._argtypes import cell_option, positive_int
 from distlstm.bptt.ddp import OPTIMIZERS, DDPConfig, train_ddp
+from distlstm.bptt.fullbatch import METHODS, FullBatchConfig
+from distlstm.bptt.fullbatch_run import run_fullbatch
 from distlstm.bptt.tasks import LONG_LAG_PROBLEMS, CharStreamTask, LongLagTask
 from distlstm.data.text import SHAKESPEARE_TRAGEDIES
 from distlstm.runtime.dist import init_distributed, launched_env, shutdown_distributed
@@ -28,6 +30,13 @@ contiguous shard per worker, each shard into --batch streams read in windows of
 --window characters, the LSTM state carried from window to window and reset at each
 epoch) and adding / multiplication (Hochreiter & Schmidhuber's long-lag problems:
 minibatches of --batch independent variable-length sequences per worker, full BPTT).
+
+Optimizers: sgd, momentum and adam take minibatch steps (DDP); lbfgs and cg
+(long-lag tasks) are full-batch: every loss and gradient evaluation, line-search
+trials included, covers the whole training set, each worker its shard, summed with
+one all_reduce — e.g. the matrix-batch paper's setting:
+
+  distlstm train --task multiplication --optimizer lbfgs --target 0.01 --seconds 600
 
 Writes metrics.csv, loss.png, summary.json and checkpoint.pt (atomically, every
 --checkpoint-every steps) into --out; --resume continues from the checkpoint with the
@@ -60,7 +69,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-seed", type=int, default=0, help="seed of the generated data set")
     g = p.add_argument_group("optimisation")
     d = DDPConfig()
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="sgd, momentum (SGD + momentum), adam")
+    g.add_argument("--optimizer", choices=OPTIMIZERS + METHODS, default=d.optimizer,
+                   help="sgd, momentum (SGD + momentum), adam; full-batch lbfgs or cg (long-lag tasks)")
     g.add_argument("--lr", type=float, default=d.lr, help="learning rate")
     g.add_argument("--momentum", type=float, default=d.momentum, help="momentum (--optimizer momentum)")
     g.add_argument("--clip", type=float, default=d.clip, help="max gradient norm; 0 turns clipping off")
@@ -70,11 +80,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop once the evaluation metric (validation nats/char, or test MAE) is at or below this")
     g.add_argument("--eval-every", type=positive_int, default=d.eval_every, help="evaluate every N steps")
     g.add_argument("--checkpoint-every", type=positive_int, default=d.checkpoint_every, help="checkpoint every N steps")
+    g.add_argument("--max-iter", type=positive_int, default=5, help="lbfgs: iterations per step (test error "
+                   "is evaluated after each step)")
+    g.add_argument("--history", type=positive_int, default=50, help="lbfgs: history size")
     g.add_argument("--amp", action="store_true", help="float16 mixed precision (CUDA GPUs only)")
     g.add_argument("--seed", type=int, default=d.seed, help="run seed (initial weights, minibatch order)")
     g = p.add_argument_group("run")
     g.add_argument("--out", default="runs/train", help="run folder")
-    g.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    g.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt (sgd, momentum, adam)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -99,13 +112,27 @@ def task_settings(task: CharStreamTask | LongLagTask) -> dict[str, Any]:
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
     env = launched_env()
     rank, world = (0, 1) if env is None else (env.rank, env.world_size)
-    cfg = DDPConfig(optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, clip=args.clip or None,
-                    steps=args.steps, seconds=args.seconds, target=args.target, eval_every=args.eval_every,
-                    checkpoint_every=args.checkpoint_every, amp=args.amp, seed=args.seed)
+    full_batch = args.optimizer in METHODS
+    if full_batch:
+        if args.task == "char-lm":
+            raise ValueError(f"--optimizer {args.optimizer} is full-batch and trains the long-lag tasks "
+                             "(--task adding or multiplication); use sgd, momentum or adam for char-lm")
+        if args.resume or args.amp:
+            raise ValueError(f"--resume and --amp apply to sgd, momentum and adam, not to {args.optimizer}")
+        fb_cfg = FullBatchConfig(method=args.optimizer, steps=args.steps, max_iter=args.max_iter,
+                                 history_size=args.history, seconds=args.seconds)
+    else:
+        cfg = DDPConfig(optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, clip=args.clip or None,
+                        steps=args.steps, seconds=args.seconds, target=args.target, eval_every=args.eval_every,
+                        checkpoint_every=args.checkpoint_every, amp=args.amp, seed=args.seed)
     task = build_task(args, rank, world)
     if world > 1:
         init_distributed()
     try:
+        if full_batch:
+            assert isinstance(task, LongLagTask)
+            return run_fullbatch(task, fb_cfg, Path(args.out), seed=args.seed, target=args.target, rank=rank,
+                                 world_size=world, show_progress=not args.no_progress)
         return train_ddp(task, cfg, Path(args.out), rank=rank, world_size=world, resume=args.resume,
                          show_progress=not args.no_progress, settings=task_settings(task))
     finally:

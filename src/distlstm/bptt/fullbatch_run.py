@@ -1,0 +1,61 @@
+"""A full-batch run on a long-lag task: L-BFGS or CG across workers, test error after every step.
+
+The run loop of ``distlstm train --optimizer lbfgs|cg`` and of the matrix-batch
+reproduction. It writes what a data-parallel run writes (metrics.csv, loss.png,
+summary.json, checkpoint.pt with the final model) and stops at a target test error,
+a time budget or the step budget. Time counts optimisation only, not the test
+evaluations.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from distlstm.bptt.fullbatch import FullBatchConfig, FullBatchResult, train_fullbatch
+from distlstm.bptt.tasks import LongLagTask, mean_absolute_error
+from distlstm.runs import plot_curves, save_checkpoint, write_csv, write_json
+
+
+def run_fullbatch(task: LongLagTask, cfg: FullBatchConfig, out: Path, *, seed: int = 0, target: float | None = None,
+                  rank: int = 0, world_size: int = 1, show_progress: bool = True) -> dict[str, Any]:
+    """Minimise the task's full-batch MSE; rank 0 writes the run folder. Returns the summary."""
+    model = task.build_model(seed)
+    rows: list[dict[str, float]] = []
+    main = rank == 0
+    n = len(task.train)
+    bar = tqdm(total=cfg.steps, desc=cfg.method, unit="step", disable=not (show_progress and main))
+
+    def on_step(progress: FullBatchResult) -> bool:
+        mae = mean_absolute_error(model, task.test)  # the same on every rank: identical θ, same test set
+        rows.append({"step": len(progress.losses), "evaluations": progress.evaluations,
+                     "samples": progress.evaluations * n, "seconds": round(progress.seconds, 4),
+                     "train_loss": progress.losses[-1], "test_mae": round(mae, 6)})
+        bar.update()
+        bar.set_postfix(test_mae=f"{mae:.4f}")
+        return target is not None and mae <= target
+
+    result = train_fullbatch(model, task.train, cfg, rank=rank, world_size=world_size, on_step=on_step)
+    bar.close()
+    last = rows[-1] if rows else {"test_mae": mean_absolute_error(model, task.test), "step": 0}
+    summary = {"optimizer": cfg.method, "metric": "test_mae", "test_mae": last["test_mae"],
+               "reached_target": target is not None and last["test_mae"] <= target, "steps": len(result.losses),
+               "evaluations": result.evaluations, "samples": result.evaluations * n,
+               "seconds": round(result.seconds, 3),
+               "samples_per_second": round(result.evaluations * n / max(result.seconds, 1e-9), 2),
+               "workers": world_size, "parameters": sum(p.numel() for p in model.parameters()),
+               "status": result.status}
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(out / "checkpoint.pt", {"version": 1, "model": model.state_dict(), "rows": rows})
+        write_json(out / "summary.json", summary)
+        if rows:
+            write_csv(out / "metrics.csv", rows)
+            plot_curves(out / "loss.png", {"training loss": ([r["samples"] for r in rows],
+                                                             [r["train_loss"] for r in rows]),
+                                           "test MAE": ([r["samples"] for r in rows], [r["test_mae"] for r in rows])},
+                        xlabel="samples (evaluations × training set)", ylabel="loss",
+                        title=f"{cfg.method}, {world_size} worker(s)", logy=True)
+    return summary
