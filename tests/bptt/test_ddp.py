@@ -176,3 +176,30 @@ def test_train_command_under_torchrun_matches_one_process(tmp_path):
     again = subprocess.run([sys.executable, "-m", "distlstm.cli", *args, "--batch", "8", "--resume", "--steps", "12",
                             "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "resume with 2 worker(s)" in again.stderr
+
+
+def _dying_worker(rank: int, world: int, port: int, text: str, out: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+
+    def die(step: int, _loss: float) -> None:
+        if rank == 1 and step == 4:
+            os._exit(17)  # a worker killed mid-run, without any goodbye
+
+    train_ddp(char_task(text, rank, world, streams=2), CFG, Path(out), rank=rank, world_size=world,
+              show_progress=False, on_step=die)
+
+
+@pytest.mark.multiprocess
+def test_a_dying_worker_ends_the_run_instead_of_hanging(tmp_path):
+    import time
+
+    started = time.perf_counter()
+    with pytest.raises(mp.ProcessExitedException):
+        mp.spawn(_dying_worker, args=(2, free_port(), text_file(tmp_path), str(tmp_path / "run")), nprocs=2,
+                 join=True)
+    assert time.perf_counter() - started < 60
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 3  # what was written is kept
