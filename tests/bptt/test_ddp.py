@@ -152,7 +152,7 @@ def test_bad_settings():
     with pytest.raises(ValueError, match="clip must be positive"):
         DDPConfig(clip=0.0)
     with pytest.raises(ValueError, match="fewer than one global batch"):
-        LongLagTask(min_len=24, train_size=10, test_size=4, batch_size=8, world_size=2)
+        LongLagTask(min_len=24, train_size=10, test_size=4, batch_size=8, world_size=2).steps_per_epoch()
 
 
 @pytest.mark.multiprocess

@@ -118,3 +118,27 @@ def test_bad_settings():
         FullBatchConfig(method="newton")
     with pytest.raises(ValueError, match="cannot be split evenly"):
         train_fullbatch(model(), adding_problem(5, 24, torch.Generator()), CFG, world_size=2)
+
+
+def test_a_non_finite_full_batch_loss_names_the_step_and_keeps_the_last_model(tmp_path):
+    from distlstm.bptt.fullbatch_run import run_fullbatch
+    from distlstm.bptt.tasks import LongLagTask
+    from distlstm.runs import load_checkpoint
+
+    class Exploding(LongLagTask):
+        def build_model(self, seed):
+            net = super().build_model(seed)
+            calls = [0]
+
+            def poison(_module, _inputs, output):
+                calls[0] += 1
+                return output * float("nan") if calls[0] > 12 else output
+
+            net.head.register_forward_hook(poison)
+            return net
+
+    task = Exploding(problem="adding", min_len=24, train_size=64, test_size=16)
+    with pytest.raises(FloatingPointError, match=r"not finite.*\(during step \d+\); the model after step \d+ is kept"):
+        run_fullbatch(task, FullBatchConfig(steps=20, max_iter=2), tmp_path, show_progress=False)
+    model = load_checkpoint(tmp_path / "checkpoint.pt")["model"]
+    assert all(torch.isfinite(t).all() for t in model.values())

@@ -171,6 +171,17 @@ def train_ddp(task: Task, cfg: DDPConfig, out: Path, *, rank: int = 0, world_siz
     params = [p for p in model.parameters() if p.requires_grad]
     per_epoch = task.steps_per_epoch()
     running, count = 0.0, 0
+
+    def record() -> float:
+        """Evaluate, append a metrics row (training loss averaged since the last row); returns the metric."""
+        nonlocal running, count
+        metric = _evaluate(task, model, main, world_size, device)
+        rows.append({"step": step, "epoch": round(step / per_epoch, 4), "samples": step * task.samples_per_step,
+                     "seconds": round(seconds, 4), "train_loss": round(running / max(count, 1), 6),
+                     task.metric: round(metric, 6)})
+        running, count = 0.0, 0
+        return metric
+
     reached = bool(rows) and cfg.target is not None and rows[-1][task.metric] <= cfg.target
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.optimizer}", unit="step",
                disable=not (show_progress and main))
@@ -197,10 +208,9 @@ def train_ddp(task: Task, cfg: DDPConfig, out: Path, *, rank: int = 0, world_siz
             scaler.update()
         else:
             loss.backward()
-            if cfg.clip is not None:
-                norm = nn.utils.clip_grad_norm_(params, cfg.clip)
-                if not torch.isfinite(norm):
-                    raise FloatingPointError(f"non-finite gradient norm at step {step + 1}; lower the learning rate")
+            norm = nn.utils.clip_grad_norm_(params, math.inf if cfg.clip is None else cfg.clip)
+            if not torch.isfinite(norm):  # the same on every rank: gradients are averaged already
+                raise FloatingPointError(f"non-finite gradient norm at step {step + 1}; lower the learning rate")
             opt.step()
         if carry is not None:
             carry = tuple(part.detach() for part in carry)
@@ -211,14 +221,10 @@ def train_ddp(task: Task, cfg: DDPConfig, out: Path, *, rank: int = 0, world_siz
         if on_step is not None:
             on_step(step, value)
         if step % cfg.eval_every == 0 or step == cfg.steps or (cfg.seconds is not None and seconds >= cfg.seconds):
-            metric = _evaluate(task, model, main, world_size, device)
-            rows.append({"step": step, "epoch": round(step / per_epoch, 4), "samples": step * task.samples_per_step,
-                         "seconds": round(seconds, 4), "train_loss": round(running / count, 6),
-                         task.metric: round(metric, 6)})
-            running, count = 0.0, 0
+            metric = record()
             reached = cfg.target is not None and metric <= cfg.target
             bar.set_postfix({task.metric: f"{metric:.4g}"})
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps or reached:
+        if step % cfg.checkpoint_every == 0 and step < cfg.steps and not reached:
             gathered = _gather_carry(carry, world_size)
             if main:
                 checkpoints.save(model, opt, step, seconds, rows, gathered)
@@ -226,9 +232,7 @@ def train_ddp(task: Task, cfg: DDPConfig, out: Path, *, rank: int = 0, world_siz
                     write_csv(out / "metrics.csv", rows)
     bar.close()
     if not rows or rows[-1]["step"] != step:  # stopped by the time budget between evaluations
-        rows.append({"step": step, "epoch": round(step / per_epoch, 4), "samples": step * task.samples_per_step,
-                     "seconds": round(seconds, 4), "train_loss": round(running / max(count, 1), 6),
-                     task.metric: round(_evaluate(task, model, main, world_size, device), 6)})
+        record()
     gathered = _gather_carry(carry, world_size)
     summary = {"optimizer": cfg.optimizer, "metric": task.metric, task.metric: rows[-1][task.metric],
                "reached_target": cfg.target is not None and rows[-1][task.metric] <= cfg.target,

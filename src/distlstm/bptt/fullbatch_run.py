@@ -2,9 +2,9 @@
 
 The run loop of ``distlstm train --optimizer lbfgs|cg`` and of the matrix-batch
 reproduction. It writes what a data-parallel run writes (metrics.csv, loss.png,
-summary.json, checkpoint.pt with the final model) and stops at a target test error,
-a time budget or the step budget. Time counts optimisation only, not the test
-evaluations.
+summary.json, checkpoint.pt with the model after the latest step — kept if a later
+evaluation fails) and stops at a target test error, a time budget or the step budget.
+Time counts optimisation only, not the test evaluations.
 """
 
 from __future__ import annotations
@@ -27,18 +27,27 @@ def run_fullbatch(task: LongLagTask, cfg: FullBatchConfig, out: Path, *, seed: i
     main = rank == 0
     n = len(task.train)
     bar = tqdm(total=cfg.steps, desc=cfg.method, unit="step", disable=not (show_progress and main))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
 
     def on_step(progress: FullBatchResult) -> bool:
         mae = mean_absolute_error(model, task.test)  # the same on every rank: identical θ, same test set
         rows.append({"step": len(progress.losses), "evaluations": progress.evaluations,
                      "samples": progress.evaluations * n, "seconds": round(progress.seconds, 4),
                      "train_loss": progress.losses[-1], "test_mae": round(mae, 6)})
+        if main:  # small models: keeping the latest good θ costs little, and a crash loses no step
+            save_checkpoint(out / "checkpoint.pt", {"version": 1, "model": model.state_dict(), "rows": rows})
         bar.update()
         bar.set_postfix(test_mae=f"{mae:.4f}")
         return target is not None and mae <= target
 
-    result = train_fullbatch(model, task.train, cfg, rank=rank, world_size=world_size, on_step=on_step)
-    bar.close()
+    try:
+        result = train_fullbatch(model, task.train, cfg, rank=rank, world_size=world_size, on_step=on_step)
+    except FloatingPointError as err:
+        kept = f"the model after step {len(rows)} is kept in {out / 'checkpoint.pt'}" if rows else "nothing was kept"
+        raise FloatingPointError(f"{err} (during step {len(rows) + 1}); {kept}") from err
+    finally:
+        bar.close()
     last = rows[-1] if rows else {"test_mae": mean_absolute_error(model, task.test), "step": 0}
     summary = {"optimizer": cfg.method, "metric": "test_mae", "test_mae": last["test_mae"],
                "reached_target": target is not None and last["test_mae"] <= target, "steps": len(result.losses),
@@ -48,7 +57,6 @@ def run_fullbatch(task: LongLagTask, cfg: FullBatchConfig, out: Path, *, seed: i
                "workers": world_size, "parameters": sum(p.numel() for p in model.parameters()),
                "status": result.status}
     if main:
-        out.mkdir(parents=True, exist_ok=True)
         save_checkpoint(out / "checkpoint.pt", {"version": 1, "model": model.state_dict(), "rows": rows})
         write_json(out / "summary.json", summary)
         if rows:

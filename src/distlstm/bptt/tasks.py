@@ -139,9 +139,6 @@ class LongLagTask:
     def __post_init__(self) -> None:
         self.train, self.test = longlag_splits(self.problem, self.min_len, self.train_size, self.test_size,
                                                self.data_seed)
-        if len(self.train) < self.samples_per_step:
-            raise ValueError(f"{len(self.train)} training sequences are fewer than one global batch of "
-                             f"{self.world_size} worker(s) × {self.batch_size}; lower the batch size")
         self._epoch = -1
         self._batches: list[Tensor] = []
 
@@ -150,13 +147,17 @@ class LongLagTask:
         return self.world_size * self.batch_size
 
     def steps_per_epoch(self) -> int:
+        """Minibatch steps per epoch (full-batch optimizers do not use minibatches)."""
+        if len(self.train) < self.samples_per_step:
+            raise ValueError(f"{len(self.train)} training sequences are fewer than one global batch of "
+                             f"{self.world_size} worker(s) × {self.batch_size}; lower the batch size")
         return len(self.train) // self.samples_per_step
 
     def build_model(self, seed: int) -> nn.Module:
         return longlag_model(self.hidden, self.alpha, seed)
 
     def batch(self, step: int, seed: int) -> Batch:
-        epoch, j = divmod(step, max(self.steps_per_epoch(), 1))
+        epoch, j = divmod(step, self.steps_per_epoch())
         if epoch != self._epoch:
             self._batches = epoch_batches(len(self.train), self.batch_size, rank=self.rank,
                                           world_size=self.world_size, seed=seed, epoch=epoch)
