@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -64,33 +65,35 @@ def bench_vectorization(batch: int = 100, steps: int = 10, hidden: int = 4, repe
     return VectorRow(batch, steps, t["looped"] * 1e3, t["batched"] * 1e3)
 
 
+def _by_setting(label: str, args_for: Callable[[int], list[str]],
+                progress: Callable[[str], None] | None) -> list[tuple[str, dict[str, Any]]]:
+    """``distlstm ARGS`` in every worker setting; (setting, summary.json) pairs."""
+    out = []
+    for name, (workers, threads) in WORKER_SETTINGS.items():
+        if progress:
+            progress(f"{label}: {name}")
+        with tempfile.TemporaryDirectory() as folder:
+            out.append((name, run_cli(args_for(workers), Path(folder), workers=workers, threads=threads)))
+    return out
+
+
 def bench_ddp_workers(steps: int = 40, global_batch: int = 32, hidden: int = 256,
                       progress: Callable[[str], None] | None = None) -> list[WorkersRow]:
     """Characters per second of ``distlstm train`` (char LM, window 100) by worker setting, same global batch."""
-    rows = []
-    for name, (workers, threads) in WORKER_SETTINGS.items():
-        if progress:
-            progress(f"DDP workers: {name}")
-        args = ["train", "--task", "char-lm", "--hidden", str(hidden), "--window", "100", "--steps", str(steps),
+    def args(workers: int) -> list[str]:
+        return ["train", "--task", "char-lm", "--hidden", str(hidden), "--window", "100", "--steps", str(steps),
                 "--batch", str(global_batch // workers), "--eval-every", str(steps), "--eval-chars", "1000",
                 "--checkpoint-every", str(steps), "--no-progress"]
-        with tempfile.TemporaryDirectory() as out:
-            summary = run_cli(args, Path(out), workers=workers, threads=threads)
-        rows.append(WorkersRow(name, summary["seconds"], summary["samples_per_second"]))
-    return rows
+
+    return [WorkersRow(name, s["seconds"], s["samples_per_second"])
+            for name, s in _by_setting("DDP workers", args, progress)]
 
 
 def bench_lbfgs_workers(iterations: int = 10, train_size: int = 10_000, min_len: int = 100,
                         progress: Callable[[str], None] | None = None) -> list[WorkersRow]:
     """Seconds per full-batch L-BFGS iteration (multiplication problem, float64) by worker setting."""
-    rows = []
-    for name, (workers, threads) in WORKER_SETTINGS.items():
-        if progress:
-            progress(f"L-BFGS workers: {name}")
-        args = ["train", "--task", "multiplication", "--optimizer", "lbfgs", "--max-iter", "1",
-                "--steps", str(iterations), "--train-size", str(train_size), "--min-len", str(min_len),
-                "--test-size", "100", "--no-progress"]
-        with tempfile.TemporaryDirectory() as out:
-            summary = run_cli(args, Path(out), workers=workers, threads=threads)
-        rows.append(WorkersRow(name, summary["seconds"], summary["seconds"] / max(summary["steps"], 1)))
-    return rows
+    args = ["train", "--task", "multiplication", "--optimizer", "lbfgs", "--max-iter", "1", "--steps",
+            str(iterations), "--train-size", str(train_size), "--min-len", str(min_len), "--test-size", "100",
+            "--no-progress"]
+    return [WorkersRow(name, s["seconds"], s["seconds"] / max(s["steps"], 1))
+            for name, s in _by_setting("L-BFGS workers", lambda _workers: args, progress)]
