@@ -114,6 +114,8 @@ def test_two_workers_take_the_steps_of_one_process(tmp_path, method):
 def test_bad_settings():
     with pytest.raises(ValueError, match="steps must be at least 1"):
         FullBatchConfig(steps=0)
+    with pytest.raises(ValueError, match="cg_c2 must lie in"):
+        FullBatchConfig(cg_c2=1.0)
     with pytest.raises(ValueError, match="unknown full-batch method"):
         FullBatchConfig(method="newton")
     with pytest.raises(ValueError, match="cannot be split evenly"):

@@ -45,7 +45,7 @@ NOTES = """\
   is not specified; ours is linear with a bias. It used sparse initialisation; ours is
   PyTorch's uniform ±1/√n.
 - The paper used minFunc's L-BFGS and CG (MATLAB); here `torch.optim.LBFGS` (strong Wolfe)
-  and SciPy's Polak–Ribière+ CG (Wolfe line search, c₂ = 0.4), both on the whole training
+  and SciPy's Polak–Ribière+ CG (Wolfe line search, c₂ = 0.1), both on the whole training
   set (the paper mentions batches of 1,000 for the batch optimizers).
 - Times are for one thread of this machine, test evaluations excluded; runs executed two
   at a time, one per core."""
