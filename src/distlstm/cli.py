@@ -104,27 +104,21 @@ def cmd_online(args: argparse.Namespace) -> int:
 def cmd_es(args: argparse.Namespace) -> int:
     """Train a character model with evolution strategies, alone or under torchrun."""
     from distlstm.es.train import ESRunConfig, train_es
-    from distlstm.runtime.dist import init_distributed, launched_env, shutdown_distributed
+    from distlstm.runtime.dist import process_group, worker_env
 
     cfg = ESRunConfig(text=args.text, cell=args.cell, hidden=args.hidden, strategy=args.strategy,
                       population=args.population, sigma=args.sigma, lr=args.lr, weight_decay=args.weight_decay,
                       windows=args.windows, window=args.window, generations=args.generations, seconds=args.seconds,
                       eval_every=args.eval_every, eval_chars=args.eval_chars,
                       checkpoint_every=args.checkpoint_every, seed=args.seed)
-    env = launched_env()
-    rank, world = (0, 1) if env is None else (env.rank, env.world_size)
-    if world > 1:
-        init_distributed()
-    try:
+    env = worker_env()
+    with process_group(env):
         summary = train_es(cfg, Path(args.out), resume=args.resume, show_progress=not args.no_progress,
-                           rank=rank, world_size=world)
-    finally:
-        if world > 1:
-            shutdown_distributed()
-    if rank == 0:
+                           rank=env.rank, world_size=env.world_size)
+    if env.is_main:
         print(f"{summary['method']} {summary['model']}: validation {summary['val_nats_per_char']:.3f} nats/char "
               f"after {summary['generations']} generations ({summary['evaluations']:,} evaluations, "
-              f"{summary['seconds']:.0f} s, {world} worker(s)); checkpoint {Path(args.out) / 'checkpoint.pt'}")
+              f"{summary['seconds']:.0f} s, {env.world_size} worker(s)); checkpoint {Path(args.out) / 'checkpoint.pt'}")
     return 0
 
 

@@ -98,7 +98,7 @@ def _mean_over_workers(value: Tensor, world_size: int) -> float:
     return float(value)
 
 
-def _gather_carry(carry: State | None, world_size: int) -> list[Tensor] | None:
+def _gather_carry(carry: State | None) -> list[Tensor] | None:
     """Every worker's carried state, streams concatenated in rank order (called on every rank)."""
     if carry is None:
         return None
@@ -225,7 +225,7 @@ def train_ddp(task: Task, cfg: DDPConfig, out: Path, *, rank: int = 0, world_siz
             reached = cfg.target is not None and metric <= cfg.target
             bar.set_postfix({task.metric: f"{metric:.4g}"})
         if step % cfg.checkpoint_every == 0 and step < cfg.steps and not reached:
-            gathered = _gather_carry(carry, world_size)
+            gathered = _gather_carry(carry)
             if main:
                 checkpoints.save(model, opt, step, seconds, rows, gathered)
                 if rows:
@@ -233,7 +233,7 @@ def train_ddp(task: Task, cfg: DDPConfig, out: Path, *, rank: int = 0, world_siz
     bar.close()
     if not rows or rows[-1]["step"] != step:  # stopped by the time budget between evaluations
         record()
-    gathered = _gather_carry(carry, world_size)
+    gathered = _gather_carry(carry)
     summary = {"optimizer": cfg.optimizer, "metric": task.metric, task.metric: rows[-1][task.metric],
                "reached_target": cfg.target is not None and rows[-1][task.metric] <= cfg.target,
                "steps": step, "samples": step * task.samples_per_step, "seconds": round(seconds, 3),

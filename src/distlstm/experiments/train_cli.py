@@ -13,7 +13,7 @@ from distlstm.bptt.fullbatch import METHODS, FullBatchConfig
 from distlstm.bptt.fullbatch_run import run_fullbatch
 from distlstm.bptt.tasks import LONG_LAG_PROBLEMS, CharStreamTask, LongLagTask
 from distlstm.data.text import SHAKESPEARE_TRAGEDIES
-from distlstm.runtime.dist import init_distributed, launched_env, shutdown_distributed
+from distlstm.runtime.dist import process_group, worker_env
 
 TASKS = ("char-lm", *LONG_LAG_PROBLEMS)
 DESCRIPTION = """\
@@ -110,8 +110,7 @@ def task_settings(task: CharStreamTask | LongLagTask) -> dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
-    env = launched_env()
-    rank, world = (0, 1) if env is None else (env.rank, env.world_size)
+    env = worker_env()
     full_batch = args.optimizer in METHODS
     if full_batch:
         if args.task == "char-lm":
@@ -125,16 +124,11 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
         cfg = DDPConfig(optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, clip=args.clip or None,
                         steps=args.steps, seconds=args.seconds, target=args.target, eval_every=args.eval_every,
                         checkpoint_every=args.checkpoint_every, amp=args.amp, seed=args.seed)
-    task = build_task(args, rank, world)
-    if world > 1:
-        init_distributed()
-    try:
+    task = build_task(args, env.rank, env.world_size)
+    with process_group(env):
         if full_batch:
             assert isinstance(task, LongLagTask)
-            return run_fullbatch(task, fb_cfg, Path(args.out), seed=args.seed, target=args.target, rank=rank,
-                                 world_size=world, show_progress=not args.no_progress)
-        return train_ddp(task, cfg, Path(args.out), rank=rank, world_size=world, resume=args.resume,
+            return run_fullbatch(task, fb_cfg, Path(args.out), seed=args.seed, target=args.target, rank=env.rank,
+                                 world_size=env.world_size, show_progress=not args.no_progress)
+        return train_ddp(task, cfg, Path(args.out), rank=env.rank, world_size=env.world_size, resume=args.resume,
                          show_progress=not args.no_progress, settings=task_settings(task))
-    finally:
-        if world > 1:
-            shutdown_distributed()

@@ -6,8 +6,10 @@ from distlstm.runtime.dist import (
     check_same_across_ranks,
     init_distributed,
     launched_env,
+    process_group,
     shutdown_distributed,
+    worker_env,
 )
 
 __all__ = ["DistEnv", "all_gather_cat", "check_same_across_ranks", "init_distributed", "launched_env",
-           "shutdown_distributed"]
+           "process_group", "shutdown_distributed", "worker_env"]

@@ -10,7 +10,9 @@ instead of hanging.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -42,6 +44,11 @@ def launched_env() -> DistEnv | None:
     if not 0 <= rank < world:
         raise ValueError(f"RANK {rank} is outside WORLD_SIZE {world}")
     return DistEnv(rank, world, local)
+
+
+def worker_env() -> DistEnv:
+    """The launcher's rank and world size, or rank 0 of 1 when run alone."""
+    return launched_env() or DistEnv(0, 1, 0)
 
 
 def init_distributed(timeout_s: float = 120.0) -> DistEnv:
@@ -84,3 +91,16 @@ def shutdown_distributed() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(env: DistEnv) -> Iterator[None]:
+    """Join the process group for the block when ``env`` has several workers, and leave it afterwards."""
+    if env.world_size == 1:
+        yield
+        return
+    init_distributed()
+    try:
+        yield
+    finally:
+        shutdown_distributed()
