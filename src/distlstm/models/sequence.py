@@ -14,7 +14,6 @@ sequence from its last valid step back to its first (:func:`reverse_padded`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,9 +70,6 @@ def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
     last = lengths[:, None] - 1
     index = torch.where(t <= last, last - t, t)  # (B, T)
     return x.gather(1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x))
-
-
-_NN_KEY = re.compile(r"^(\w+)_l(\d+)(_reverse)?$")
 
 
 class LSTM(nn.Module):
