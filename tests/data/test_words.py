@@ -25,7 +25,7 @@ def test_tokenizer_lowercases_keeps_inner_apostrophes_and_marks_line_ends() -> N
 
 
 def test_vocabulary_ranks_by_frequency_and_cuts_off_with_unk() -> None:
-    tokens = "a a a a b b b c c d".split()
+    tokens = ["a", "a", "a", "a", "b", "b", "b", "c", "c", "d"]
     vocab = WordVocab.from_tokens(tokens, max_size=3)
     # kept: a (4), b (3); <unk> stands for c and d (3 tokens) and ties with b, broken by spelling.
     assert vocab.words == ("a", UNKNOWN, "b")  # "<" sorts before "b"
@@ -36,10 +36,10 @@ def test_vocabulary_ranks_by_frequency_and_cuts_off_with_unk() -> None:
 
 
 def test_vocabulary_min_count_cut_off_and_empty_vocabulary_error() -> None:
-    vocab = WordVocab.from_tokens("x x y".split(), max_size=10, min_count=2)
+    vocab = WordVocab.from_tokens(["x", "x", "y"], max_size=10, min_count=2)
     assert set(vocab.words) == {"x", UNKNOWN}
     with pytest.raises(ValueError, match="min_count=5"):
-        WordVocab.from_tokens("x x y".split(), min_count=5)
+        WordVocab.from_tokens(["x", "x", "y"], min_count=5)
     with pytest.raises(ValueError, match="no tokens"):
         WordVocab.from_tokens([])
     with pytest.raises(ValueError, match="max_size must be at least 2"):
@@ -47,7 +47,7 @@ def test_vocabulary_min_count_cut_off_and_empty_vocabulary_error() -> None:
 
 
 def test_strict_encoding_names_the_unknown_words() -> None:
-    vocab = WordVocab.from_tokens("the cat sat".split())
+    vocab = WordVocab.from_tokens(["the", "cat", "sat"])
     with pytest.raises(ValueError, match="'dog'"):
         vocab.encode("the dog", errors="strict")
     assert vocab.encode("the dog", errors="replace").tolist()[:2] == [vocab.words.index("the"), vocab.unknown_id]
