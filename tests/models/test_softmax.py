@@ -45,7 +45,7 @@ def test_unique_draws_are_distinct_and_inclusion_follows_the_expected_count() ->
 
 
 def test_more_unique_candidates_than_classes_is_an_error_naming_both() -> None:
-    with pytest.raises(ValueError, match="num_sampled=11.*10 classes"):
+    with pytest.raises(ValueError, match=r"num_sampled=11.*10 classes"):
         LogUniformSampler(10).sample(11, torch.Generator())
 
 
