@@ -9,7 +9,7 @@ from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import distlstm
-from distlstm.models import CELLS, FLSTMCell, GLSTMCell, LSTMCell, PeepholeLSTMCell, make_cell, run_layer
+from distlstm.models import CELLS, LSTMCell, PeepholeLSTMCell, make_cell
 
 D = torch.float64
 
@@ -171,57 +171,6 @@ def test_peephole_with_zero_peepholes_equals_plain_lstm():
         peep.weight_ch.zero_()
     x = torch.randn(2, 3, dtype=D)
     torch.testing.assert_close(peep(x)[0], plain(x)[0])
-
-
-@pytest.mark.parametrize("proj", [0, 3])
-def test_flstm_with_full_rank_reduces_to_lstm(proj):
-    """W1 = I and W2 = [W_ih | W_hh] make F-LSTM the LSTM(P) it factors."""
-    torch.manual_seed(8)
-    i, h = 4, 6
-    out = proj or h
-    lstm = LSTMCell(i, h, proj_size=proj, dtype=D)
-    fl = FLSTMCell(i, h, rank=i + out, proj_size=proj, dtype=D)
-    with torch.no_grad():
-        fl.weight_1.copy_(torch.eye(i + out, dtype=D))
-        fl.weight_2.copy_(torch.cat([lstm.weight_ih, lstm.weight_hh], 1))
-        fl.bias.copy_(lstm.bias_ih + lstm.bias_hh)
-        if proj:
-            fl.weight_hr.copy_(lstm.weight_hr)
-    x = torch.randn(3, 5, i, dtype=D)
-    y_f, s_f = run_layer(fl, x, fl.init_state(3))
-    y_l, s_l = run_layer(lstm, x, lstm.init_state(3))
-    torch.testing.assert_close(y_f, y_l)
-    torch.testing.assert_close(s_f.c, s_l.c)
-
-
-def test_flstm_parameter_count_is_the_papers():
-    p, n, r = 8, 16, 3
-    fl = FLSTMCell(p, n, rank=r, proj_size=p, bias=False)
-    assert fl.weight_1.numel() + fl.weight_2.numel() == r * 2 * p + r * 4 * n
-
-
-@pytest.mark.parametrize("proj", [0, 2])
-def test_glstm_with_one_group_reduces_to_lstm(proj):
-    torch.manual_seed(9)
-    lstm = LSTMCell(3, 4, proj_size=proj, dtype=D)
-    gl = GLSTMCell(3, 4, groups=1, proj_size=proj, dtype=D)
-    gl.load_state_dict({k: v.unsqueeze(0) for k, v in lstm.state_dict().items()})
-    x = torch.randn(2, 6, 3, dtype=D)
-    torch.testing.assert_close(run_layer(gl, x, gl.init_state(2))[0], run_layer(lstm, x, lstm.init_state(2))[0])
-
-
-def test_glstm_groups_are_independent_lstms():
-    """k groups equal k separate LSTMs on the k slices of the input, outputs concatenated."""
-    torch.manual_seed(10)
-    k, i, h, proj = 3, 6, 9, 3
-    gl = GLSTMCell(i, h, groups=k, proj_size=proj, dtype=D)
-    x = torch.randn(2, 5, i, dtype=D)
-    parts = []
-    for j in range(k):
-        sub = LSTMCell(i // k, h // k, proj_size=proj // k, dtype=D)
-        sub.load_state_dict({name: v[j] for name, v in gl.state_dict().items()})
-        parts.append(run_layer(sub, x[..., j * 2 : (j + 1) * 2], sub.init_state(2))[0])
-    torch.testing.assert_close(run_layer(gl, x, gl.init_state(2))[0], torch.cat(parts, -1))
 
 
 CELL_OPTIONS = {"lstmp": {"proj_size": 2}, "flstm": {"rank": 3}, "glstm": {"groups": 2}}

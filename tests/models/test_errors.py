@@ -90,3 +90,23 @@ def test_bad_construction_arguments():
         distlstm.LSTM(3, 4, dropout=1.5)
     with pytest.raises(ValueError, match="unknown pooling"):
         SequenceRegressor(3, 4, pooling="sum")
+
+
+def test_bad_factorized_and_grouped_options():
+    with pytest.raises(ValueError, match="rank must be positive, got 0"):
+        make_cell("flstm", 3, 4, rank=0)
+    with pytest.raises(ValueError, match="rank must be positive, got -2"):
+        make_cell("flstm", 3, 4, rank=-2)
+    # W is 4n × (input + output) = 16 × 7 here: r may be at most 7
+    with pytest.raises(ValueError, match=r"rank=8 is larger .* = 7"):
+        make_cell("flstm", 3, 4, rank=8)
+    make_cell("flstm", 3, 4, rank=7)
+    with pytest.raises(ValueError, match="hidden_size=10 must be divisible by groups=4"):
+        make_cell("glstm", 8, 10, groups=4)
+    with pytest.raises(ValueError, match="proj_size=6 must be divisible by groups=4"):
+        make_cell("glstm", 8, 16, groups=4, proj_size=6)
+    with pytest.raises(ValueError, match=r"groups: a per-layer tuple needs one entry per layer \(num_layers=2\), "
+                                         r"got length 3: \(4, 8, 16\)"):
+        distlstm.LSTM(16, 32, 2, cell="glstm", groups=(4, 8, 16))
+    with pytest.raises(ValueError, match=r"single_bias: a per-layer list .* \(num_layers=3\), got length 1"):
+        distlstm.LSTM(16, 32, 3, single_bias=[True])

@@ -14,9 +14,13 @@ Gated cells share one pointwise update (:func:`lstm_pointwise`). With pre-activa
     c_t = f ⊙ c_{t-1} + i ⊙ g
     y_t = o ⊙ tanh(c_t)            (then h_t = W_hr y_t for projected cells)
 
-Ergen & Kozat's symbols map as z ↔ g, y ↔ h; their single bias b per gate is
-``bias_ih + bias_hh`` here (we keep ``nn.LSTM``'s two biases so state dicts move
-both ways).
+Ergen & Kozat's symbols map as z ↔ g, y ↔ h.
+
+Bias rule, the same for every cell: by default a cell has ``nn.LSTM``'s two bias
+vectors ``bias_ih`` and ``bias_hh`` (so state dicts move both ways) and the bias b of
+each gate is their sum; with ``single_bias=True`` it has one vector ``bias_ih`` = b and
+``bias_hh`` is ``None`` (TensorFlow's and the papers' layout, and their parameter
+counts). :meth:`Cell.fill_forget_bias_` sets the forget gate's b in either layout.
 
 Registry: :data:`CELLS` maps a name to a cell class and default options;
 :func:`make_cell` builds one by name.
@@ -87,6 +91,45 @@ class Cell(nn.Module):
     input_size: int
     hidden_size: int
     output_size: int
+    #: Gate blocks along the last axis of the pre-activations and biases, in order.
+    gate_names: tuple[str, ...] = ()
+    bias: bool
+    single_bias: bool
+    bias_ih: nn.Parameter | None
+    bias_hh: nn.Parameter | None
+
+    def _add_biases(self, shape: tuple[int, ...], bias: bool, single_bias: bool,
+                    make: Callable[..., nn.Parameter]) -> None:
+        """Register ``bias_ih`` and ``bias_hh`` of ``shape`` (``bias_hh`` only without ``single_bias``)."""
+        self.bias, self.single_bias = bool(bias), bool(single_bias)
+        self.bias_ih = make(*shape) if bias else None
+        self.bias_hh = make(*shape) if bias and not single_bias else None
+
+    def combined_bias(self) -> Tensor | None:
+        """The bias b of the gates: ``bias_ih + bias_hh``, or ``bias_ih`` alone with ``single_bias``."""
+        if self.bias_ih is None:
+            return None
+        return self.bias_ih if self.bias_hh is None else self.bias_ih + self.bias_hh
+
+    def fill_forget_bias_(self, value: float) -> Cell:
+        """Make the forget gate's bias b_f equal ``value`` (b_f = 1 is Jozefowicz et al.'s advice).
+
+        With two biases ``bias_ih`` gets ``value`` and ``bias_hh`` zero in the forget rows,
+        so their sum is ``value``; other gates are left alone. Works for any layout whose
+        last bias axis is the gate blocks (``gate_names``), G-LSTM's (k, 4n/k) included.
+        """
+        if "f" not in self.gate_names:
+            raise ValueError(f"{type(self).__name__} has no forget gate (gates {self.gate_names or 'none'}); "
+                             "fill_forget_bias_ needs a cell with one")
+        if self.bias_ih is None:
+            raise ValueError(f"{type(self).__name__} has no bias (built with bias=False); "
+                             "fill_forget_bias_ needs one")
+        k, blocks = self.gate_names.index("f"), len(self.gate_names)
+        with torch.no_grad():
+            for b, v in ((self.bias_ih, value), (self.bias_hh, 0.0)):
+                if b is not None:
+                    b.view(*b.shape[:-1], blocks, -1)[..., k, :].fill_(v)
+        return self
 
     def state_sizes(self) -> tuple[int, ...]:
         """Feature size of each state tensor, in state order."""
@@ -173,6 +216,8 @@ def _uniform_(params: Iterable[Tensor], bound: float) -> None:
 class _GatedCell(Cell):
     """Shared set-up of gated cells: sizes, sharpness α and the optional projection W_hr."""
 
+    gate_names: tuple[str, ...] = ("i", "f", "g", "o")
+
     def __init__(self, input_size: int, hidden_size: int, *, proj_size: int = 0, alpha: float = 1.0,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
@@ -211,30 +256,27 @@ class LSTMCell(_GatedCell):
 
     Parameters use ``nn.LSTM``'s names and layout (gate order i, f, g, o):
     ``weight_ih`` (4n, input_size), ``weight_hh`` (4n, output_size), ``bias_ih``,
-    ``bias_hh`` (4n,), and ``weight_hr`` (proj_size, n) when ``proj_size > 0``
-    (LSTMP, Sak et al. 2014: ``h_t = W_hr (o ⊙ tanh c_t)``).
+    ``bias_hh`` (4n,; ``bias_ih`` only with ``single_bias``), and ``weight_hr``
+    (proj_size, n) when ``proj_size > 0`` (LSTMP, Sak et al. 2014: ``h_t = W_hr (o ⊙ tanh c_t)``).
 
     Registered as ``lstm``, ``lstmp`` (needs ``proj_size``) and ``sharpened`` (α = 3.75,
     the matrix-batch paper's value).
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, proj_size: int | None = 0,
-                 alpha: float = 1.0, device: torch.device | str | None = None,
+                 alpha: float = 1.0, single_bias: bool = False, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         if proj_size is None:
             raise ValueError("the lstmp cell needs proj_size (the size of the projected output h)")
         super().__init__(input_size, hidden_size, proj_size=proj_size, alpha=alpha, device=device, dtype=dtype)
         gates = 4 * hidden_size
-        self.bias = bias
         self.weight_ih = self._param(gates, input_size)
         self.weight_hh = self._param(gates, self.output_size)
-        self.bias_ih = self._param(gates) if bias else None
-        self.bias_hh = self._param(gates) if bias else None
+        self._add_biases((gates,), bias, single_bias, self._param)
         self.reset_parameters()
 
     def input_projection(self, x: Tensor) -> Tensor:
-        b = None if self.bias_ih is None or self.bias_hh is None else self.bias_ih + self.bias_hh
-        return F.linear(x, self.weight_ih, b)
+        return F.linear(x, self.weight_ih, self.combined_bias())
 
     def step(self, xi: Tensor, state: State) -> tuple[Tensor, State]:
         h, c = state
@@ -258,16 +300,16 @@ class PeepholeLSTMCell(_GatedCell):
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, forget_gate: bool = True,
-                 proj_size: int = 0, alpha: float = 1.0, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+                 proj_size: int = 0, alpha: float = 1.0, single_bias: bool = False,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__(input_size, hidden_size, proj_size=proj_size, alpha=alpha, device=device, dtype=dtype)
         self.forget_gate = forget_gate
-        n_gates = 4 if forget_gate else 3
+        self.gate_names = ("i", "f", "g", "o") if forget_gate else ("i", "g", "o")
+        n_gates = len(self.gate_names)
         self.weight_ih = self._param(n_gates * hidden_size, input_size)
         self.weight_hh = self._param(n_gates * hidden_size, self.output_size)
         self.weight_ch = self._param(n_gates - 1, hidden_size)
-        self.bias_ih = self._param(n_gates * hidden_size) if bias else None
-        self.bias_hh = self._param(n_gates * hidden_size) if bias else None
+        self._add_biases((n_gates * hidden_size,), bias, single_bias, self._param)
         self.reset_parameters()
 
     input_projection = LSTMCell.input_projection
@@ -296,27 +338,42 @@ class FLSTMCell(_GatedCell):
 
     The 4n × (input + output) gate matrix W of the LSTM(P) is replaced by the product
     of ``weight_1`` = W1 (r, input_size + output_size) and ``weight_2`` = W2 (4n, r),
-    with inner rank r: (input + output + 4n)·r weights instead of 4n·(input + output).
-    One bias ``bias`` (4n,). With r = input + output it can express any LSTM(P).
+    with inner rank r ≤ min(4n, input + output): (input + output + 4n)·r weights instead
+    of 4n·(input + output). The bias b (4n,) follows the rule of every cell:
+    ``bias_ih + bias_hh`` by default, ``bias_ih`` alone with ``single_bias`` (Table 1's
+    F512 count: one 4n bias per layer). With r = input + output it can express any LSTM(P).
     """
 
     def __init__(self, input_size: int, hidden_size: int, rank: int | None = None, bias: bool = True,
-                 proj_size: int = 0, alpha: float = 1.0, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+                 proj_size: int = 0, alpha: float = 1.0, single_bias: bool = False,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         if rank is None:
             raise ValueError("the flstm cell needs rank (the inner dimension r of W2·W1)")
         super().__init__(input_size, hidden_size, proj_size=proj_size, alpha=alpha, device=device, dtype=dtype)
         self.rank = check_positive_int(rank, "rank")
+        full = min(4 * hidden_size, input_size + self.output_size)
+        if rank > full:
+            raise ValueError(f"rank={rank} is larger than the matrix it factors allows: r must be at most "
+                             f"min(4·hidden_size, input_size + output_size) = {full}")
         self.weight_1 = self._param(rank, input_size + self.output_size)
         self.weight_2 = self._param(4 * hidden_size, rank)
-        self.bias = self._param(4 * hidden_size) if bias else None
+        self._add_biases((4 * hidden_size,), bias, single_bias, self._param)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """W1 preserves the input's scale, W2 and b start as ``nn.LSTM`` would on r inputs."""
         _uniform_([self.weight_1], math.sqrt(3.0 / self.weight_1.shape[1]))
-        rest = [p for p in (self.weight_2, self.bias, self.weight_hr) if p is not None]
+        rest = [p for p in (self.weight_2, self.bias_ih, self.bias_hh, self.weight_hr) if p is not None]
         _uniform_(rest, 1.0 / math.sqrt(self.hidden_size))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # Before the common bias rule the F-LSTM had one bias named ``bias``: load it as b.
+        old = state_dict.pop(prefix + "bias", None)
+        if isinstance(old, Tensor) and prefix + "bias_ih" not in state_dict:
+            state_dict[prefix + "bias_ih"] = old
+            if self.bias_hh is not None:
+                state_dict[prefix + "bias_hh"] = torch.zeros_like(old)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def input_projection(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight_1[:, : self.input_size])
@@ -324,7 +381,7 @@ class FLSTMCell(_GatedCell):
     def step(self, xi: Tensor, state: State) -> tuple[Tensor, State]:
         h, c = state
         u = torch.addmm(xi, h, self.weight_1[:, self.input_size :].t())  # (B, r)
-        y, c = lstm_pointwise(F.linear(u, self.weight_2, self.bias), c, self.alpha)
+        y, c = lstm_pointwise(F.linear(u, self.weight_2, self.combined_bias()), c, self.alpha)
         h = self._project(y)
         return h, LSTMState(h, c)
 
@@ -334,18 +391,28 @@ class FLSTMCell(_GatedCell):
 
 @register_cell("glstm", groups=None)
 class GLSTMCell(_GatedCell):
-    """Group LSTM (G-LSTM, Kuchaiev & Ginsburg 2017): k independent LSTM(P)s side by side.
+    """Group LSTM (G-LSTM, Kuchaiev & Ginsburg 2017 §2.2): the gate transform T split into k groups.
 
-    ``x``, ``h`` and ``c`` are split into k equal groups; group j computes its gates
-    from its own ``(x^j, h^j_{t-1})`` only, ``T_j: R^{(input+output)/k} → R^{4n/k}``, and
-    the groups' outputs are concatenated. Parameters (k leading): ``weight_ih``
-    (k, 4n/k, input/k), ``weight_hh`` (k, 4n/k, output/k), ``bias_ih``, ``bias_hh``
-    (k, 4n/k), ``weight_hr`` (k, proj/k, n/k). k = 1 is the LSTM(P).
+    ``x_t``, ``h_{t-1}`` and ``c`` are split into k equal groups ``x^j``, ``h^j``, ``c^j``;
+    group j computes its gates from its own inputs only::
+
+        (i^j, f^j, g^j, o^j) = T_j(x^j_t, h^j_{t-1}) = W^j [x^j_t; h^j_{t-1}] + b^j,
+                               T_j: R^{(input+output)/k} → R^{4n/k}
+        c^j_t = f^j ⊙ c^j_{t-1} + i^j ⊙ g^j
+        y_t   = (o^1 ⊙ tanh c^1_t, …, o^k ⊙ tanh c^k_t)        (n,)
+        h_t   = P y_t                                          P = W_hr (p, n), one full matrix
+
+    Only T is grouped: the projection P mixes the groups (as in the paper, whose counts
+    in Table 1 need a full p × n P). Without a projection h = y and the k groups are k
+    independent LSTMs. Parameters (k leading, gate order i, f, g, o within a group):
+    ``weight_ih`` (k, 4n/k, input/k), ``weight_hh`` (k, 4n/k, output/k), ``bias_ih``,
+    ``bias_hh`` (k, 4n/k) and ``weight_hr`` (p, n). Weights: 4n·(input + output)/k + p·n.
+    k = 1 is the LSTM(P).
     """
 
     def __init__(self, input_size: int, hidden_size: int, groups: int | None = None, bias: bool = True,
-                 proj_size: int = 0, alpha: float = 1.0, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+                 proj_size: int = 0, alpha: float = 1.0, single_bias: bool = False,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         if groups is None:
             raise ValueError("the glstm cell needs groups (the number k of independent groups)")
         check_positive_int(groups, "groups")
@@ -357,33 +424,36 @@ class GLSTMCell(_GatedCell):
         m = hidden_size // k
         self.weight_ih = self._param(k, 4 * m, input_size // k)
         self.weight_hh = self._param(k, 4 * m, self.output_size // k)
-        self.bias_ih = self._param(k, 4 * m) if bias else None
-        self.bias_hh = self._param(k, 4 * m) if bias else None
-        if proj_size:
-            self.weight_hr = self._param(k, proj_size // k, m)
+        self._add_biases((k, 4 * m), bias, single_bias, self._param)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Each group starts as an ``nn.LSTM`` of n/k units would."""
-        _uniform_(list(self.parameters()), 1.0 / math.sqrt(self.hidden_size // self.groups))
+        """Each group's T starts as an ``nn.LSTM`` of n/k units would; P as ``nn.LSTM``'s (1/√n)."""
+        group = [p for p in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh) if p is not None]
+        _uniform_(group, 1.0 / math.sqrt(self.hidden_size // self.groups))
+        if self.weight_hr is not None:
+            _uniform_([self.weight_hr], 1.0 / math.sqrt(self.hidden_size))
 
     def input_projection(self, x: Tensor) -> Tensor:
         xg = x.unflatten(-1, (self.groups, -1))  # (..., k, input/k)
         xi = torch.einsum("...ki,kgi->...kg", xg, self.weight_ih)
-        if self.bias_ih is not None and self.bias_hh is not None:
-            xi = xi + (self.bias_ih + self.bias_hh)
-        return xi  # (..., k, 4n/k)
+        b = self.combined_bias()
+        return xi if b is None else xi + b  # (..., k, 4n/k)
+
+    def _group_preactivations(self, xi: Tensor, h: Tensor) -> Tensor:
+        """T_j for every group, group-major (k, B, 4n/k) so each group's product is one slice of a bmm."""
+        hg = h.unflatten(-1, (self.groups, -1)).transpose(0, 1)  # (k, B, output/k)
+        return torch.baddbmm(xi.transpose(0, 1), hg, self.weight_hh.transpose(1, 2))
+
+    def gate_preactivations(self, x: Tensor, h: Tensor) -> Tensor:
+        """``T_j(x^j, h^j)`` for x (B, input_size) and h (B, output_size): (B, k, 4n/k)."""
+        return self._group_preactivations(self.input_projection(x), h).transpose(0, 1)
 
     def step(self, xi: Tensor, state: State) -> tuple[Tensor, State]:
         h, c = state
-        k = self.groups
-        # Group-major (k, B, ·) so each group's product is one slice of a bmm.
-        hg = h.unflatten(-1, (k, -1)).transpose(0, 1)  # (k, B, output/k)
-        a = torch.baddbmm(xi.transpose(0, 1), hg, self.weight_hh.transpose(1, 2))  # (k, B, 4n/k)
-        y, cg = lstm_pointwise(a, c.unflatten(-1, (k, -1)).transpose(0, 1), self.alpha)
-        if self.weight_hr is not None:
-            y = torch.bmm(y, self.weight_hr.transpose(1, 2))  # (k, B, proj/k)
-        h = y.transpose(0, 1).flatten(-2)
+        a = self._group_preactivations(xi, h)
+        y, cg = lstm_pointwise(a, c.unflatten(-1, (self.groups, -1)).transpose(0, 1), self.alpha)
+        h = self._project(y.transpose(0, 1).flatten(-2))  # y (k, B, n/k) → (B, n) → P y
         return h, LSTMState(h, cg.transpose(0, 1).flatten(-2))
 
     def extra_repr(self) -> str:
@@ -394,10 +464,12 @@ class GLSTMCell(_GatedCell):
 class RNNCell(Cell):
     """Elman RNN with tanh, ``h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``.
 
-    The character model of the federated-ES source. Parameter names follow ``nn.RNN``.
+    The character model of the federated-ES source. Parameter names follow ``nn.RNN``
+    (``single_bias``: ``bias_ih`` alone, as every cell). It has no gates, so
+    :meth:`fill_forget_bias_` refuses it.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, single_bias: bool = False,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.input_size = check_positive_int(input_size, "input_size")
@@ -408,8 +480,7 @@ class RNNCell(Cell):
 
         self.weight_ih = param(hidden_size, input_size)
         self.weight_hh = param(hidden_size, hidden_size)
-        self.bias_ih = param(hidden_size) if bias else None
-        self.bias_hh = param(hidden_size) if bias else None
+        self._add_biases((hidden_size,), bias, single_bias, param)
         _uniform_(list(self.parameters()), 1.0 / math.sqrt(hidden_size))
 
     def state_sizes(self) -> tuple[int, ...]:

@@ -13,6 +13,7 @@ the sequence run alone.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -67,12 +68,16 @@ class LSTM(nn.Module):
         input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size:
             as in ``torch.nn.LSTM``.
         cell: a name from :data:`distlstm.models.cells.CELLS` (default ``"lstm"``).
+        single_bias: one bias vector per gate (TensorFlow's and the papers' layout) instead
+            of ``nn.LSTM``'s ``bias_ih`` + ``bias_hh``: the cells keep ``bias_ih`` only.
         fused: use ATen's fused LSTM kernel when every layer is a plain :class:`LSTMCell`
             (any α, any projection). Numerically the same maths; turn off to force the
             generic Python loop. The loop is always used inside ``torch.func`` transforms.
         device, dtype: where and how to allocate parameters.
         **cell_options: passed to every cell (e.g. ``alpha=3.75``, ``rank=64``,
-            ``groups=4``, ``forget_gate=False``).
+            ``groups=4``, ``forget_gate=False``). A tuple or list with one entry per
+            layer sets that option layer by layer, e.g. ``groups=(4, 8)`` (the paper's
+            hierarchical G4-G8); ``single_bias`` may be given per layer the same way.
 
     Inputs: ``input, hx=None, lengths=None``
         * input: (L, N, H_in), or (N, L, H_in) with ``batch_first``, or (L, H_in)
@@ -94,8 +99,9 @@ class LSTM(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, proj_size: int = 0,
-                 cell: str = "lstm", fused: bool = True, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None, **cell_options: Any) -> None:
+                 cell: str = "lstm", single_bias: bool | Sequence[bool] = False, fused: bool = True,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 **cell_options: Any) -> None:
         super().__init__()
         if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
@@ -104,19 +110,25 @@ class LSTM(nn.Module):
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.batch_first, self.dropout, self.proj_size = batch_first, float(dropout), proj_size
         self.cell_name, self.fused = cell, fused
-        options = dict(cell_options, bias=bias, device=device, dtype=dtype)
+        options = dict(cell_options, single_bias=single_bias, bias=bias, device=device, dtype=dtype)
         if proj_size:
             options["proj_size"] = proj_size
         cells: list[Cell] = []
-        for layer in range(num_layers):
+        for layer, layer_options in enumerate(per_layer_options(options, num_layers)):
             size_in = input_size if layer == 0 else cells[-1].output_size
-            cells.append(make_cell(cell, size_in, hidden_size, **options))
+            cells.append(make_cell(cell, size_in, hidden_size, **layer_options))
         self.cells = nn.ModuleList(cells)
         self.layers: tuple[Cell, ...] = tuple(cells)  # typed view of self.cells
         self.output_size = cells[-1].output_size
         self.dropout_generator: torch.Generator | None = None
         self._register_state_dict_hook(_to_nn_lstm_keys)
         self._register_load_state_dict_pre_hook(_from_nn_lstm_keys)
+
+    def fill_forget_bias_(self, value: float) -> LSTM:
+        """Set every layer's forget-gate bias b_f to ``value`` (see :meth:`Cell.fill_forget_bias_`)."""
+        for cell in self.layers:
+            cell.fill_forget_bias_(value)
+        return self
 
     def init_state(self, batch: int, *, dtype: torch.dtype | None = None,
                    device: torch.device | None = None) -> State:
@@ -219,11 +231,21 @@ class LSTM(nn.Module):
                 f"batch_first={self.batch_first}, dropout={self.dropout}, fused={self.fused}")
 
 
+def per_layer_options(options: dict[str, Any], num_layers: int) -> list[dict[str, Any]]:
+    """One option dict per layer: a tuple or list value gives layer ``l`` its entry ``l``."""
+    for name, value in options.items():
+        if isinstance(value, (tuple, list)) and len(value) != num_layers:
+            raise ValueError(f"{name}: a per-layer {type(value).__name__} needs one entry per layer "
+                             f"(num_layers={num_layers}), got length {len(value)}: {value!r}")
+    return [{name: value[layer] if isinstance(value, (tuple, list)) else value
+             for name, value in options.items()} for layer in range(num_layers)]
+
+
 def _fused_weights(cell: LSTMCell) -> list[Tensor]:
     """The cell's weights in ATen's order, with σ(α·a) folded in by scaling rows i, f, o by α."""
     ws: list[Tensor] = [cell.weight_ih, cell.weight_hh]
-    if cell.bias_ih is not None and cell.bias_hh is not None:
-        ws += [cell.bias_ih, cell.bias_hh]
+    if cell.bias_ih is not None:  # ATen wants two biases: a zero b_hh stands in for single_bias
+        ws += [cell.bias_ih, torch.zeros_like(cell.bias_ih) if cell.bias_hh is None else cell.bias_hh]
     if cell.alpha != 1.0:
         n = cell.hidden_size
         scale = torch.full((4 * n,), cell.alpha, dtype=ws[0].dtype, device=ws[0].device)
