@@ -72,6 +72,7 @@ class FLSTMGLSTMConfig:
     samples: int = 1024  # sampled-softmax candidates
     vocab: int = 10_000
     dropout: float = 0.0
+    optimizer: str = "adagrad"  # the paper's (initial accumulator 1.0)
     lr: float = 0.2
     clip: float = 1.0
     seconds: float = 60.0  # training budget of every run
@@ -115,7 +116,7 @@ def train_args(cfg: FLSTMGLSTMConfig, model: str, seed: int) -> list[str]:
             for a in ("--cell-opt", f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}")]
     return ["train", "--task", "word-lm", "--cell", cell, *opts, "--proj", str(cfg.proj), "--hidden",
             str(cfg.hidden), "--batch", str(cfg.streams), "--window", str(cfg.window), "--samples", str(cfg.samples),
-            "--vocab-size", str(cfg.vocab), "--dropout", str(cfg.dropout), "--optimizer", "adagrad", "--lr",
+            "--vocab-size", str(cfg.vocab), "--dropout", str(cfg.dropout), "--optimizer", cfg.optimizer, "--lr",
             str(cfg.lr), "--clip", str(cfg.clip), "--steps", str(10**9), "--seconds", str(cfg.seconds),
             "--eval-every", str(cfg.eval_every), "--eval-tokens", str(cfg.eval_tokens), "--checkpoint-every",
             str(10**9), "--seed", str(seed), "--no-progress"]
@@ -254,7 +255,7 @@ def render_report(cfg: FLSTMGLSTMConfig, summary: list[dict[str, Any]], runs: li
     lines = [f"# F-LSTM and G-LSTM word language models{' (quick preset)' if cfg.quick else ''}", "",
              f"Two recurrent layers with projection p = {cfg.proj}, n = {cfg.hidden} cells (n = 8p), F-LSTM rank "
              f"r = {cfg.proj // 2}, on Shakespeare's complete works split by play ({cfg.vocab:,}-word vocabulary); "
-             f"Adagrad lr {cfg.lr}, {cfg.streams} streams × {cfg.window} words per worker and step, sampled softmax "
+             f"{cfg.optimizer.capitalize()} lr {cfg.lr}, {cfg.streams} streams × {cfg.window} words per worker and step, sampled softmax "
              f"with {cfg.samples} candidates; every run {cfg.seconds:.0f} s of training on one thread per worker. "
              f"Mean ± 95% CI over seeds where several ran.", "",
              "| model | workers | runs | val perplexity | test perplexity | steps | RNN parameters | words/s | "
