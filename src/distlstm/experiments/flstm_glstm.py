@@ -256,7 +256,8 @@ def render_report(cfg: FLSTMGLSTMConfig, summary: list[dict[str, Any]], runs: li
              f"Two recurrent layers with projection p = {cfg.proj}, n = {cfg.hidden} cells (n = 8p), F-LSTM rank "
              f"r = {cfg.proj // 2}, on Shakespeare's complete works split by play ({cfg.vocab:,}-word vocabulary); "
              f"{cfg.optimizer.capitalize()} lr {cfg.lr}, {cfg.streams} streams × {cfg.window} words per worker and "
-             f"step, sampled softmax with {cfg.samples} candidates; every run {cfg.seconds:.0f} s of training on one thread per worker. "
+             f"step, sampled softmax with {cfg.samples} candidates; every run {cfg.seconds:.0f} s of training on one "
+             "thread per worker. "
              f"Mean ± 95% CI over seeds where several ran.", "",
              "| model | workers | runs | val perplexity | test perplexity | steps | RNN parameters | words/s | "
              "× LSTMP words/s | paper: perplexity, words/s × |",
