@@ -51,9 +51,14 @@ NOTES = """\
   on 4 GPUs by minutes on CPU cores. Perplexities are therefore far higher than the paper's
   and the models are far from converged: the comparison is of the *ranking* and the ratios.
 - Sizes keep the paper's ratios: n = 8p, F-LSTM rank r = p/2, G-LSTM groups on the gate
-  transform with a full projection n → p, one bias per gate, forget-gate bias 1, Adagrad
-  (lr 0.2, initial accumulator 1.0), gradient norm clipped, sampled softmax (log-uniform
-  candidates, accidental hits removed). The paper's minibatch of 256 per GPU and 8192
+  transform with a full projection n → p, one bias per gate, forget-gate bias 1, gradient
+  norm clipped, sampled softmax (log-uniform candidates, accidental hits removed).
+- Optimizer: Adam (lr 3·10⁻³) instead of the paper's Adagrad (lr 0.2, initial accumulator
+  1.0). In the few hundred steps a CPU budget allows, Adagrad's first steps are plain SGD at
+  lr 0.2 on a loss averaged over ~600 words and the models barely leave the uniform
+  distribution (measured: p = 32, 10 s, validation perplexity ≈ 7,000 of 10,000 words),
+  which would make every comparison noise. `FLSTMGLSTMConfig(optimizer="adagrad", lr=0.2)`
+  runs the paper's setting. The paper's minibatch of 256 per GPU and 8192
   samples of 793 k words are scaled down; dropout is off as in the paper's Table 1 runs.
 - Training time excludes evaluations; perplexities are full-softmax, on the validation and
   test plays read as parallel streams (``stream_nats``). Runs with 1 worker execute two at a
@@ -72,8 +77,8 @@ class FLSTMGLSTMConfig:
     samples: int = 1024  # sampled-softmax candidates
     vocab: int = 10_000
     dropout: float = 0.0
-    optimizer: str = "adagrad"  # the paper's (initial accumulator 1.0)
-    lr: float = 0.2
+    optimizer: str = "adam"  # the paper's Adagrad (lr 0.2) barely moves in a CPU budget: see NOTES
+    lr: float = 3e-3
     clip: float = 1.0
     seconds: float = 60.0  # training budget of every run
     seeds: int = 3  # 1-worker runs per model
@@ -89,7 +94,7 @@ class FLSTMGLSTMConfig:
     def preset(cls, quick: bool, seed: int = 0) -> FLSTMGLSTMConfig:
         if quick:
             return cls(quick=True, seed=seed, proj=32, hidden=256, samples=512, seconds=10.0, seeds=1,
-                       two_worker_models=("LSTMP", "G-4"), eval_every=25, eval_tokens=2_000, final_tokens=20_000)
+                       two_worker_models=("LSTMP", "G-2"), eval_every=25, eval_tokens=2_000, final_tokens=20_000)
         return cls(seed=seed)
 
     def cell(self, model: str) -> tuple[str, dict[str, Any]]:
