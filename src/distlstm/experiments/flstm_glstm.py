@@ -22,6 +22,7 @@ and each run's folder under ``runs/``.
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
 import statistics
@@ -34,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from distlstm.bench.timing import run_cli
-from distlstm.data.words import load_word_corpus
+from distlstm.data.words import WordCorpus, load_word_corpus
 from distlstm.experiments.sampling import load_language_model
 from distlstm.models.networks import stream_nats
 from distlstm.models.sequence import LSTM
@@ -94,7 +95,7 @@ class FLSTMGLSTMConfig:
     def preset(cls, quick: bool, seed: int = 0) -> FLSTMGLSTMConfig:
         if quick:
             return cls(quick=True, seed=seed, proj=32, hidden=256, samples=512, seconds=10.0, seeds=1,
-                       two_worker_models=("LSTMP", "G-2"), eval_every=25, eval_tokens=2_000, final_tokens=20_000)
+                       two_worker_models=("LSTMP", "G-2"), eval_every=25, eval_tokens=2_000, final_tokens=10_000)
         return cls(seed=seed)
 
     def cell(self, model: str) -> tuple[str, dict[str, Any]]:
@@ -127,12 +128,18 @@ def train_args(cfg: FLSTMGLSTMConfig, model: str, seed: int) -> list[str]:
             str(10**9), "--seed", str(seed), "--no-progress"]
 
 
+@functools.lru_cache(maxsize=1)
+def _corpus(vocab: int) -> WordCorpus:
+    """The shipped corpus, read once per pool process."""
+    return load_word_corpus(max_vocab=vocab)
+
+
 def run_one(cfg: FLSTMGLSTMConfig, model: str, workers: int, seed: int, out: Path) -> dict[str, Any]:
     """Train one model, then evaluate its checkpoint on the validation and test plays (full softmax)."""
     torch.set_num_threads(1)
     summary = run_cli(train_args(cfg, model, seed), out, workers=workers, threads=1)
     lm, _vocab = load_language_model(out / "checkpoint.pt")
-    corpus = load_word_corpus(max_vocab=cfg.vocab)
+    corpus = _corpus(cfg.vocab)
     end = None if cfg.final_tokens is None else cfg.final_tokens + 1
     val, test = stream_nats(lm, corpus.val[:end]), stream_nats(lm, corpus.test[:end])
     rows = read_csv_numbers(out / "metrics.csv")
