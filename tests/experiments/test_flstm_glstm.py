@@ -33,7 +33,7 @@ def test_runs_cover_every_model_and_worker_setting() -> None:
     assert len(specs) == 6 * 2 + 1 and specs[-1] == ("LSTMP", 2, 0)
     args = train_args(cfg, "G4-G8", 3)
     assert args[args.index("--cell-opt") + 1] == "groups=4,8" and args[args.index("--seed") + 1] == "3"
-    assert "rank=32" in train_args(cfg, "F-LSTM", 0)  # r = p/2
+    assert "rank=64" in train_args(cfg, "F-LSTM", 0)  # r = p/2
     with pytest.raises(ValueError, match="unknown model 'G-3'"):
         cfg.cell("G-3")
 

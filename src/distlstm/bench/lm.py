@@ -36,7 +36,7 @@ class LMRow:
         return None if paper is None else paper[3] / PAPER["LSTMP"][3]
 
 
-def bench_lm(scales: tuple[tuple[int, int], ...] = ((32, 256), (64, 512)), *, batch: int = 32, window: int = 20,
+def bench_lm(scales: tuple[tuple[int, int], ...] = ((64, 512), (128, 1024)), *, batch: int = 32, window: int = 20,
              vocab: int = 10_000, samples: int = 1024, repeats: int = 5, models: tuple[str, ...] = MODELS,
              progress: Callable[[str], None] | None = None) -> list[LMRow]:
     """Words/s of one training step (forward + backward, sampled softmax) of each model at each (p, n)."""

@@ -264,7 +264,7 @@ def run(output: Path | None, *, quick: bool = False, compile: bool = False, repe
         online = (online + "\n" + bptt_text) if online else bptt_text
     if "lm" in sections:
         batch, window, vocab, samples = (8, 10, 2_000, 256) if quick else (32, 20, 10_000, 1024)
-        lm_rows = bench_lm(((16, 128),) if quick else ((32, 256), (64, 512)), batch=batch, window=window,
+        lm_rows = bench_lm(((16, 128),) if quick else ((64, 512), (128, 1024)), batch=batch, window=window,
                            vocab=vocab, samples=samples, repeats=min(reps, 5), progress=progress)
         lm_text = render_lm(lm_rows, batch=batch, window=window, vocab=vocab, samples=samples)
         online = (online + "\n" + lm_text) if online else lm_text
