@@ -85,7 +85,7 @@ class FLSTMGLSTMConfig:
     seconds: float = 60.0  # training budget of every run
     seeds: int = 3  # 1-worker runs per model
     two_worker_seeds: int = 1  # 2-worker runs per model
-    two_worker_models: tuple[str, ...] | None = None  # None: every model
+    two_worker_models: tuple[str, ...] | None = ("LSTMP", "F-LSTM", "G-2", "G-4")  # None: every model
     models: tuple[str, ...] = ("LSTMP", "F-LSTM", "G-2", "G-4", "G-8", "G4-G8")
     eval_every: int = 25
     eval_tokens: int = 5_000
