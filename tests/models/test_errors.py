@@ -86,7 +86,7 @@ def test_bad_construction_arguments():
         make_cell("glstm", 3, 4, groups=2)
     with pytest.raises(ValueError, match="needs proj_size"):
         make_cell("lstmp", 3, 4)
-    with pytest.raises(ValueError, match="dropout must be in"):
+    with pytest.raises(ValueError, match=r"dropout must be a number in \[0, 1\], got 1.5"):
         distlstm.LSTM(3, 4, dropout=1.5)
     with pytest.raises(ValueError, match="unknown pooling"):
         SequenceRegressor(3, 4, pooling="sum")

@@ -69,3 +69,34 @@ def test_dropout_uses_the_given_generator():
     model.eval()
     model.dropout_generator = torch.Generator().manual_seed(8)
     assert not torch.allclose(model.train()(x)[0], outs[0])
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("padded", [False, True])
+def test_fused_dropout_equals_loop_dropout_for_the_same_generator(monkeypatch, padded, bidirectional):
+    """Training mode with dropout stays on ATen's kernel (one call per layer) and draws the loop's masks."""
+    torch.manual_seed(3)
+    fused = distlstm.LSTM(3, 5, 3, dropout=0.4, batch_first=True, bidirectional=bidirectional, proj_size=2, dtype=D)
+    loop = distlstm.LSTM(3, 5, 3, dropout=0.4, batch_first=True, bidirectional=bidirectional, proj_size=2,
+                         fused=False, dtype=D)
+    loop.load_state_dict(fused.state_dict())
+    x = torch.randn(4, 6, 3, dtype=D)
+    lengths = torch.tensor([6, 2, 5, 3]) if padded else None
+    calls = []
+    real_lstm = torch.lstm
+    monkeypatch.setattr(torch, "lstm", lambda *a: calls.append(1) or real_lstm(*a))
+    results = []
+    for model in (fused, loop):
+        model.dropout_generator = torch.Generator().manual_seed(11)
+        y, (h, c) = model(x, lengths=lengths)
+        (y.square().sum() + h.sum() + c.sum()).backward()
+        results.append((y, h, c, {n: p.grad for n, p in model.named_parameters()}))
+    assert len(calls) == 3  # the fused model only, one kernel call per layer
+    (y1, h1, c1, g1), (y2, h2, c2, g2) = results
+    torch.testing.assert_close(y1, y2)
+    torch.testing.assert_close(h1, h2)
+    torch.testing.assert_close(c1, c2)
+    for name in g1:
+        torch.testing.assert_close(g1[name], g2[name], msg=name)
+    fused.eval()
+    assert not torch.allclose(fused(x, lengths=lengths)[0], y1)  # the masks did something

@@ -4,7 +4,8 @@ Setting (the foundation issue's): batch 64, 100 steps, input 32, hidden 128 and 
 float32, loss = sum of outputs. Besides the library's paths (ATen-fused plain cell,
 generic Python loop) it times two ways to speed up the loop that the library does
 not use by default — TorchScript and ``torch.compile`` — so the report can say what
-each gives.
+each gives. Two-layer-with-dropout and bidirectional rows are timed against
+``nn.LSTM`` built with the same options (:data:`TWIN_CONFIGS`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -73,9 +75,27 @@ def cell_variants(hidden: int, input_size: int, compile: bool) -> dict[str, nn.M
         "nn.RNN tanh": nn.RNN(input_size, h, batch_first=True),
         "rnn tanh": ours("rnn"),
     }
+    for label, options in TWIN_CONFIGS.items():  # nn.LSTM options, each row against nn.LSTM with the same
+        variants[f"nn.LSTM, {label}"] = nn.LSTM(input_size, h, batch_first=True, **options)
+        variants[f"lstm, {label}, fused"] = ours("lstm", **options)
     if compile:
         variants["lstm, torch.compile of the loop"] = _Compiled(input_size, h)
     return variants
+
+
+#: Configurations timed against ``nn.LSTM`` built with the same options (models time in training mode).
+TWIN_CONFIGS: dict[str, dict[str, Any]] = {
+    "2 layers, dropout 0.1 (training)": {"num_layers": 2, "dropout": 0.1},
+    "bidirectional": {"bidirectional": True},
+}
+
+
+def baseline_of(name: str) -> str:
+    """The row a variant's ratio is taken against: its ``nn.LSTM`` twin, else the 1-layer ``nn.LSTM``."""
+    for label in TWIN_CONFIGS:
+        if name.startswith("lstm, ") and name == f"lstm, {label}, fused":
+            return f"nn.LSTM, {label}"
+    return "nn.LSTM (baseline)"
 
 
 class _Scripted(nn.Module):
@@ -121,8 +141,7 @@ def bench_cells(hidden_sizes: tuple[int, ...] = (128, 512), batch: int = 64, ste
         if progress:
             progress(f"cells, hidden {h}: {len(variants)} variants")
         times = compare({name: _train_step(m, x) for name, m in variants.items()}, repeats=repeats)
-        base = times["nn.LSTM (baseline)"]
         for name, m in variants.items():
             n_params = sum(p.numel() for p in m.parameters())
-            rows.append(CellRow(h, name, times[name] * 1e3, times[name] / base, n_params))
+            rows.append(CellRow(h, name, times[name] * 1e3, times[name] / times[baseline_of(name)], n_params))
     return rows

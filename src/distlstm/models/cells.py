@@ -98,6 +98,46 @@ class Cell(nn.Module):
     bias_ih: nn.Parameter | None
     bias_hh: nn.Parameter | None
 
+    def adopt_parameters(self, owner: nn.Module, suffix: str) -> None:
+        """Move this cell's parameters to ``owner`` as ``{name}{suffix}``; the cell keeps reading them.
+
+        :class:`~distlstm.LSTM` owns its cells' parameters under ``nn.LSTM``'s names
+        (``weight_ih_l0``, ``bias_hh_l1_reverse``…), so ``named_parameters()``, the state
+        dict, ``functional_call`` and ``torch.export`` all see one name per tensor. The
+        cell looks each name up in the owner's parameter dict at every access, so
+        parameters swapped in by ``functional_call`` or ``.to()`` are the ones used.
+        """
+        names = {name: name + suffix for name in self._parameters}
+        for name, p in self._parameters.items():
+            owner.register_parameter(name + suffix, p)
+        self._parameters.clear()
+        # Not a submodule of the owner's tree: plain attributes, set past Module.__setattr__.
+        object.__setattr__(self, "_owner", owner)
+        object.__setattr__(self, "_owner_names", names)
+
+    def __getattr__(self, name: str) -> Any:
+        names = self.__dict__.get("_owner_names")
+        if names is not None and name in names:
+            owner, full = self.__dict__["_owner"], names[name]
+            params = owner.__dict__["_parameters"]
+            # A parametrization or weight-drop wrapper may have moved it out of the dict.
+            return params[full] if full in params else getattr(owner, full)
+        return super().__getattr__(name)
+
+    def cell_parameters(self) -> list[Tensor]:
+        """This cell's parameters, whether it owns them or an :class:`~distlstm.LSTM` does."""
+        names = self.__dict__.get("_owner_names")
+        if names is None:
+            return list(self.parameters())
+        return [getattr(self, name) for name in names]
+
+    def upgrade_state_dict(self, state_dict: dict[str, Any], prefix: str, suffix: str = "") -> None:
+        """Rename, in place, keys an older version of this cell wrote (``{prefix}{name}{suffix}``)."""
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        self.upgrade_state_dict(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def _add_biases(self, shape: tuple[int, ...], bias: bool, single_bias: bool,
                     make: Callable[..., nn.Parameter]) -> None:
         """Register ``bias_ih`` and ``bias_hh`` of ``shape`` (``bias_hh`` only without ``single_bias``)."""
@@ -138,7 +178,7 @@ class Cell(nn.Module):
     def init_state(self, batch: int, *, dtype: torch.dtype | None = None,
                    device: torch.device | None = None) -> State:
         """Zero state for ``batch`` sequences."""
-        p = next(self.parameters())
+        p = self.cell_parameters()[0]
         dtype, device = dtype or p.dtype, device or p.device
         zeros = [torch.zeros(batch, s, dtype=dtype, device=device) for s in self.state_sizes()]
         return self.make_state(zeros)
@@ -241,7 +281,7 @@ class _GatedCell(Cell):
 
     def reset_parameters(self) -> None:
         """``nn.LSTM``'s initialisation: every parameter ~ U(-1/√n, 1/√n)."""
-        _uniform_(list(self.parameters()), 1.0 / math.sqrt(self.hidden_size))
+        _uniform_(self.cell_parameters(), 1.0 / math.sqrt(self.hidden_size))
 
     def extra_repr(self) -> str:
         extra = f", proj_size={self.proj_size}" if self.proj_size else ""
@@ -366,14 +406,13 @@ class FLSTMCell(_GatedCell):
         rest = [p for p in (self.weight_2, self.bias_ih, self.bias_hh, self.weight_hr) if p is not None]
         _uniform_(rest, 1.0 / math.sqrt(self.hidden_size))
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    def upgrade_state_dict(self, state_dict: dict[str, Any], prefix: str, suffix: str = "") -> None:
         # Before the common bias rule the F-LSTM had one bias named ``bias``: load it as b.
-        old = state_dict.pop(prefix + "bias", None)
-        if isinstance(old, Tensor) and prefix + "bias_ih" not in state_dict:
-            state_dict[prefix + "bias_ih"] = old
+        old = state_dict.pop(f"{prefix}bias{suffix}", None)
+        if isinstance(old, Tensor) and f"{prefix}bias_ih{suffix}" not in state_dict:
+            state_dict[f"{prefix}bias_ih{suffix}"] = old
             if self.bias_hh is not None:
-                state_dict[prefix + "bias_hh"] = torch.zeros_like(old)
-        super()._load_from_state_dict(state_dict, prefix, *args)
+                state_dict[f"{prefix}bias_hh{suffix}"] = torch.zeros_like(old)
 
     def input_projection(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight_1[:, : self.input_size])
@@ -481,7 +520,7 @@ class RNNCell(Cell):
         self.weight_ih = param(hidden_size, input_size)
         self.weight_hh = param(hidden_size, hidden_size)
         self._add_biases((hidden_size,), bias, single_bias, param)
-        _uniform_(list(self.parameters()), 1.0 / math.sqrt(hidden_size))
+        _uniform_(self.cell_parameters(), 1.0 / math.sqrt(hidden_size))
 
     def state_sizes(self) -> tuple[int, ...]:
         return (self.hidden_size,)

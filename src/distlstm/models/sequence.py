@@ -2,12 +2,14 @@
 
 :func:`run_layer` is the generic loop every cell runs through (and what ``vmap``
 batches over parameter vectors). :class:`LSTM` stacks layers and is a drop-in for
-``torch.nn.LSTM``: the same constructor arguments, call and return convention, and
-state-dict keys, plus ``cell=`` to choose any registered cell.
+``torch.nn.LSTM``: the same constructor arguments (``bidirectional`` included), call
+and return convention, attributes, parameter names and state-dict keys, plus
+``cell=`` to choose any registered cell.
 
 Masking rule: at a padded step (``t >= lengths[b]``) sequence ``b``'s state is not
 changed and its output is zero, so final states and pooled outputs equal those of
-the sequence run alone.
+the sequence run alone. The reverse direction of a bidirectional layer reads each
+sequence from its last valid step back to its first (:func:`reverse_padded`).
 """
 
 from __future__ import annotations
@@ -57,23 +59,37 @@ def run_layer(cell: Cell, x: Tensor, state: State, lengths: Tensor | None = None
     return torch.stack(ys, 1), state
 
 
-_KEY = re.compile(r"^cells\.(\d+)\.(\w+)$")
-_NN_KEY = re.compile(r"^(\w+)_l(\d+)$")
+def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Reverse each sequence of ``x`` (B, T, ...) within its valid length; padding stays put.
+
+    Its own inverse: the reverse direction runs on ``reverse_padded(x)`` and its outputs
+    are put back in time order by the same call.
+    """
+    if lengths is None:
+        return x.flip(1)
+    t = torch.arange(x.shape[1], device=x.device)[None, :]
+    last = lengths[:, None] - 1
+    index = torch.where(t <= last, last - t, t)  # (B, T)
+    return x.gather(1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x))
+
+
+_NN_KEY = re.compile(r"^(\w+)_l(\d+)(_reverse)?$")
 
 
 class LSTM(nn.Module):
     """Multi-layer recurrent network with a choice of cell; a drop-in for ``nn.LSTM``.
 
     Args:
-        input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size:
-            as in ``torch.nn.LSTM``.
+        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            proj_size, device, dtype: as in ``torch.nn.LSTM`` (same order, so positional
+            calls carry over).
         cell: a name from :data:`distlstm.models.cells.CELLS` (default ``"lstm"``).
         single_bias: one bias vector per gate (TensorFlow's and the papers' layout) instead
             of ``nn.LSTM``'s ``bias_ih`` + ``bias_hh``: the cells keep ``bias_ih`` only.
         fused: use ATen's fused LSTM kernel when every layer is a plain :class:`LSTMCell`
-            (any α, any projection). Numerically the same maths; turn off to force the
-            generic Python loop. The loop is always used inside ``torch.func`` transforms.
-        device, dtype: where and how to allocate parameters.
+            (any α, any projection, either direction, with or without dropout). Numerically
+            the same maths; turn off to force the generic Python loop. The loop is always
+            used inside ``torch.func`` transforms and ``torch.compile``.
         **cell_options: passed to every cell (e.g. ``alpha=3.75``, ``rank=64``,
             ``groups=4``, ``forget_gate=False``). A tuple or list with one entry per
             layer sets that option layer by layer, e.g. ``groups=(4, 8)`` (the paper's
@@ -81,69 +97,110 @@ class LSTM(nn.Module):
 
     Inputs: ``input, hx=None, lengths=None``
         * input: (L, N, H_in), or (N, L, H_in) with ``batch_first``, or (L, H_in)
-          unbatched; a ``PackedSequence`` is accepted too.
-        * hx: initial state, a tuple of tensors each (num_layers, N, size) — for LSTM
-          cells ``(h_0, c_0)``; zeros if omitted. Pass the returned state back in for
-          stateful (carried) use.
+          unbatched; a ``PackedSequence`` is accepted too (and one is returned).
+        * hx: initial state, a tuple of tensors each (D·num_layers, N, size) with D = 2
+          if bidirectional else 1 — for LSTM cells ``(h_0, c_0)``; zeros if omitted.
+          Pass the returned state back in for stateful (carried) use.
         * lengths: (N,) integer valid lengths for a padded batch.
 
     Outputs: ``output, state``
-        * output: (L, N, output_size) (or batch-first / unbatched as the input), zero at
-          padded steps.
+        * output: (L, N, output_size) with ``output_size`` = D·(proj_size or hidden_size)
+          (or batch-first / unbatched / packed as the input), zero at padded steps; with
+          D = 2 the forward and reverse outputs are concatenated on the last axis.
         * state: ``(h_n, c_n)`` for LSTM cells, ``(h_n,)`` for the tanh RNN; each
-          (num_layers, N, size), taken at every sequence's last valid step.
+          (D·num_layers, N, size), layer-major as ``nn.LSTM`` (index 2l + d), taken at
+          every sequence's last valid step (the reverse direction's at its first).
 
-    State-dict keys are ``nn.LSTM``'s (``weight_ih_l0``, ``bias_hh_l1``, ``weight_hr_l0``…),
-    so ``nn.LSTM`` weights load into the plain cell (``proj_size`` for LSTMP) and back.
+    Parameters are owned by this module under ``nn.LSTM``'s names (``weight_ih_l0``,
+    ``bias_hh_l1_reverse``, ``weight_hr_l0``…) in the cells' order, so
+    ``named_parameters()`` and ``state_dict()`` agree and ``nn.LSTM`` weights load into
+    the plain cell (``proj_size`` for LSTMP) and back. ``cells`` holds the cells in that
+    order (layer-major, forward before reverse); they read their parameters from here.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, proj_size: int = 0,
-                 cell: str = "lstm", single_bias: bool | Sequence[bool] = False, fused: bool = True,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 *, cell: str = "lstm", single_bias: bool | Sequence[bool] = False, fused: bool = True,
                  **cell_options: Any) -> None:
         super().__init__()
         if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
-        if not 0.0 <= dropout <= 1.0:
-            raise ValueError(f"dropout must be in [0, 1], got {dropout}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.batch_first, self.dropout, self.proj_size = batch_first, float(dropout), proj_size
+        self.bias, self.bidirectional = bias, bool(bidirectional)
+        self.mode = "LSTM"
         self.cell_name, self.fused = cell, fused
+        directions = 2 if self.bidirectional else 1
         options = dict(cell_options, single_bias=single_bias, bias=bias, device=device, dtype=dtype)
         if proj_size:
             options["proj_size"] = proj_size
         cells: list[Cell] = []
         for layer, layer_options in enumerate(per_layer_options(options, num_layers)):
-            size_in = input_size if layer == 0 else cells[-1].output_size
-            cells.append(make_cell(cell, size_in, hidden_size, **layer_options))
-        self.cells = nn.ModuleList(cells)
-        self.layers: tuple[Cell, ...] = tuple(cells)  # typed view of self.cells
-        self.output_size = cells[-1].output_size
+            size_in = input_size if layer == 0 else directions * cells[-1].output_size
+            for direction in range(directions):
+                c = make_cell(cell, size_in, hidden_size, **layer_options)
+                c.adopt_parameters(self, _suffix(layer, direction))
+                cells.append(c)
+        self.cells: tuple[Cell, ...] = tuple(cells)
+        self.output_size = directions * cells[-1].output_size  # features of the output tensor
         self.dropout_generator: torch.Generator | None = None
-        self._register_state_dict_hook(_to_nn_lstm_keys)
-        self._register_load_state_dict_pre_hook(_from_nn_lstm_keys)
+        self._register_load_state_dict_pre_hook(_upgrade_keys, with_module=True)
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def _flat_weights_names(self) -> list[str]:
+        return list(self._parameters)
+
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        return [p for p in self._parameters.values() if p is not None]
+
+    @property
+    def _all_weights(self) -> list[list[str]]:
+        """Parameter names per layer and direction, in ``nn.LSTM``'s order."""
+        return [[f"{n}{_suffix(idx // self.num_directions, idx % self.num_directions)}"
+                 for n in _NN_ORDER if getattr(c, n, None) is not None]
+                for idx, c in enumerate(self.cells)]
+
+    @property
+    def all_weights(self) -> list[list[Tensor]]:
+        """The parameters per layer and direction, each list in ``nn.LSTM``'s order."""
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def flatten_parameters(self) -> None:
+        """No-op: parameters are separate tensors (``nn.LSTM`` compacts them for cuDNN)."""
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise TypeError("distlstm.LSTM cannot be compiled by torch.jit.script (it picks cells and kernels in "
+                        "Python); use torch.jit.trace, torch.compile or torch.export instead")
 
     def fill_forget_bias_(self, value: float) -> LSTM:
         """Set every layer's forget-gate bias b_f to ``value`` (see :meth:`Cell.fill_forget_bias_`)."""
-        for cell in self.layers:
-            cell.fill_forget_bias_(value)
+        for c in self.cells:
+            c.fill_forget_bias_(value)
         return self
 
     def init_state(self, batch: int, *, dtype: torch.dtype | None = None,
                    device: torch.device | None = None) -> State:
-        """Zero state, each tensor (num_layers, batch, size)."""
-        per_layer = [c.init_state(batch, dtype=dtype, device=device) for c in self.layers]
-        return tuple(torch.stack(parts) for parts in zip(*per_layer, strict=True))
+        """Zero state, each tensor (D·num_layers, batch, size)."""
+        per_cell = [c.init_state(batch, dtype=dtype, device=device) for c in self.cells]
+        return tuple(torch.stack(parts) for parts in zip(*per_cell, strict=True))
 
     def forward(self, input: Tensor | PackedSequence, hx: State | None = None,
                 lengths: Tensor | None = None) -> tuple[Tensor | PackedSequence, State]:
-        packed = isinstance(input, PackedSequence)
+        packed: PackedSequence | None = None
         unbatched = False
         if isinstance(input, PackedSequence):
+            packed = input
             if lengths is not None:
                 raise ValueError("give lengths either through a PackedSequence or the lengths argument, not both")
-            x, lengths = pad_packed_sequence(input, batch_first=True)
+            x, lengths = pad_packed_sequence(packed, batch_first=True)
         else:
             check_ndim(input, (2, 3), "input", "(seq_len, batch, features), batch-first, or (seq_len, features)")
             unbatched = input.dim() == 2
@@ -162,9 +219,8 @@ class LSTM(nn.Module):
         else:
             y, state = self._forward_loop(x, state, lengths)
 
-        if packed:
-            assert lengths is not None
-            return pack_padded_sequence(y, lengths.cpu(), batch_first=True, enforce_sorted=False), state
+        if packed is not None:
+            return _repack(y, packed), state
         if unbatched:
             return y.squeeze(0), tuple(s.squeeze(1) for s in state)
         return (y if self.batch_first else y.transpose(0, 1)), state
@@ -172,63 +228,130 @@ class LSTM(nn.Module):
     def _initial_state(self, hx: State | None, batch: int, x: Tensor, unbatched: bool) -> State:
         if hx is None:
             return self.init_state(batch, dtype=x.dtype, device=x.device)
-        sizes = self.layers[0].state_sizes()
+        sizes = self.cells[0].state_sizes()
         if not isinstance(hx, (tuple, list)) or len(hx) != len(sizes):
             raise ValueError(f"hx must be a tuple of {len(sizes)} tensors (one per state part), "
                              f"got {type(hx).__name__}")
         hx = tuple(h.unsqueeze(1) if unbatched else h for h in hx)
+        rows = len(self.cells)
         for k, (h, cell_size) in enumerate(zip(hx, sizes, strict=True)):
-            if h.dim() != 3 or h.shape[0] != self.num_layers or h.shape[1] != batch or h.shape[2] != cell_size:
-                raise ValueError(f"hx[{k}]: expected shape ({self.num_layers}, {batch}, {cell_size}), "
-                                 f"got {tuple(h.shape)}")
+            if h.dim() != 3 or h.shape[0] != rows or h.shape[1] != batch or h.shape[2] != cell_size:
+                raise ValueError(f"hx[{k}]: expected shape ({rows}, {batch}, {cell_size}), got {tuple(h.shape)}")
             check_finite(h, f"hx[{k}]")
         return hx
 
     def _forward_loop(self, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
         finals = []
-        for layer, cell in enumerate(self.layers):
+        directions = self.num_directions
+        for layer in range(self.num_layers):
             if layer > 0 and self.dropout and self.training:
-                x = self._dropout(x)
-            x, last = run_layer(cell, x, cell.make_state([s[layer] for s in state]), lengths)
-            finals.append(last)
+                x = x * self._dropout_mask(x)
+            outs = []
+            for direction in range(directions):
+                idx = layer * directions + direction
+                c = self.cells[idx]
+                start = c.make_state([s[idx] for s in state])
+                if direction == 0:
+                    y, last = run_layer(c, x, start, lengths)
+                else:
+                    y, last = run_layer(c, reverse_padded(x, lengths), start, lengths)
+                    y = reverse_padded(y, lengths)
+                outs.append(y)
+                finals.append(last)
+            x = outs[0] if directions == 1 else torch.cat(outs, -1)
         return x, tuple(torch.stack(parts) for parts in zip(*finals, strict=True))
 
-    def _dropout(self, x: Tensor) -> Tensor:
+    def _dropout_mask(self, x: Tensor) -> Tensor:
+        """Inverted-dropout mask for ``x`` (B, T, F): Bernoulli(1 - p) / (1 - p), from ``dropout_generator``."""
         keep = 1.0 - self.dropout
-        mask = torch.bernoulli(torch.full_like(x, keep), generator=self.dropout_generator)
-        return x * mask / keep
+        return torch.empty_like(x).bernoulli_(keep, generator=self.dropout_generator).div_(keep)
 
     def _can_fuse(self, x: Tensor) -> bool:
-        if not self.fused or (self.dropout and self.training and self.num_layers > 1):
+        if not self.fused or is_transformed(x) or any(is_transformed(p) for p in self._flat_weights):
             return False
-        if is_transformed(x) or any(is_transformed(p) for p in self.parameters()):
-            return False
-        return all(type(c) is LSTMCell for c in self.layers)
+        return all(type(c) is LSTMCell for c in self.cells)
 
     def _forward_fused(self, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
-        """The plain/sharpened/projected LSTM through ATen's fused kernel (as ``nn.LSTM``)."""
-        weights: list[Tensor] = []
-        for c in self.layers:
-            assert isinstance(c, LSTMCell)
-            weights += _fused_weights(c)
-        has_bias = self.layers[0].bias_ih is not None
+        """The plain/sharpened/projected LSTM through ATen's fused kernel (as ``nn.LSTM``).
+
+        With dropout in training mode each layer is its own kernel call and the mask is
+        drawn between them exactly as the loop draws it (same shape, same generator), so
+        both paths give the same numbers.
+        """
+        weights = [_fused_weights(c) for c in self.cells]  # type: ignore[arg-type]
+        has_bias, d = self.cells[0].bias_ih is not None, self.num_directions
         h0, c0 = state
-        if lengths is None:
-            y, h_n, c_n = torch.lstm(x, (h0, c0), weights, has_bias, self.num_layers, 0.0,
-                                     self.training, False, True)
-            return y, (h_n, c_n)
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        order, unorder = packed.sorted_indices, packed.unsorted_indices
-        assert order is not None and unorder is not None
-        data, h_n, c_n = torch.lstm(packed.data, packed.batch_sizes, (h0[:, order], c0[:, order]), weights,
-                                    has_bias, self.num_layers, 0.0, self.training, False)
-        out = PackedSequence(data, packed.batch_sizes, order, unorder)
+        training, bidi = self.training, self.bidirectional
+        packed = None
+        if lengths is not None:
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            order = packed.sorted_indices
+            assert order is not None
+            h0, c0 = h0[:, order], c0[:, order]
+
+        def run(data: Tensor, ws: list[Tensor], h: Tensor, c: Tensor, layers: int) -> tuple[Tensor, Tensor, Tensor]:
+            if packed is None:
+                return torch.lstm(data, (h, c), ws, has_bias, layers, 0.0, training, bidi, True)
+            return torch.lstm(data, packed.batch_sizes, (h, c), ws, has_bias, layers, 0.0, training, bidi)
+
+        data = x if packed is None else packed.data
+        if not (self.dropout and training and self.num_layers > 1):
+            data, h_n, c_n = run(data, [w for ws in weights for w in ws], h0, c0, self.num_layers)
+        else:
+            hs, cs = [], []
+            for layer in range(self.num_layers):
+                rows = slice(layer * d, (layer + 1) * d)
+                if layer > 0:
+                    data = data * self._packed_dropout_mask(data, x.shape[:2], packed, lengths)
+                ws = [w for ws in weights[rows] for w in ws]
+                data, h, c = run(data, ws, h0[rows], c0[rows], 1)
+                hs.append(h)
+                cs.append(c)
+            h_n, c_n = torch.cat(hs), torch.cat(cs)
+        if packed is None:
+            return data, (h_n, c_n)
+        unorder = packed.unsorted_indices
+        out = PackedSequence(data, packed.batch_sizes, packed.sorted_indices, unorder)
         y, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         return y, (h_n[:, unorder], c_n[:, unorder])
 
+    def _packed_dropout_mask(self, data: Tensor, batch_steps: torch.Size, packed: PackedSequence | None,
+                             lengths: Tensor | None) -> Tensor:
+        """The loop's mask (drawn on the padded (B, T, F) layout) in ``data``'s layout."""
+        mask = self._dropout_mask(data.new_empty(*batch_steps, data.shape[-1]))
+        if packed is None or lengths is None:
+            return mask
+        return pack_padded_sequence(mask, lengths.cpu(), batch_first=True, enforce_sorted=False).data
+
     def extra_repr(self) -> str:
+        extra = ", bidirectional=True" if self.bidirectional else ""
+        extra += f", proj_size={self.proj_size}" if self.proj_size else ""
         return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, cell={self.cell_name!r}, "
-                f"batch_first={self.batch_first}, dropout={self.dropout}, fused={self.fused}")
+                f"batch_first={self.batch_first}, dropout={self.dropout}{extra}, fused={self.fused}")
+
+
+#: ``nn.LSTM``'s order of a layer's parameters (``all_weights``).
+_NN_ORDER = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+
+
+def _suffix(layer: int, direction: int) -> str:
+    """``nn.LSTM``'s parameter suffix: ``_l{layer}``, plus ``_reverse`` for direction 1."""
+    return f"_l{layer}" + ("_reverse" if direction else "")
+
+
+def _repack(y: Tensor, like: PackedSequence) -> PackedSequence:
+    """``y`` (B, T, F) padded, packed with the batch sizes and sort order of ``like``."""
+    order = like.sorted_indices
+    y_sorted = y if order is None else y.index_select(0, order)
+    lengths = _packed_lengths(like.batch_sizes)
+    data = pack_padded_sequence(y_sorted, lengths, batch_first=True, enforce_sorted=True).data
+    return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+
+
+def _packed_lengths(batch_sizes: Tensor) -> Tensor:
+    """Sorted (descending) sequence lengths of a packed batch, from its batch sizes."""
+    b = int(batch_sizes[0])
+    return (batch_sizes[None, :] > torch.arange(b)[:, None]).sum(1)
 
 
 def per_layer_options(options: dict[str, Any], num_layers: int) -> list[dict[str, Any]]:
@@ -256,18 +379,7 @@ def _fused_weights(cell: LSTMCell) -> list[Tensor]:
     return ws
 
 
-def _to_nn_lstm_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, _meta: Any) -> None:
-    """State-dict hook: ``cells.{k}.{name}`` → ``{name}_l{k}`` (``nn.LSTM``'s keys)."""
-    for key in [k for k in state_dict if k.startswith(prefix)]:
-        m = _KEY.match(key[len(prefix) :])
-        if m:
-            state_dict[f"{prefix}{m.group(2)}_l{m.group(1)}"] = state_dict.pop(key)
-
-
-def _from_nn_lstm_keys(state_dict: dict[str, Any], prefix: str, *_args: Any) -> None:
-    """Load pre-hook: ``{name}_l{k}`` → ``cells.{k}.{name}``; other keys are left to be reported."""
-    for key in [k for k in state_dict if k.startswith(prefix)]:
-        m = _NN_KEY.match(key[len(prefix) :])
-        if m:
-            state_dict[f"{prefix}cells.{m.group(2)}.{m.group(1)}"] = state_dict.pop(key)
-
+def _upgrade_keys(module: LSTM, state_dict: dict[str, Any], prefix: str, *_args: Any) -> None:
+    """Load pre-hook: let each cell rename keys its older versions wrote (e.g. F-LSTM's ``bias``)."""
+    for idx, c in enumerate(module.cells):
+        c.upgrade_state_dict(state_dict, prefix, _suffix(idx // module.num_directions, idx % module.num_directions))
