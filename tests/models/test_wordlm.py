@@ -60,7 +60,7 @@ def test_word_lm_learns_a_tiny_grammar_with_the_sampled_softmax(cell, options) -
 def test_one_bias_per_gate_with_forget_bias_one_and_full_loss_outside_training(cell, options) -> None:
     torch.manual_seed(0)
     model = WordLM(30, 8, 32, cell=cell, num_sampled=5, single_bias=True, **options)
-    for layer in model.rnn.layers:
+    for layer in model.rnn.cells:
         assert layer.bias_hh is None  # one bias per gate, as the paper counts
         gates = layer.bias_ih.unflatten(-1, (4, -1))  # (..., gate, units) in i, f, g, o order
         assert torch.all(gates[..., 1, :] == 1.0)
