@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ["README.md", "docs/online.md", "docs/es.md", "docs/bptt.md"]
+DOCS = ["README.md", "docs/online.md", "docs/es.md", "docs/bptt.md", "docs/lm.md"]
 EXAMPLES = [(doc, i, block) for doc in DOCS
             for i, block in enumerate(re.findall(r"```python\n(.*?)```", (ROOT / doc).read_text(), re.S))]
 

@@ -12,11 +12,17 @@ def positive_int(text: str) -> int:
     return value
 
 
-def cell_option(text: str) -> tuple[str, float | int]:
-    """``KEY=VALUE`` with a numeric value, e.g. ``rank=32`` or ``alpha=3.75``."""
+def cell_option(text: str) -> tuple[str, float | int | tuple[int, ...]]:
+    """``KEY=VALUE`` with a numeric value (``rank=32``, ``alpha=3.75``); ``groups=4,8`` gives one int per layer."""
     key, sep, raw = text.partition("=")
     if not sep or not key.isidentifier():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. rank=32), got {text!r}")
+    if "," in raw:
+        try:
+            return key, tuple(int(part) for part in raw.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"per-layer values of {key} must be integers separated by commas "
+                                             f"(e.g. {key}=4,8), got {raw!r}") from None
     try:
         return key, int(raw)
     except ValueError:

@@ -47,3 +47,20 @@ def test_empty_or_missing_text(tmp_path):
         load_text(tmp_path / "empty.txt")
     with pytest.raises(FileNotFoundError):
         load_text(tmp_path / "missing.txt")
+
+
+def test_decode_takes_lists_and_tensors_and_unknown_symbols_are_listed() -> None:
+    vocab = CharVocab.from_text("abc ")
+    assert vocab.decode([1, 2]) == vocab.decode(torch.tensor([1, 2])) == "ab"
+    assert vocab.unknown_symbols("abxyx") == ["x", "y"]
+
+
+def test_cell_options_take_one_value_per_layer() -> None:
+    import argparse
+
+    from distlstm._argtypes import cell_option
+
+    assert cell_option("groups=4,8") == ("groups", (4, 8))
+    assert cell_option("rank=32") == ("rank", 32)
+    with pytest.raises(argparse.ArgumentTypeError, match="groups=4,8"):
+        cell_option("groups=4,x")

@@ -15,10 +15,11 @@ from distlstm.bench.cells import CellRow, bench_cells
 from distlstm.bench.es import ESBatchRow, ESWorkersRow, bench_es_batched, bench_es_workers
 from distlstm.bench.evotorch_compare import EvoRow, bench_evotorch
 from distlstm.bench.functional import BatchedRow, bench_batched
+from distlstm.bench.lm import bench_lm, render_lm
 from distlstm.bench.online import EKFRow, ParticleRow, StepRow, bench_ekf_floor, bench_particles, bench_steps
 
-SECTIONS = ("cells", "batched", "online", "es", "bptt", "evotorch")
-DEFAULT_SECTIONS = ("cells", "batched", "online", "es", "bptt")  # evotorch needs the separate benchmark environment
+SECTIONS = ("cells", "batched", "online", "es", "bptt", "lm", "evotorch")
+DEFAULT_SECTIONS = ("cells", "batched", "online", "es", "bptt", "lm")  # evotorch needs its own environment
 
 HEADER = """# distlstm benchmarks
 
@@ -262,6 +263,12 @@ def run(output: Path | None, *, quick: bool = False, compile: bool = False, repe
                                 bench_lbfgs_workers(3 if quick else 10, train, min_len, progress=progress),
                                 steps=ddp_steps, hidden=256, batch=32, train=train, min_len=min_len)
         online = (online + "\n" + bptt_text) if online else bptt_text
+    if "lm" in sections:
+        batch, window, vocab, samples = (8, 10, 2_000, 256) if quick else (32, 20, 10_000, 1024)
+        lm_rows = bench_lm(((16, 128),) if quick else ((64, 512), (128, 1024)), batch=batch, window=window,
+                           vocab=vocab, samples=samples, repeats=min(reps, 5), progress=progress)
+        lm_text = render_lm(lm_rows, batch=batch, window=window, vocab=vocab, samples=samples)
+        online = (online + "\n" + lm_text) if online else lm_text
     if "evotorch" in sections:
         evo_text = render_evotorch(bench_evotorch(generations=2 if quick else 5, progress=progress))
         online = (online + "\n" + evo_text) if online else evo_text

@@ -39,7 +39,7 @@ from distlstm.runs import load_checkpoint, plot_curves, save_checkpoint, write_c
 from distlstm.runtime.dist import all_gather_cat
 
 CHECKPOINT_VERSION = 1
-OPTIMIZERS = ("sgd", "momentum", "adam")
+OPTIMIZERS = ("sgd", "momentum", "adam", "adagrad")
 
 
 class Task(Protocol):
@@ -60,9 +60,10 @@ class Task(Protocol):
 
 @dataclass(frozen=True)
 class DDPConfig:
-    optimizer: str = "adam"  # sgd, momentum (SGD with momentum) or adam
+    optimizer: str = "adam"  # sgd, momentum (SGD with momentum), adam or adagrad
     lr: float = 3e-3
     momentum: float = 0.9
+    adagrad_accumulator: float = 1.0  # Adagrad's initial accumulator value (Kuchaiev & Ginsburg's f-lm: 1.0)
     clip: float | None = 1.0  # max gradient norm; None: no clipping
     steps: int = 1000
     seconds: float | None = None  # stop after this much training time, whichever comes first
@@ -87,6 +88,8 @@ class DDPConfig:
 def make_optimizer(params: Any, cfg: DDPConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr)
+    if cfg.optimizer == "adagrad":
+        return torch.optim.Adagrad(params, lr=cfg.lr, initial_accumulator_value=cfg.adagrad_accumulator)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum if cfg.optimizer == "momentum" else 0.0)
 
 
@@ -98,6 +101,13 @@ def _mean_over_workers(value: Tensor, world_size: int) -> float:
     return float(value)
 
 
+def _from_rank0(value: float, device: torch.device) -> float:
+    """Rank 0's value on every worker (a time budget decides for all, or a worker waits forever)."""
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(t, 0)
+    return float(t)
+
+
 def _gather_carry(carry: State | None) -> list[Tensor] | None:
     """Every worker's carried state, streams concatenated in rank order (called on every rank)."""
     if carry is None:
@@ -106,17 +116,22 @@ def _gather_carry(carry: State | None) -> list[Tensor] | None:
 
 
 class _Checkpoints:
-    """Save and restore a data-parallel run; refuses a checkpoint from another world size or setting."""
+    """Save and restore a data-parallel run; refuses a checkpoint from another world size or setting.
 
-    def __init__(self, path: Path, settings: dict[str, Any], world_size: int) -> None:
-        self.path, self.settings, self.world_size = path, settings, world_size
+    ``extra`` is stored as is: for a language model, ``{"language_model": {"kind",
+    "vocab", "config"}}`` — what ``distlstm sample`` needs to rebuild the model.
+    """
+
+    def __init__(self, path: Path, settings: dict[str, Any], world_size: int,
+                 extra: dict[str, Any] | None = None) -> None:
+        self.path, self.settings, self.world_size, self.extra = path, settings, world_size, extra or {}
 
     def save(self, model: nn.Module, opt: torch.optim.Optimizer, step: int, seconds: float,
              rows: list[dict[str, float]], carry: list[Tensor] | None) -> None:
         save_checkpoint(self.path, {"version": CHECKPOINT_VERSION, "settings": self.settings,
                                     "world_size": self.world_size, "model": model.state_dict(),
                                     "optimizer": opt.state_dict(), "step": step, "seconds": seconds, "rows": rows,
-                                    "carry": carry})
+                                    "carry": carry, **self.extra})
 
     def load(self) -> dict[str, Any]:
         ckpt = load_checkpoint(self.path)
@@ -152,7 +167,9 @@ def train_ddp(task: Task, cfg: DDPConfig, out: Path, *, rank: int = 0, world_siz
     run_settings = {**(settings or {}), **{k: v for k, v in asdict(cfg).items()
                                            if k not in ("steps", "seconds", "target", "eval_every",
                                                         "checkpoint_every")}}
-    checkpoints = _Checkpoints(out / "checkpoint.pt", run_settings, world_size)
+    model_spec = getattr(task, "model_spec", None)  # language-model tasks: vocabulary and model config
+    checkpoints = _Checkpoints(out / "checkpoint.pt", run_settings, world_size,
+                               {"language_model": model_spec()} if model_spec is not None else None)
     step, seconds, rows = 0, 0.0, []
     carry: State | None = None
     if resume and checkpoints.path.exists():
@@ -216,6 +233,8 @@ def train_ddp(task: Task, cfg: DDPConfig, out: Path, *, rank: int = 0, world_siz
             carry = tuple(part.detach() for part in carry)
         step += 1
         seconds += time.perf_counter() - started
+        if world_size > 1 and cfg.seconds is not None:  # every worker stops at the same step: rank 0's clock
+            seconds = _from_rank0(seconds, device)
         running, count = running + value, count + 1
         bar.update()
         if on_step is not None:

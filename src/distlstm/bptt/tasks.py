@@ -2,6 +2,8 @@
 
 * :class:`CharStreamTask` — a character language model on one long text, read as
   stateful streams with truncated BPTT (the TensorFlow data-parallel source's setting).
+* :class:`WordStreamTask` — Kuchaiev & Ginsburg's word language model (LSTMP, F-LSTM,
+  G-LSTM) on the same kind of streams, trained with a sampled softmax.
 * :class:`LongLagTask` — the adding or multiplication problem, minibatches of
   independent variable-length sequences with full BPTT (the matrix-batch paper's
   gradient-descent baseline).
@@ -22,9 +24,10 @@ from torch import Tensor, nn
 from distlstm.data.longlag import LongLagData, adding_problem, multiplication_problem
 from distlstm.data.partition import StreamShard, epoch_batches, partition_stream
 from distlstm.data.text import SHAKESPEARE_TRAGEDIES, CharVocab, load_text, split_ids
+from distlstm.data.words import SHAKESPEARE_COMPLETE, load_word_corpus
 from distlstm.models.cells import State
 from distlstm.models.heads import sequence_cross_entropy
-from distlstm.models.networks import CharLM, SequenceRegressor, sequence_nats
+from distlstm.models.networks import CharLM, SequenceRegressor, WordLM, sequence_nats, stream_nats
 
 LONG_LAG_PROBLEMS = {"adding": adding_problem, "multiplication": multiplication_problem}
 
@@ -62,8 +65,30 @@ def mean_absolute_error(model: nn.Module, data: LongLagData) -> float:
     return total / len(data)
 
 
+class _StreamWindows:
+    """Stateful-stream reading shared by the language-model tasks: global step s reads window s mod J."""
+
+    world_size: int
+    streams: int  # B, per worker
+    window: int  # k
+    shard: StreamShard
+
+    @property
+    def samples_per_step(self) -> int:
+        """Tokens predicted per global step (all workers)."""
+        return self.world_size * self.streams * self.window
+
+    def steps_per_epoch(self) -> int:
+        return len(self.shard)
+
+    def batch(self, step: int, seed: int) -> Batch:
+        j = step % self.steps_per_epoch()
+        x, y = self.shard.window_at(j)
+        return Batch(x, y, None, j == 0)
+
+
 @dataclass
-class CharStreamTask:
+class CharStreamTask(_StreamWindows):
     """Next-character prediction on a text, B stateful streams per worker, windows of k characters."""
 
     rank: int = 0
@@ -91,24 +116,15 @@ class CharStreamTask:
                                                    world_size=self.world_size, streams=self.streams,
                                                    window=self.window)
 
-    @property
-    def samples_per_step(self) -> int:
-        """Characters predicted per global step (all workers)."""
-        return self.world_size * self.streams * self.window
-
-    def steps_per_epoch(self) -> int:
-        return len(self.shard)
+    def model_spec(self) -> dict[str, Any]:
+        """What sampling needs to rebuild the model: kind, vocabulary and :class:`CharLM` arguments."""
+        return {"kind": "char-lm", "vocab": self.vocab.chars, "dtype": self.dtype,
+                "config": {"vocab_size": len(self.vocab), "hidden_size": self.hidden, "num_layers": self.layers,
+                           "cell": self.cell, "embedding_dim": self.embedding, **self.cell_options}}
 
     def build_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
-        model = CharLM(len(self.vocab), self.hidden, self.layers, cell=self.cell, embedding_dim=self.embedding,
-                       **self.cell_options)
-        return model.to(getattr(torch, self.dtype))
-
-    def batch(self, step: int, seed: int) -> Batch:
-        j = step % self.steps_per_epoch()
-        x, y = self.shard.window_at(j)
-        return Batch(x, y, None, j == 0)
+        return CharLM(**self.model_spec()["config"]).to(getattr(torch, self.dtype))
 
     def loss(self, model: nn.Module, batch: Batch, state: State | None) -> tuple[Tensor, State | None]:
         logits, state = model(batch.x, state)
@@ -117,6 +133,77 @@ class CharStreamTask:
     def evaluate(self, model: nn.Module) -> float:
         device = next(model.parameters()).device
         return sequence_nats(model, self.val[: self.eval_chars + 1].to(device))
+
+
+@dataclass
+class WordStreamTask(_StreamWindows):
+    """Next-word prediction (Kuchaiev & Ginsburg's LM): B stateful streams per worker, windows of k words.
+
+    The corpus is split by work (``data/words.py``); the vocabulary is cut at
+    ``max_vocab`` types of the training split. Training uses a sampled softmax of
+    ``num_sampled`` log-uniform candidates, drawn with a generator seeded from
+    (seed, step) so every worker — and a resumed run — uses the candidates of the
+    single-process run. The metric is the full-softmax validation cross-entropy in nats
+    per word (perplexity = e^metric) on the first ``eval_tokens`` validation tokens.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    text: str = str(SHAKESPEARE_COMPLETE)
+    streams: int = 32  # B, per worker
+    window: int = 20  # k (BIGLSTM's 20 unrolled steps)
+    embedding: int = 64  # p: embedding and projection size
+    hidden: int = 512  # n
+    layers: int = 2
+    cell: str = "lstmp"
+    cell_options: dict[str, Any] = field(default_factory=dict)
+    dropout: float = 0.1
+    num_sampled: int = 1024  # S; 0 trains with the full softmax
+    max_vocab: int = 10_000
+    min_count: int = 1
+    dtype: str = "float32"
+    eval_tokens: int = 20_000
+    metric: str = "val_nats_per_word"
+    stateful: bool = True
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        self.corpus = load_word_corpus(self.text, self.max_vocab, self.min_count)
+        if self.num_sampled > len(self.corpus.vocab):
+            raise ValueError(f"num_sampled={self.num_sampled} sampled classes are more than the vocabulary of "
+                             f"{len(self.corpus.vocab)} words; use at most {len(self.corpus.vocab)}")
+        train = self.corpus.train
+        self.shard = partition_stream(train[:-1], train[1:], rank=self.rank, world_size=self.world_size,
+                                      streams=self.streams, window=self.window)
+        self._step_seed = 0
+
+    def model_spec(self) -> dict[str, Any]:
+        """What sampling needs to rebuild the model: kind, vocabulary and :class:`WordLM` arguments."""
+        options = {"single_bias": True, **self.cell_options}
+        return {"kind": "word-lm", "vocab": list(self.corpus.vocab.words), "dtype": self.dtype,
+                "config": {"vocab_size": len(self.corpus.vocab), "embedding_size": self.embedding,
+                           "hidden_size": self.hidden, "num_layers": self.layers, "cell": self.cell,
+                           "dropout": self.dropout, "num_sampled": self.num_sampled, **options}}
+
+    def build_model(self, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        model = WordLM(**self.model_spec()["config"]).to(getattr(torch, self.dtype))
+        model.dropout_generator = torch.Generator().manual_seed(seed * 1_000_003 + 7 + self.rank)
+        return model
+
+    def batch(self, step: int, seed: int) -> Batch:
+        self._step_seed = seed * 1_000_003 + step  # the candidates of this step (loss) depend on it only
+        return super().batch(step, seed)
+
+    def loss(self, model: nn.Module, batch: Batch, state: State | None) -> tuple[Tensor, State | None]:
+        generator = torch.Generator().manual_seed(self._step_seed)  # the sampler draws on the CPU
+        loss, state = model(batch.x, state, batch.y, generator)
+        return loss, state
+
+    def evaluate(self, model: nn.Module) -> float:
+        device = next(model.parameters()).device
+        return stream_nats(model, self.corpus.val[: self.eval_tokens + 1].to(device))
 
 
 @dataclass

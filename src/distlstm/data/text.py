@@ -6,6 +6,7 @@ any UTF-8 text file works the same way.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,8 +67,14 @@ class CharVocab:
         unk = self._index[self.unknown]
         return torch.tensor([self._index.get(ch, unk) for ch in text], dtype=torch.long)
 
-    def decode(self, ids: Tensor) -> str:
-        return "".join(self.chars[i] for i in ids.tolist())
+    def unknown_symbols(self, text: str) -> list[str]:
+        """Distinct characters of ``text`` outside the vocabulary, in order of appearance."""
+        return [ch for ch in dict.fromkeys(text) if ch not in self._index]
+
+    def decode(self, ids: Tensor | Sequence[int]) -> str:
+        """Text of ids, a tensor or a list of ints."""
+        values = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+        return "".join(self.chars[i] for i in values)
 
 
 def split_ids(ids: Tensor, val_fraction: float = 0.1) -> tuple[Tensor, Tensor]:

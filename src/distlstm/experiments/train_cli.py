@@ -1,4 +1,4 @@
-"""``distlstm train``: data-parallel BPTT of a character LM or a long-lag regressor, alone or under torchrun."""
+"""``distlstm train``: data-parallel BPTT of a character or word LM or a long-lag regressor, alone or under torchrun."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from distlstm._argtypes import cell_option, positive_int
 from distlstm.bptt.ddp import OPTIMIZERS, DDPConfig, train_ddp
 from distlstm.bptt.fullbatch import METHODS, FullBatchConfig
 from distlstm.bptt.fullbatch_run import run_fullbatch
-from distlstm.bptt.tasks import LONG_LAG_PROBLEMS, CharStreamTask, LongLagTask
+from distlstm.bptt.tasks import LONG_LAG_PROBLEMS, CharStreamTask, LongLagTask, WordStreamTask
 from distlstm.data.text import SHAKESPEARE_TRAGEDIES
+from distlstm.data.words import SHAKESPEARE_COMPLETE
 from distlstm.runtime.dist import process_group, worker_env
 
-TASKS = ("char-lm", *LONG_LAG_PROBLEMS)
+TASKS = ("char-lm", "word-lm", *LONG_LAG_PROBLEMS)
+LM_TASKS = ("char-lm", "word-lm")
 DESCRIPTION = """\
 Synchronous data-parallel training with back-propagation through time. Every worker
 holds a model replica and its own part of each global batch; gradients are averaged by
@@ -28,7 +30,14 @@ process with W times the batch. Run alone, or with torchrun for several workers:
 Tasks: char-lm (next-character prediction on a text: the text is cut into one
 contiguous shard per worker, each shard into --batch streams read in windows of
 --window characters, the LSTM state carried from window to window and reset at each
-epoch) and adding / multiplication (Hochreiter & Schmidhuber's long-lag problems:
+epoch), word-lm (Kuchaiev & Ginsburg's word language model on Shakespeare's
+complete works split by play: embedding p = --proj, two projected layers of --hidden
+cells — --cell lstmp, flstm --cell-opt rank=R, glstm --cell-opt groups=K or groups=4,8
+per layer — sampled softmax of --samples candidates, e.g.
+
+  distlstm train --task word-lm --cell glstm --cell-opt groups=2 --optimizer adagrad --lr 0.2 --seconds 300
+
+) and adding / multiplication (Hochreiter & Schmidhuber's long-lag problems:
 minibatches of --batch independent variable-length sequences per worker, full BPTT).
 
 Optimizers: sgd, momentum and adam take minibatch steps (DDP); lbfgs and cg
@@ -48,19 +57,38 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("task and model")
     g.add_argument("--task", choices=TASKS, default="char-lm", help="what to learn")
     g.add_argument("--batch", type=positive_int, default=None,
-                   help="per worker: streams (char-lm, default 16) or sequences (long-lag, default 100)")
-    g.add_argument("--hidden", type=positive_int, default=None, help="hidden units (default 128 char-lm, 4 long-lag)")
+                   help="per worker: streams (char-lm 16, word-lm 32) or sequences (long-lag, default 100)")
+    g.add_argument("--hidden", type=positive_int, default=None,
+                   help="hidden units n (default 128 char-lm, 512 word-lm, 4 long-lag)")
     g.add_argument("--dtype", choices=["float32", "float64"], default=None,
                    help="parameter precision (default float32 char-lm; long-lag always float64)")
-    g = p.add_argument_group("char-lm")
-    g.add_argument("--text", default=str(SHAKESPEARE_TRAGEDIES), help="UTF-8 text (default: the shipped tragedies)")
-    g.add_argument("--window", type=positive_int, default=64, help="truncated-BPTT window k (characters)")
-    g.add_argument("--layers", type=positive_int, default=1, help="stacked recurrent layers")
-    g.add_argument("--cell", default="lstm", help="cell: lstm, peephole, sharpened, flstm, glstm, lstmp, rnn")
+    g = p.add_argument_group("char-lm and word-lm")
+    g.add_argument("--text", default=None, help="UTF-8 text (default: the shipped tragedies for char-lm, the "
+                   "complete works for word-lm)")
+    g.add_argument("--window", type=positive_int, default=None,
+                   help="truncated-BPTT window k (default 64 characters, 20 words)")
+    g.add_argument("--layers", type=positive_int, default=None, help="stacked recurrent layers (default 1 char-lm, "
+                   "2 word-lm)")
+    g.add_argument("--cell", default=None, help="cell: lstm, peephole, sharpened, flstm, glstm, lstmp, rnn (default "
+                   "lstm for char-lm, lstmp for word-lm)")
     g.add_argument("--cell-opt", type=cell_option, action="append", default=[], metavar="KEY=VALUE",
-                   help="cell option, repeatable (e.g. rank=64 for flstm, groups=4 for glstm)")
+                   help="cell option, repeatable (e.g. rank=64 for flstm, groups=4 for glstm, groups=4,8 per layer)")
     g.add_argument("--embedding", type=int, default=0, help="embedding width; 0 feeds one-hot characters")
     g.add_argument("--eval-chars", type=positive_int, default=20_000, help="validation characters per evaluation")
+    g = p.add_argument_group("word-lm")
+    w = WordStreamTask.__dataclass_fields__
+    g.add_argument("--proj", type=positive_int, default=w["embedding"].default,
+                   help="p: embedding width and projection size of every layer")
+    g.add_argument("--samples", type=int, default=w["num_sampled"].default,
+                   help="S: sampled-softmax candidates per step (log-uniform); 0 trains with the full softmax")
+    g.add_argument("--vocab-size", type=positive_int, default=w["max_vocab"].default,
+                   help="vocabulary cut-off: the most frequent training types, <unk> included")
+    g.add_argument("--min-count", type=positive_int, default=w["min_count"].default,
+                   help="drop types seen fewer times in the training split")
+    g.add_argument("--dropout", type=float, default=w["dropout"].default,
+                   help="dropout on the embedding, between layers and on the output")
+    g.add_argument("--eval-tokens", type=positive_int, default=w["eval_tokens"].default,
+                   help="validation tokens per evaluation (full softmax)")
     g = p.add_argument_group("long-lag (adding, multiplication)")
     g.add_argument("--min-len", type=positive_int, default=100, help="minimal sequence length T")
     g.add_argument("--train-size", type=positive_int, default=10_000, help="training sequences")
@@ -70,7 +98,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation")
     d = DDPConfig()
     g.add_argument("--optimizer", choices=OPTIMIZERS + METHODS, default=d.optimizer,
-                   help="sgd, momentum (SGD + momentum), adam; full-batch lbfgs or cg (long-lag tasks)")
+                   help="sgd, momentum (SGD + momentum), adam, adagrad (initial accumulator 1.0, the "
+                        "paper's word LM: --lr 0.2); full-batch lbfgs or cg (long-lag tasks)")
     g.add_argument("--lr", type=float, default=d.lr, help="learning rate")
     g.add_argument("--momentum", type=float, default=d.momentum, help="momentum (--optimizer momentum)")
     g.add_argument("--clip", type=float, default=d.clip, help="max gradient norm; 0 turns clipping off")
@@ -91,10 +120,27 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def build_task(args: argparse.Namespace, rank: int, world_size: int) -> CharStreamTask | LongLagTask:
+def build_task(args: argparse.Namespace, rank: int,
+               world_size: int) -> CharStreamTask | WordStreamTask | LongLagTask:
+    if args.task == "word-lm":
+        if args.samples < 0:
+            raise ValueError(f"--samples must be 0 (full softmax) or positive, got {args.samples}")
+        if not 0.0 <= args.dropout < 1.0:
+            raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
+        try:
+            return WordStreamTask(rank=rank, world_size=world_size, text=args.text or str(SHAKESPEARE_COMPLETE),
+                                  streams=args.batch or 32, window=args.window or 20, embedding=args.proj,
+                                  hidden=args.hidden or 512, layers=args.layers or 2, cell=args.cell or "lstmp",
+                                  cell_options=dict(args.cell_opt), dropout=args.dropout, num_sampled=args.samples,
+                                  max_vocab=args.vocab_size, min_count=args.min_count,
+                                  dtype=args.dtype or "float32", eval_tokens=args.eval_tokens)
+        except ValueError as err:
+            raise ValueError(f"{err} (flags: --samples, --vocab-size, --min-count, --text, --batch, "
+                             "--window)") from err
     if args.task == "char-lm":
-        return CharStreamTask(rank=rank, world_size=world_size, text=args.text, streams=args.batch or 16,
-                              window=args.window, hidden=args.hidden or 128, layers=args.layers, cell=args.cell,
+        return CharStreamTask(rank=rank, world_size=world_size, text=args.text or str(SHAKESPEARE_TRAGEDIES),
+                              streams=args.batch or 16, window=args.window or 64, hidden=args.hidden or 128,
+                              layers=args.layers or 1, cell=args.cell or "lstm",
                               embedding=args.embedding, cell_options=dict(args.cell_opt),
                               dtype=args.dtype or "float32", eval_chars=args.eval_chars)
     if args.dtype == "float32":
@@ -104,20 +150,20 @@ def build_task(args: argparse.Namespace, rank: int, world_size: int) -> CharStre
                        hidden=args.hidden or 4, alpha=args.alpha, data_seed=args.data_seed)
 
 
-def task_settings(task: CharStreamTask | LongLagTask) -> dict[str, Any]:
+def task_settings(task: CharStreamTask | WordStreamTask | LongLagTask) -> dict[str, Any]:
     """The task's options that a resumed run must share (its data and model)."""
-    return {k: v for k, v in asdict(task).items() if k not in ("rank", "eval_chars", "test_size")}
+    return {k: v for k, v in asdict(task).items() if k not in ("rank", "eval_chars", "eval_tokens", "test_size")}
 
 
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
     env = worker_env()
     full_batch = args.optimizer in METHODS
     if full_batch:
-        if args.task == "char-lm":
+        if args.task in LM_TASKS:
             raise ValueError(f"--optimizer {args.optimizer} is full-batch and trains the long-lag tasks "
-                             "(--task adding or multiplication); use sgd, momentum or adam for char-lm")
+                             f"(--task adding or multiplication); use sgd, momentum, adam or adagrad for {args.task}")
         if args.resume or args.amp:
-            raise ValueError(f"--resume and --amp apply to sgd, momentum and adam, not to {args.optimizer}")
+            raise ValueError(f"--resume and --amp apply to sgd, momentum, adam and adagrad, not to {args.optimizer}")
         fb_cfg = FullBatchConfig(method=args.optimizer, steps=args.steps, max_iter=args.max_iter,
                                  history_size=args.history, seconds=args.seconds)
     else:

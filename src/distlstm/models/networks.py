@@ -4,6 +4,8 @@
   one scalar per variable-length sequence; the model the online filters train.
 * :class:`CharLM` — a character language model (one-hot or embedded input, recurrent
   stack, softmax head); the model of the ES and data-parallel language-model work.
+* :class:`WordLM` — Kuchaiev & Ginsburg's word language model: embedding of size p,
+  two projected recurrent layers (LSTMP, F-LSTM, G-LSTM), sampled softmax in training.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from torch import Tensor, nn
 
 from distlstm._checks import check_ndim, check_positive_int, is_transformed
 from distlstm.models.cells import State
-from distlstm.models.heads import POOLINGS, RegressionHead, SoftmaxHead, pool
+from distlstm.models.heads import POOLINGS, RegressionHead, SoftmaxHead, pool, sequence_cross_entropy
 from distlstm.models.sequence import LSTM
+from distlstm.models.softmax import LogUniformSampler, sampled_softmax_loss
 
 
 class SequenceRegressor(nn.Module):
@@ -78,7 +81,71 @@ def sequence_nats(forward: Callable[[Tensor, State | None], tuple[Tensor, State]
     return total / count
 
 
-class CharLM(nn.Module):
+def check_ids(ids: Tensor, vocab_size: int) -> None:
+    """Integer ids inside [0, vocab_size)."""
+    if ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"ids must be an integer tensor, got dtype {ids.dtype}")
+    if not is_transformed(ids) and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise ValueError(f"ids must lie in [0, {vocab_size}) (the vocabulary), "
+                         f"got min {int(ids.min())}, max {int(ids.max())}")
+
+
+class _Generates(nn.Module):
+    """``generate``: continue a prompt with a model whose ``forward(ids, state)`` returns ``(logits, state)``."""
+
+    @torch.no_grad()
+    def generate(self, prompt: Tensor, length: int, *, temperature: float = 1.0,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """``length`` ids after ``prompt`` (P,) ids; returns (length,) ids.
+
+        Each id is drawn from softmax(logits / temperature) with ``generator``;
+        ``temperature=0`` decodes greedily (argmax, deterministic).
+        """
+        check_ndim(prompt, (1,), "prompt", "(length,)")
+        if len(prompt) == 0:
+            raise ValueError("prompt must hold at least one id")
+        if not temperature >= 0:
+            raise ValueError(f"temperature must be positive, or 0 for greedy decoding; got {temperature}")
+        logits, state = self(prompt.unsqueeze(0))
+        out = []
+        for _ in range(length):
+            last = logits[0, -1]
+            if temperature == 0:
+                nxt = last.argmax().view(1)
+            else:
+                nxt = torch.multinomial(torch.softmax(last / temperature, -1), 1, generator=generator)
+            out.append(nxt)
+            logits, state = self(nxt.view(1, 1), state)
+        return torch.cat(out) if out else prompt.new_empty(0)
+
+
+@torch.no_grad()
+def stream_nats(forward: Callable[[Tensor, State | None], tuple[Tensor, State]], ids: Tensor, streams: int = 16,
+                window: int = 64) -> float:
+    """Mean next-id cross-entropy (nats) over an id sequence (L,) read as ``streams`` parallel streams.
+
+    The L − 1 predictions are cut into ``streams`` contiguous pieces (the last
+    (L − 1) mod streams are dropped), each read in windows with the state carried, so
+    the sum runs over every kept prediction once; perplexity = e^result. Many short
+    streams make a large-vocabulary evaluation one batched call per window instead of
+    one per token (each stream starts from the zero state).
+    """
+    if len(ids) < 2:
+        raise ValueError(f"need at least 2 ids to score next-id predictions, got {len(ids)}")
+    streams = min(check_positive_int(streams, "streams"), len(ids) - 1)
+    n = (len(ids) - 1) // streams
+    x_all = ids[: streams * n].view(streams, n)
+    y_all = ids[1 : streams * n + 1].view(streams, n)
+    state: State | None = None
+    total = 0.0
+    for start in range(0, n, check_positive_int(window, "window")):
+        logits, state = forward(x_all[:, start : start + window], state)
+        y = y_all[:, start : start + window]
+        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"))
+    return total / (streams * n)
+
+
+class CharLM(_Generates):
     """Character language model: one-hot (or embedded) ids → recurrent stack → logits.
 
     Args:
@@ -100,11 +167,7 @@ class CharLM(nn.Module):
         self.head = SoftmaxHead(self.rnn.output_size, vocab_size)
 
     def embed(self, ids: Tensor) -> Tensor:
-        if ids.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"ids must be an integer tensor, got dtype {ids.dtype}")
-        if not is_transformed(ids) and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
-            raise ValueError(f"ids must lie in [0, {self.vocab_size}) (the vocabulary), "
-                             f"got min {int(ids.min())}, max {int(ids.max())}")
+        check_ids(ids, self.vocab_size)
         if self.embedding is not None:
             return self.embedding(ids)
         dtype = self.head.linear.weight.dtype
@@ -116,24 +179,81 @@ class CharLM(nn.Module):
         assert isinstance(y, Tensor)
         return self.head(y), state
 
-    @torch.no_grad()
-    def generate(self, prompt: Tensor, length: int, *, temperature: float = 1.0,
-                 generator: torch.Generator | None = None) -> Tensor:
-        """Sample ``length`` ids after ``prompt`` (P,) ids; returns (length,) ids.
 
-        Each id is drawn from softmax(logits / temperature) with ``generator``.
-        """
-        check_ndim(prompt, (1,), "prompt", "(length,)")
-        if len(prompt) == 0:
-            raise ValueError("prompt must hold at least one id")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        logits, state = self(prompt.unsqueeze(0))
-        out = []
-        for _ in range(length):
-            probs = torch.softmax(logits[0, -1] / temperature, -1)
-            nxt = torch.multinomial(probs, 1, generator=generator)
-            out.append(nxt)
-            logits, state = self(nxt.view(1, 1), state)
-        return torch.cat(out) if out else prompt.new_empty(0)
 
+def inverted_dropout(x: Tensor, rate: float, generator: torch.Generator | None) -> Tensor:
+    """Zero each element with probability ``rate`` (mask drawn with ``generator``), scale the rest by 1/(1 − rate)."""
+    if rate == 0.0:
+        return x
+    keep = 1.0 - rate
+    return x * torch.bernoulli(torch.full_like(x, keep), generator=generator) / keep
+
+
+class WordLM(_Generates):
+    """Word language model of Kuchaiev & Ginsburg (2017), Fig. 1: embedding → 2 LSTMP-like layers → softmax.
+
+    Args:
+        vocab_size: V (ids ranked by decreasing frequency, as the sampler assumes).
+        embedding_size: p, the embedding width and every layer's projection size.
+        hidden_size: n, cell units per layer (the paper: n = 8p).
+        num_layers: recurrent layers (the paper: 2).
+        cell: ``lstmp`` (BIGLSTM), ``flstm`` (with ``rank``) or ``glstm`` (with ``groups``,
+            a tuple for per-layer groups such as ``(4, 8)``).
+        dropout: rate on the embedding output, between layers and on the top output
+            (Zaremba et al. 2014); masks drawn with ``dropout_generator``.
+        num_sampled: S candidates of the sampled softmax in training; 0 trains with the full softmax.
+        forget_bias: initial forget-gate bias (Jozefowicz et al.: 1).
+        **cell_options: passed to :class:`distlstm.LSTM` (``rank``, ``groups``, ``single_bias`` …).
+
+    ``forward(ids, state)`` returns ``(logits (B, T, V), state)``; with ``targets`` it
+    returns ``(loss, state)``: the sampled-softmax loss (candidates drawn with
+    ``generator``) in training mode with S > 0, the full cross-entropy otherwise.
+    """
+
+    def __init__(self, vocab_size: int, embedding_size: int, hidden_size: int, num_layers: int = 2,
+                 cell: str = "lstmp", dropout: float = 0.0, num_sampled: int = 0, forget_bias: float = 1.0,
+                 **cell_options: Any) -> None:
+        super().__init__()
+        self.vocab_size = check_positive_int(vocab_size, "vocab_size")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if num_sampled < 0:
+            raise ValueError(f"num_sampled must be 0 (full softmax) or positive, got {num_sampled}")
+        if num_sampled > vocab_size:
+            raise ValueError(f"num_sampled={num_sampled} sampled classes are more than the vocabulary of "
+                             f"{vocab_size} words; use at most {vocab_size} (or 0 for the full softmax)")
+        self.dropout, self.num_sampled = float(dropout), num_sampled
+        self.embedding = nn.Embedding(vocab_size, check_positive_int(embedding_size, "embedding_size"))
+        self.rnn = LSTM(embedding_size, hidden_size, num_layers, batch_first=True, dropout=dropout,
+                        proj_size=embedding_size, cell=cell, **cell_options)
+        self.rnn.fill_forget_bias_(forget_bias)
+        self.head = SoftmaxHead(self.rnn.output_size, vocab_size)
+        self.sampler = LogUniformSampler(vocab_size)
+        self.dropout_generator: torch.Generator | None = None
+
+    def hidden(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """Top-layer outputs (B, T, p) after dropout, and the carried state."""
+        check_ndim(ids, (2,), "ids", "(batch, time)")
+        check_ids(ids, self.vocab_size)
+        rate = self.dropout if self.training else 0.0
+        x = inverted_dropout(self.embedding(ids), rate, self.dropout_generator)
+        self.rnn.dropout_generator = self.dropout_generator
+        y, state = self.rnn(x, state)
+        assert isinstance(y, Tensor)
+        return inverted_dropout(y, rate, self.dropout_generator), state
+
+    def forward(self, ids: Tensor, state: State | None = None, targets: Tensor | None = None,
+                generator: torch.Generator | None = None) -> tuple[Tensor, State]:
+        y, state = self.hidden(ids, state)
+        if targets is None:
+            return self.head(y), state
+        if targets.shape != ids.shape:
+            raise ValueError(f"targets: expected shape {tuple(ids.shape)}, got {tuple(targets.shape)}")
+        if not (self.training and self.num_sampled):
+            return sequence_cross_entropy(self.head(y), targets), state
+        if generator is None:
+            raise ValueError("the sampled softmax needs a torch.Generator to draw its candidates (generator=)")
+        candidates = self.sampler.sample(self.num_sampled, generator)
+        lin = self.head.linear
+        return sampled_softmax_loss(lin.weight, lin.bias, y.flatten(0, 1), targets.flatten(), candidates,
+                                    self.sampler), state

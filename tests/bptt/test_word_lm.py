@@ -1,0 +1,128 @@
+"""The word-lm task: 2 workers equal one process with twice the streams; checkpoints that sampling rebuilds."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from distlstm.bptt.ddp import DDPConfig, train_ddp
+from distlstm.bptt.tasks import WordStreamTask
+from distlstm.cli import main
+from distlstm.data.words import SHAKESPEARE_COMPLETE
+from distlstm.experiments.sampling import sample_text
+from distlstm.runs import load_checkpoint
+from tests.bptt.test_ddp import free_port, theta
+
+CFG = DDPConfig(optimizer="adagrad", lr=0.2, clip=0.5, steps=6, eval_every=3, checkpoint_every=4, seed=1)
+
+
+def text_file(folder: Path) -> str:
+    path = Path(folder, "words.txt")
+    lines = SHAKESPEARE_COMPLETE.read_text(encoding="utf-8").splitlines()[200:1400]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def word_task(text: str, rank: int = 0, world: int = 1, streams: int = 4) -> WordStreamTask:
+    return WordStreamTask(rank=rank, world_size=world, text=text, streams=streams, window=6, embedding=8, hidden=32,
+                          cell="glstm", cell_options={"groups": (2, 4)}, dropout=0.0, num_sampled=40,
+                          max_vocab=300, dtype="float64", eval_tokens=100)
+
+
+def _worker(rank: int, world: int, port: int, text: str, out: str, cfg: DDPConfig = CFG) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    losses: list[float] = []
+    train_ddp(word_task(text, rank, world, streams=2), cfg, Path(out), rank=rank, world_size=world,
+              show_progress=False, on_step=lambda _s, v: losses.append(v))
+    Path(out, f"losses{rank}.json").write_text(json.dumps(losses))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.multiprocess
+def test_two_workers_take_the_steps_of_one_process_with_twice_the_streams(tmp_path: Path) -> None:
+    text = text_file(tmp_path)
+    single: list[float] = []
+    train_ddp(word_task(text, streams=4), CFG, tmp_path / "single", show_progress=False,
+              on_step=lambda _s, v: single.append(v))
+    mp.spawn(_worker, args=(2, free_port(), text, str(tmp_path / "ddp")), nprocs=2, join=True)
+    torch.testing.assert_close(theta(tmp_path / "ddp"), theta(tmp_path / "single"), atol=1e-9, rtol=0)
+    for rank in range(2):  # every worker used the same sampled candidates and saw the global mean loss
+        assert json.loads(Path(tmp_path, "ddp", f"losses{rank}.json").read_text()) == pytest.approx(single, rel=1e-9)
+
+
+@pytest.mark.multiprocess
+def test_a_time_budget_stops_every_worker_at_the_same_step(tmp_path: Path) -> None:
+    cfg = DDPConfig(optimizer="adam", steps=10**6, seconds=0.5, eval_every=10**6, checkpoint_every=10**6, seed=0)
+    mp.spawn(_worker, args=(2, free_port(), text_file(tmp_path), str(tmp_path / "ddp"), cfg), nprocs=2, join=True)
+    steps = [len(json.loads(Path(tmp_path, "ddp", f"losses{rank}.json").read_text())) for rank in range(2)]
+    assert steps[0] == steps[1] > 0  # no worker left waiting in an all-reduce
+
+
+def test_candidates_depend_on_the_step_and_seed_only(tmp_path: Path) -> None:
+    task = word_task(text_file(tmp_path))
+    model = task.build_model(0)
+    losses = []
+    for _ in range(2):
+        batch = task.batch(5, seed=3)
+        losses.append(task.loss(model, batch, None)[0].item())
+    assert losses[0] == losses[1]
+    task.batch(6, seed=3)
+    assert task.loss(model, task.batch(5, seed=3), None)[0].item() == losses[0]
+
+
+def test_more_samples_than_words_is_an_error_naming_both(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"num_sampled=999.*vocabulary of 300"):
+        WordStreamTask(text=text_file(tmp_path), num_sampled=999, max_vocab=300)
+
+
+def test_sampling_from_train_checkpoints_of_the_char_and_word_models(tmp_path: Path, capsys) -> None:
+    text = text_file(tmp_path)
+    common = ["--steps", "3", "--eval-every", "3", "--no-progress", "--text", text, "--batch", "2", "--window", "5"]
+    assert main(["train", "--task", "word-lm", "--proj", "8", "--hidden", "32", "--samples", "20", "--vocab-size",
+                 "200", "--cell", "flstm", "--cell-opt", "rank=4", "--eval-tokens", "50", "--out",
+                 str(tmp_path / "w"), *common]) == 0
+    assert main(["train", "--task", "char-lm", "--hidden", "16", "--eval-chars", "100", "--out", str(tmp_path / "c"),
+                 *common]) == 0
+    ckpt = load_checkpoint(tmp_path / "w" / "checkpoint.pt")
+    assert ckpt["language_model"]["kind"] == "word-lm" and len(ckpt["language_model"]["vocab"]) == 200
+    words = sample_text(tmp_path / "w" / "checkpoint.pt", "the king", 12, temperature=0.0)
+    assert words.startswith("the king ") and len(words.split()) >= 8
+    assert words == sample_text(tmp_path / "w" / "checkpoint.pt", "the king", 12, temperature=0.0, seed=5)
+    chars = sample_text(tmp_path / "c" / "checkpoint.pt", "the ", 20, temperature=1.0)
+    assert chars.startswith("the ") and len(chars) == 24
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(tmp_path / "w" / "checkpoint.pt"), "--prompt", "the king", "--greedy",
+                 "--length", "12"]) == 0
+    assert capsys.readouterr().out.strip() == words.strip()
+    # unknown prompt symbols: an error naming them and the flag, or replaced
+    assert main(["sample", "--checkpoint", str(tmp_path / "w" / "checkpoint.pt"), "--prompt",
+                 "the zyzzyva", "--length", "3"]) == 2
+    assert "'zyzzyva'" in (err := capsys.readouterr().err) and "--unknown replace" in err
+    assert main(["sample", "--checkpoint", str(tmp_path / "w" / "checkpoint.pt"), "--prompt", "the zyzzyva",
+                 "--length", "3", "--unknown", "replace"]) == 0
+    assert main(["sample", "--checkpoint", str(tmp_path / "w" / "checkpoint.pt"), "--prompt", "zyzzyva qwxy",
+                 "--unknown", "replace"]) == 2
+    assert "every word of the prompt" in capsys.readouterr().err
+    assert main(["sample", "--checkpoint", str(tmp_path / "c" / "checkpoint.pt"), "--prompt", "the \u00e6",
+                 "--length", "3"]) == 2
+    assert "--unknown replace" in capsys.readouterr().err
+
+
+def test_word_lm_cli_errors_name_the_flag(tmp_path: Path, capsys) -> None:
+    text = text_file(tmp_path)
+    assert main(["train", "--task", "word-lm", "--text", text, "--samples", "5000", "--vocab-size", "300",
+                 "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert "--samples" in (err := capsys.readouterr().err) and "5000" in err
+    assert main(["train", "--task", "word-lm", "--text", text, "--min-count", "100000", "--out",
+                 str(tmp_path / "x"), "--no-progress"]) == 2
+    assert "min_count=100000" in (err := capsys.readouterr().err) and "--min-count" in err
