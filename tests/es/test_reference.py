@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -80,7 +82,7 @@ def test_worker_slices_of_the_noise_concatenate_to_the_population(population, wo
     """Any split of the members into contiguous worker ranges regenerates exactly the full population's ε."""
     full = population_noise(seed, generation, range(population), 5, mirrored, D)
     bounds = sorted({0, population, *(population * w // workers for w in range(workers))})
-    parts = [population_noise(seed, generation, range(a, b), 5, mirrored, D) for a, b in zip(bounds, bounds[1:])]
+    parts = [population_noise(seed, generation, range(a, b), 5, mirrored, D) for a, b in pairwise(bounds)]
     assert torch.equal(torch.cat(parts), full)
     if mirrored:
         assert torch.equal(full[1::2], -full[0::2])
