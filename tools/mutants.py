@@ -35,7 +35,7 @@ class Mutant(NamedTuple):
 
 KALMAN_TESTS = ("tests/ops/test_kalman.py", "tests/test_properties.py", "tests/online/test_filters.py")
 ES_TESTS = ("tests/es/test_strategy.py", "tests/es/test_reference.py")
-DPF_TESTS = ("tests/online/test_filters.py", "tests/online/test_algorithms.py")
+DPF_TESTS = ("tests/online/test_dpf_exponent.py", "tests/online/test_filters.py")
 RESAMPLING_TESTS = ("tests/ops/test_resampling.py", "tests/test_properties.py")
 MUTANTS = [
     Mutant("kalman: innovation variance without σ²", "ops/kalman.py", "r = H @ u + sigma2", "r = H @ u + 0.0 * sigma2",
