@@ -123,3 +123,19 @@ def test_evotorch_table_rendering():
     text = render_evotorch([EvoRow("distlstm OpenAI-ES, 1 process, batched population", 4000.0),
                             EvoRow("EvoTorch PGPE, NEProblem, 1 process", 1000.0)])
     assert "| distlstm OpenAI-ES, 1 process, batched population | 4,000 | 4.00 |" in text
+
+
+@pytest.mark.slow
+def test_bench_es_bptt_and_compile_sections_end_to_end(tmp_path):
+    """The worker benchmarks start real torchrun runs; --compile times torch.compile of the loop (minutes)."""
+    out = tmp_path / "B.md"
+    assert main(["bench", "--quick", "--repeats", "1", "--sections", "es,bptt", "--output", str(out),
+                 "--notes", str(tmp_path / "none")]) == 0
+    text = out.read_text()
+    assert "distlstm bench --quick --sections es,bptt" in text
+    for row in ("| 1 worker × 1 thread |", "| 2 workers × 1 thread |", "| 1 worker × 2 threads |"):
+        assert text.count(row) >= 3, row  # ES, DDP and L-BFGS worker tables
+    compiled = tmp_path / "C.md"
+    assert main(["bench", "--quick", "--compile", "--repeats", "1", "--sections", "cells", "--output", str(compiled),
+                 "--notes", str(tmp_path / "none")]) == 0
+    assert "lstm, torch.compile of the loop" in compiled.read_text()
