@@ -92,7 +92,7 @@ def test_lstm_on_the_gpu_equals_the_cpu_and_cudnn(name):
     x = torch.randn(3, 7, 5)
     lengths = torch.tensor([7, 4, 1])
     y_cpu, _ = cpu(x, lengths=lengths)
-    y_gpu, _ = gpu(x.cuda(), lengths=lengths.cuda())
+    y_gpu, _ = gpu(x.cuda(), lengths=lengths)  # CPU lengths, as nn.LSTM takes them
     torch.testing.assert_close(y_gpu.cpu(), y_cpu, atol=1e-5, rtol=1e-4)
     if name == "lstm":
         ref = torch.nn.LSTM(5, 8, 2, batch_first=True).cuda()
