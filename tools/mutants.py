@@ -74,7 +74,7 @@ MUTANTS = [
     Mutant("residual resampling rounds instead of flooring", "ops/resampling.py", "copies = torch.floor(M * W).long()",
            "copies = torch.round(M * W).long()", RESAMPLING_TESTS),
     Mutant("PF likelihood without the 1/2", "online/pf.py", "return -0.5 * (d - h) ** 2 / sigma2",
-           "return -(d - h) ** 2 / sigma2", ("tests/online/test_filters.py",)),
+           "return -(d - h) ** 2 / sigma2", ("tests/online/test_likelihood.py", "tests/online/test_filters.py")),
     Mutant("SGD clipping ignored", "online/sgd.py", "if norm > cfg.max_step:", "if norm > 2 * cfg.max_step:",
            ("tests/online/test_sgd.py",)),
 ]
