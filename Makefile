@@ -10,7 +10,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint bench bench-evotorch clean
+.PHONY: install demo test test-slow gpu-check lint bench bench-evotorch clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	@$(BIN)/python -m pytest -q -m slow; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test-slow: pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+# On a CUDA machine: NCCL collectives, GPU vs CPU/cuDNN outputs, AMP, then the cell table on the GPU.
+gpu-check: $(STAMP)
+	$(BIN)/python tools/gpu_check.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

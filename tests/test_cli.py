@@ -5,20 +5,52 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from distlstm.cli import main
+from distlstm.cli import build_parser, main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "distlstm.cli", *args], capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("command", [[], ["info"], ["bench"], ["demo"], ["train"]])
-def test_every_command_has_help(command):
-    result = run_cli(*command, "--help")
+def subcommands() -> dict:
+    parser = build_parser()
+    return dict(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+
+
+COMMANDS = ["bench", "demo", "es", "info", "online", "reproduce", "sample", "train"]
+
+
+def test_the_command_list_is_the_documented_one():
+    assert sorted(subcommands()) == COMMANDS
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert all(f"distlstm {name}" in readme for name in COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_for_every_flag(command, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: distlstm {command}")
+    sub = subcommands()[command]
+    assert sub.description, f"distlstm {command} has no description"
+    for action in sub._actions:
+        if action.dest == "help":
+            continue
+        assert action.help and action.help.strip(), f"distlstm {command}: {action.option_strings} has no help"
+        name = action.option_strings[-1] if action.option_strings else (action.metavar or "{")
+        assert name in text, name
+
+
+def test_the_installed_entry_point_answers_help():
+    result = run_cli("--help")
     assert result.returncode == 0 and "usage: distlstm" in result.stdout
+    assert all(name in result.stdout for name in COMMANDS)
 
 
 def test_info_reports_backends(capsys):
@@ -91,3 +123,19 @@ def test_evotorch_table_rendering():
     text = render_evotorch([EvoRow("distlstm OpenAI-ES, 1 process, batched population", 4000.0),
                             EvoRow("EvoTorch PGPE, NEProblem, 1 process", 1000.0)])
     assert "| distlstm OpenAI-ES, 1 process, batched population | 4,000 | 4.00 |" in text
+
+
+@pytest.mark.slow
+def test_bench_es_bptt_and_compile_sections_end_to_end(tmp_path):
+    """The worker benchmarks start real torchrun runs; --compile times torch.compile of the loop (minutes)."""
+    out = tmp_path / "B.md"
+    assert main(["bench", "--quick", "--repeats", "1", "--sections", "es,bptt", "--output", str(out),
+                 "--notes", str(tmp_path / "none")]) == 0
+    text = out.read_text()
+    assert "distlstm bench --quick --sections es,bptt" in text
+    for row in ("| 1 worker × 1 thread |", "| 2 workers × 1 thread |", "| 1 worker × 2 threads |"):
+        assert text.count(row) >= 3, row  # ES, DDP and L-BFGS worker tables
+    compiled = tmp_path / "C.md"
+    assert main(["bench", "--quick", "--compile", "--repeats", "1", "--sections", "cells", "--output", str(compiled),
+                 "--notes", str(tmp_path / "none")]) == 0
+    assert "lstm, torch.compile of the loop" in compiled.read_text()

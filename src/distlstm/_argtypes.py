@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def positive_int(text: str) -> int:
@@ -27,6 +28,9 @@ def cell_option(text: str) -> tuple[str, float | int | tuple[int, ...]]:
         return key, int(raw)
     except ValueError:
         try:
-            return key, float(raw)
+            value = float(raw)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"the value of {key} must be a number, got {raw!r}") from None
+            value = math.nan
+        if not math.isfinite(value):  # nan and inf parse as floats but are no cell setting
+            raise argparse.ArgumentTypeError(f"the value of {key} must be a finite number, got {raw!r}") from None
+        return key, value

@@ -33,10 +33,12 @@ def data():
 def test_full_batch_methods_learn_the_adding_problem(method):
     net = model()
     first = fullbatch_closure(net, data(), len(data()))().item()
+    forwards = [0]
+    net.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
     result = train_fullbatch(net, data(), FullBatchConfig(method=method, steps=30 if method == "cg" else 5,
                                                           max_iter=10))
     assert result.losses[-1] < 0.5 * first
-    assert result.evaluations >= len(result.losses)
+    assert result.evaluations == forwards[0] > len(result.losses)  # counted: one full-batch forward each
     # the reported loss is the loss at the final θ
     assert result.losses[-1] == pytest.approx(fullbatch_closure(net, data(), len(data()))().item(), rel=1e-12)
 
@@ -67,8 +69,13 @@ def test_a_failing_line_search_is_reported_not_raised(method):
     net = model()
     for p in net.parameters():
         p.register_hook(lambda g: -g)  # the gradient points uphill: no step can decrease the loss
+    before = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    start = fullbatch_closure(model(), data(), len(data()))().item()
     result = train_fullbatch(net, data(), FullBatchConfig(method=method, steps=5, max_iter=5))
     assert "line search" in result.status
+    # unlike a converged run, θ never moved off its start and no loss below the first is reported
+    torch.testing.assert_close(torch.cat([p.detach().reshape(-1) for p in net.parameters()]), before)
+    assert len(result.losses) <= 1 and all(loss == pytest.approx(start, rel=1e-12) for loss in result.losses)
 
 
 def test_the_callback_and_the_time_budget_stop_the_run():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from distlstm.data.partition import epoch_batches, partition_stream
@@ -13,8 +13,7 @@ from distlstm.data.partition import epoch_batches, partition_stream
 @settings(max_examples=40, deadline=None)
 @given(length=st.integers(40, 400), world=st.integers(1, 4), streams=st.integers(1, 4), window=st.integers(1, 6))
 def test_worker_shards_are_the_single_process_streams(length, world, streams, window):
-    if length < world * streams * window:
-        return
+    assume(length >= world * streams * window)
     ids = torch.arange(length)
     single = partition_stream(ids, ids + 1, rank=0, world_size=1, streams=world * streams, window=window)
     shards = [partition_stream(ids, ids + 1, rank=r, world_size=world, streams=streams, window=window)

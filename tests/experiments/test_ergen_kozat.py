@@ -7,7 +7,8 @@ import json
 import pytest
 
 from distlstm.cli import main
-from distlstm.experiments.ergen_kozat import ErgenKozatConfig, pairwise_agreement, run
+from distlstm.experiments.ergen_kozat import ErgenKozatConfig, compare_with_paper, pairwise_agreement, run
+from distlstm.experiments.online_runs import RunSummary
 
 KEYS = {"algorithm", "final_mse", "mse_naive", "seconds_per_step", "bytes_per_node_per_step"}
 
@@ -15,6 +16,43 @@ KEYS = {"algorithm", "final_mse", "mse_naive", "seconds_per_step", "bytes_per_no
 def test_pairwise_agreement():
     assert pairwise_agreement(["a", "b", "c"], ("a", "b", "c")) == (3, 3)
     assert pairwise_agreement(["c", "b", "a"], ("a", "b", "c")) == (0, 3)
+    assert pairwise_agreement(["b", "a", "c"], ("a", "b", "c")) == (2, 3)  # only (a, b) is swapped
+    assert pairwise_agreement(["c", "a"], ("a", "b", "c")) == (0, 1)  # pairs with a missing name do not count
+
+
+def summary(dataset, algorithm, final_mse, mean_running_mse=1.0):
+    return RunSummary(dataset=dataset, algorithm=algorithm, final_mse=final_mse, mse_naive=1.0, running_mse_end=1.0,
+                      mean_running_mse=mean_running_mse, coverage95=0.9, seconds_per_step=0.1,
+                      bytes_per_node_per_step=0.0, messages_per_node_per_step=0.0, skipped_labels=0, steps=10,
+                      n_theta=5, settings={})
+
+
+def sweep_point(axis, value, final_mse, running, seconds):
+    return {"axis": axis, "value": value, "final_mse": final_mse, "mean_running_mse": running,
+            "seconds_per_step": seconds}
+
+
+def test_verdicts_on_hand_made_summaries():
+    # sentences (final MSE, highest first in the paper: ekf > sgd > pf > dekf > dpf): ours swaps sgd and ekf
+    sentences = [summary("sentences", a, m) for a, m in
+                 (("ekf", 0.3), ("sgd", 0.4), ("pf", 0.2), ("dekf", 0.1), ("dpf", 0.05), ("dsgd", 9.0))]
+    # exchange (mean running MSE, fastest first in the paper: dpf, pf, sgd, ekf): ours has pf fastest
+    exchange = [summary("exchange", a, 1.0, r) for a, r in
+                (("sgd", 0.3), ("ekf", 0.4), ("pf", 0.1), ("dsgd", 0.35), ("dekf", 0.5), ("dpf", 0.2))]
+    sweep = [sweep_point("N", 10, 0.5, 0.6, 1.0), sweep_point("N", 20, 0.3, 0.55, 2.0),
+             sweep_point("N", 40, 0.2, 0.45, 3.0),  # MSE gains 0.2 then 0.1 (diminishing); running 0.05 then 0.1
+             sweep_point("K", 4, 0.2, 0.3, 2.0), sweep_point("K", 1, 0.3, 0.2, 1.0),  # given out of order
+             sweep_point("K", 2, 0.1, 0.25, 1.5)]  # by K: 0.3, 0.1, 0.2, not monotone
+    f = compare_with_paper(sentences + exchange, sweep)
+    assert f["sentence_order_ours"] == ["sgd", "ekf", "pf", "dekf", "dpf"]  # dsgd is not in the paper's list
+    assert f["sentence_pairs_agree"] == (9, 10)
+    assert f["exchange_speed_order_ours"] == ["pf", "dpf", "sgd", "dsgd", "ekf", "dekf"]
+    assert f["exchange_dpf_fastest"] is False
+    assert f["exchange_pairs_agree"] == (5, 6)  # only (dpf, pf) is the other way round
+    assert f["sweep_N_mse"] == [0.5, 0.3, 0.2] and f["sweep_N_monotone"] and f["sweep_N_diminishing"]
+    assert f["sweep_N_running_monotone"] and not f["sweep_N_running_diminishing"]
+    assert f["sweep_K_mse"] == [0.3, 0.1, 0.2] and not f["sweep_K_monotone"]
+    assert not f["sweep_K_running_monotone"] and f["sweep_K_time_grows"] and f["sweep_N_time_grows"]
 
 
 def test_tiny_reproduction_writes_the_run_folder(tmp_path):
@@ -38,9 +76,13 @@ def test_online_command_on_a_users_csv(tmp_path):
     out = tmp_path / "run"
     assert main(["online", "--data", str(data), "--algorithm", "dpf", "--nodes", "3", "--topology", "ring",
                  "--particles", "50", "--walk-steps", "2", "--out", str(out), "--no-progress"]) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) >= KEYS and summary["algorithm"] == "dpf" and summary["settings"]["num_particles"] == 50
-    assert summary["bytes_per_node_per_step"] > 0 and (out / "mse.csv").is_file() and (out / "mse.png").is_file()
+    got = json.loads((out / "summary.json").read_text())
+    assert set(got) >= KEYS and got["algorithm"] == "dpf" and (out / "mse.csv").is_file()
+    # every one of a node's N = 50 particles moves at each of the K = 2 walk steps: [θ | log ω] in float64
+    assert got["bytes_per_node_per_step"] == 2 * 50 * (got["n_theta"] + 1) * 8
+    assert got["n_theta"] == 4 * 4 * (1 + 4 + 2) + 4  # LSTM (1 input, 4 units, two biases) and the head w
+    rows = (out / "mse.csv").read_text().splitlines()
+    assert len(rows) == 1 + got["steps"] and got["steps"] == (120 - 2) // 3  # windows of 2, round robin on 3
 
 
 @pytest.mark.parametrize(("args", "message"), [

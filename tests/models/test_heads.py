@@ -44,3 +44,21 @@ def test_char_lm_shapes_and_embedding_option():
         CharLM(5, 3)(torch.zeros(1, 2))
     with pytest.raises(ValueError, match=r"ids must lie in \[0, 5\)"):
         CharLM(5, 3)(torch.tensor([[1, 5]]))
+
+
+@pytest.mark.parametrize("window", [1, 3, 7, 40, 256])
+def test_sequence_nats_across_windows_equals_one_pass(window):
+    """State carried across windows: any window size gives the cross-entropy of one pass over the whole sequence."""
+    import torch.nn.functional as F
+
+    from distlstm.models.networks import CharLM, sequence_nats
+
+    torch.manual_seed(0)
+    model = CharLM(6, 5).double()
+    ids = torch.randint(0, 6, (41,), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits, _ = model(ids[:-1].unsqueeze(0))
+    expected = float(F.cross_entropy(logits[0], ids[1:]))
+    assert sequence_nats(model, ids, window) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="need at least 2 ids"):
+        sequence_nats(model, ids[:1], window)

@@ -58,17 +58,22 @@ def test_carried_state_equals_one_long_run(name):
         torch.testing.assert_close(a, b)
 
 
-def test_dropout_uses_the_given_generator():
+def test_dropout_uses_the_given_generator_and_is_off_in_eval_mode():
+    torch.manual_seed(3)
     model = distlstm.LSTM(3, 4, 3, dropout=0.5, batch_first=True)
+    plain = distlstm.LSTM(3, 4, 3, dropout=0.0, batch_first=True)
+    plain.load_state_dict(model.state_dict())
     x = torch.randn(2, 5, 3)
     outs = []
     for _ in range(2):
         model.dropout_generator = torch.Generator().manual_seed(7)
         outs.append(model(x)[0])
     torch.testing.assert_close(outs[0], outs[1])
-    model.eval()
+    assert not torch.allclose(outs[0], plain(x)[0])  # dropout is really applied in training
     model.dropout_generator = torch.Generator().manual_seed(8)
-    assert not torch.allclose(model.train()(x)[0], outs[0])
+    assert not torch.allclose(model(x)[0], outs[0])  # another generator, another mask
+    model.eval()
+    torch.testing.assert_close(model(x)[0], plain(x)[0])  # eval mode: no dropout, whatever the generator
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import networkx as nx
 import pytest
 import torch
@@ -34,14 +36,22 @@ def test_named_topologies_are_connected_with_stochastic_walks(name):
     torch.testing.assert_close(topo.random_walk_matrix().sum(1), torch.ones(6, dtype=torch.float64))
 
 
-def test_slem_against_numpy_eigenvalues():
-    topo = make_topology("line", 5)
-    eig = torch.linalg.eigvals(topo.random_walk_matrix()).abs().sort(descending=True).values
-    assert topo.slem() == pytest.approx(float(eig[1]), abs=1e-12)
+def test_slem_against_closed_forms_and_eigenvalues():
+    # ring of 5: walk eigenvalues cos(2πj/5), so SLEM = |cos(4π/5)| = cos(π/5); every Metropolis weight is 1/3,
+    # eigenvalues 1/3 + 2/3·cos(2πj/5), of which 1/3 + 2/3·cos(2π/5) ≈ 0.539 has the largest modulus after 1
+    ring5 = make_topology("ring", 5)
+    assert ring5.slem() == pytest.approx(math.cos(math.pi / 5), abs=1e-12)
+    assert ring5.slem("metropolis") == pytest.approx(1 / 3 + 2 / 3 * math.cos(2 * math.pi / 5), abs=1e-12)
+    # the reproduction's irregular graph: against the walk matrix P = D⁻¹A and the Metropolis matrix directly
+    topo = make_topology("edges", 4, edges=parse_edges("0-1,1-2,2-3,3-0,0-2"))
+    for of, matrix in (("walk", topo.random_walk_matrix()), ("metropolis", topo.metropolis_weights())):
+        eig = torch.linalg.eigvals(matrix).abs().sort(descending=True).values
+        assert float(eig[0]) == pytest.approx(1.0, abs=1e-12)
+        assert topo.slem(of) == pytest.approx(float(eig[1]), abs=1e-12)
+        assert topo.slem(of) < 0.99
     # a bipartite graph's walk is periodic: eigenvalue −1; its Metropolis matrix still mixes
     assert make_topology("ring", 4).slem() == pytest.approx(1.0)
-    assert make_topology("ring", 4).slem("metropolis") < 1.0
-    assert make_topology("ring", 5).slem() < 1.0
+    assert make_topology("ring", 4).slem("metropolis") == pytest.approx(1 / 3, abs=1e-12)  # 1/3 + 2/3·cos(π/2)
 
 
 def test_metropolis_by_hand_on_a_line():
@@ -74,8 +84,12 @@ def test_transport_counts_what_it_sends():
     assert sorted(got[0]) == [1, 2, 3] and torch.equal(got[1][0], values[0])
     assert tr.stats.messages == [3, 1, 1, 1] and tr.stats.bytes == [60, 20, 20, 20]
     tr.stats.reset()
-    routed = tr.route({0: {1: torch.ones(2, 3), 2: torch.ones(0, 3)}, 1: {0: torch.zeros(1, 3)}})
-    assert (list(routed[1]) == [0] and 2 not in routed[2]) or routed[2] == {}
+    block = torch.arange(6.0).view(2, 3)
+    routed = tr.route({0: {1: block, 2: torch.ones(0, 3)}, 1: {0: torch.zeros(1, 3)}})
+    assert sorted(routed) == [0, 1, 2, 3]
+    assert list(routed[0]) == [1] and torch.equal(routed[0][1], torch.zeros(1, 3))
+    assert list(routed[1]) == [0] and torch.equal(routed[1][0], block)
+    assert routed[2] == {} and routed[3] == {}  # an empty block is not delivered, nor counted
     assert tr.stats.bytes == [24, 12, 0, 0]
     with pytest.raises(ValueError, match="only send to its neighbours"):
         tr.route({1: {2: torch.ones(1, 3)}})

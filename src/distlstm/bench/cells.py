@@ -44,9 +44,12 @@ def _lstm_loop(xi: Tensor, h: Tensor, c: Tensor, w_hh: Tensor) -> Tensor:
 
 
 def _train_step(model: nn.Module, x: Tensor) -> Callable[[], None]:
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)  # CUDA runs asynchronously: wait to time it
+
     def run() -> None:
         model.zero_grad(set_to_none=True)
         model(x)[0].sum().backward()
+        sync()
 
     return run
 
@@ -131,13 +134,16 @@ class _Compiled(nn.Module):
 
 def bench_cells(hidden_sizes: tuple[int, ...] = (128, 512), batch: int = 64, steps: int = 100,
                 input_size: int = 32, repeats: int = 10, compile: bool = False,
-                progress: Callable[[str], None] | None = None) -> list[CellRow]:
-    """Time forward+backward of every variant against ``nn.LSTM``, per hidden size."""
+                progress: Callable[[str], None] | None = None, device: str = "cpu") -> list[CellRow]:
+    """Time forward+backward of every variant against ``nn.LSTM``, per hidden size.
+
+    On ``device="cuda"`` the baseline ``nn.LSTM`` runs cuDNN's fused kernel.
+    """
     rows: list[CellRow] = []
     for h in hidden_sizes:
         torch.manual_seed(0)
-        x = torch.randn(batch, steps, input_size)
-        variants = cell_variants(h, input_size, compile)
+        x = torch.randn(batch, steps, input_size, device=device)
+        variants = {name: m.to(device) for name, m in cell_variants(h, input_size, compile).items()}
         if progress:
             progress(f"cells, hidden {h}: {len(variants)} variants")
         times = compare({name: _train_step(m, x) for name, m in variants.items()}, repeats=repeats)

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from distlstm.bptt.tasks import Batch
 from distlstm.models.cells import State
 from distlstm.runs import load_checkpoint, plot_curves, save_checkpoint, write_csv, write_json
-from distlstm.runtime.dist import all_gather_cat
+from distlstm.runtime.dist import all_gather_cat, all_reduce_, broadcast_
 
 CHECKPOINT_VERSION = 1
 OPTIMIZERS = ("sgd", "momentum", "adam", "adagrad")
@@ -96,7 +96,7 @@ def make_optimizer(params: Any, cfg: DDPConfig) -> torch.optim.Optimizer:
 def _mean_over_workers(value: Tensor, world_size: int) -> float:
     if world_size > 1:
         value = value.double().clone()
-        dist.all_reduce(value)
+        all_reduce_(value)
         value /= world_size
     return float(value)
 
@@ -282,5 +282,5 @@ def _evaluate(task: Task, model: nn.Module, main: bool, world_size: int, device:
         value[0] = task.evaluate(model)
         model.train()
     if world_size > 1:
-        dist.broadcast(value, 0)
+        broadcast_(value, 0)
     return float(value)

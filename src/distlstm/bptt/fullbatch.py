@@ -39,12 +39,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from distlstm.data.longlag import LongLagData
-from distlstm.runtime.dist import check_same_across_ranks
+from distlstm.runtime.dist import all_reduce_, check_same_across_ranks
 
 METHODS = ("lbfgs", "cg")
 
@@ -53,7 +52,7 @@ def _reduce(loss: Tensor, params: list[nn.Parameter]) -> Tensor:
     """Sum the loss and every gradient over all workers, in one all_reduce."""
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([loss.detach().reshape(1)] + [g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
+    all_reduce_(flat)
     offset = 1
     for p, g in zip(params, grads, strict=True):
         n = g.numel()

@@ -55,6 +55,8 @@ def load_series(path: str | Path, column: str | int | None = None) -> Tensor:
             raise ValueError(f"{path} has {width} columns {names}; choose one with column=")
         index = 0
     elif isinstance(column, int):
+        if column < 0:  # Python would count from the end (or fail with an IndexError)
+            raise ValueError(f"column index must be ≥ 0, got {column} (for {path})")
         index = column
     else:
         if header is None or column not in header:

@@ -64,10 +64,10 @@ def run_series(args: argparse.Namespace) -> dict[str, Any]:
                 if getattr(args, flag) is not None}
     known = set(DEFAULT_SETTINGS[args.algorithm]) | ({"resampling", "ess_threshold"} if "pf" in args.algorithm
                                                       else set())
+    if args.joseph:  # an error below for the algorithms without a covariance, as every other flag
+        settings["joseph"] = True
     if args.algorithm in ("ekf", "dekf"):
         known.add("joseph")
-        if args.joseph:
-            settings["joseph"] = True
     if args.stateful:
         if args.algorithm != "ekf":
             raise ValueError(f"--stateful applies to ekf only, not {args.algorithm}")

@@ -185,7 +185,7 @@ def parse_edges(text: str) -> list[tuple[int, int]]:
         if not part:
             continue
         a, sep, b = part.partition("-")
-        if not sep or not a.isdigit() or not b.isdigit():
+        if not sep or not (a.isascii() and a.isdigit() and b.isascii() and b.isdigit()):  # not '²' or '٣'
             raise ValueError(f"edges must look like '0-1,1-2', got {part!r}")
         edges.append((int(a), int(b)))
     return edges

@@ -8,7 +8,9 @@ receive at once (non-blocking), so no ordering between ranks can deadlock:
    tensor, ``rows = 0`` for an empty block);
 2. the payloads of the non-empty messages, as raw float tensors of that shape.
 
-Only shapes and numbers cross the wire — nothing is unpickled. Messages between two
+Only shapes and numbers cross the wire — nothing is unpickled. Headers and payloads
+travel on the backend's device (the GPU under NCCL, which moves only CUDA tensors;
+the CPU under gloo) and are handed back on the CPU, where the filters keep θ. Messages between two
 nodes of the same process are handed over in memory. Accounting is the in-process
 rule (payload bytes of every message to another node), so both transports report
 the same figures, and with the same seeds both give the same numbers.
@@ -24,14 +26,15 @@ from torch import Tensor
 
 from distlstm.network.graphs import Topology
 from distlstm.network.transport import Transport
+from distlstm.runtime.dist import collective_device
 
 
-def _header(t: Tensor) -> Tensor:
+def _header(t: Tensor, device: torch.device) -> Tensor:
     """int64 [rows, cols] of a 1-D (cols = 0) or 2-D tensor."""
     if t.dim() not in (1, 2):
         raise ValueError(f"the transport carries 1-D or 2-D tensors, got shape {tuple(t.shape)}")
     shape = [t.shape[0], 0] if t.dim() == 1 else list(t.shape)
-    return torch.tensor(shape, dtype=torch.int64)
+    return torch.tensor(shape, dtype=torch.int64, device=device)
 
 
 def _wait_all(requests: list[dist.Work | None], what: str) -> None:
@@ -72,11 +75,13 @@ class TorchDistTransport(Transport):
         for t in outgoing.values():
             if t.dtype != self.dtype:
                 raise TypeError(f"the transport carries {self.dtype} tensors, got {t.dtype}")
+        device = collective_device()
         delivered = {key: t for key, t in outgoing.items() if self.owner(key[1]) == self.rank}
-        remote_out = {key: t.contiguous() for key, t in outgoing.items() if self.owner(key[1]) != self.rank}
+        remote_out = {key: t.to(device).contiguous() for key, t in outgoing.items()
+                      if self.owner(key[1]) != self.rank}
         remote_in = [key for key in incoming if self.owner(key[0]) != self.rank]
-        headers_out = {key: _header(t) for key, t in remote_out.items()}
-        headers_in = {key: torch.empty(2, dtype=torch.int64) for key in remote_in}
+        headers_out = {key: _header(t, device) for key, t in remote_out.items()}
+        headers_in = {key: torch.empty(2, dtype=torch.int64, device=device) for key in remote_in}
         reqs = [dist.isend(h, self.owner(key[1]), tag=self._tag(*key, 0)) for key, h in headers_out.items()]
         reqs += [dist.irecv(h, self.owner(key[0]), tag=self._tag(*key, 0)) for key, h in headers_in.items()]
         peers = sorted({self.owner(k[1]) for k in remote_out} | {self.owner(k[0]) for k in remote_in})
@@ -86,12 +91,12 @@ class TorchDistTransport(Transport):
         for key, h in headers_in.items():
             rows, cols = int(h[0]), int(h[1])
             if rows > 0:
-                payloads[key] = torch.empty((rows, cols) if cols else (rows,), dtype=self.dtype)
+                payloads[key] = torch.empty((rows, cols) if cols else (rows,), dtype=self.dtype, device=device)
         reqs = [dist.isend(t, self.owner(key[1]), tag=self._tag(*key, 1))
                 for key, t in remote_out.items() if t.numel()]
         reqs += [dist.irecv(buf, self.owner(key[0]), tag=self._tag(*key, 1)) for key, buf in payloads.items()]
         _wait_all(reqs, what)
-        delivered.update(payloads)
+        delivered.update({key: buf.cpu() for key, buf in payloads.items()})
         return delivered
 
     def neighbour_exchange(self, values: Mapping[int, Tensor]) -> dict[int, dict[int, Tensor]]:

@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from distlstm.network.transport import Transport
 from distlstm.online.loop import OnlineResult
-from distlstm.runtime.dist import all_gather_cat
+from distlstm.runtime.dist import all_gather_cat, all_reduce_
 
 
 def gather_result(result: OnlineResult, transport: Transport) -> OnlineResult:
@@ -21,11 +21,11 @@ def gather_result(result: OnlineResult, transport: Transport) -> OnlineResult:
     errors = all_gather_cat(torch.tensor(result.sq_errors, dtype=torch.float64), dim=-1)
     variances = all_gather_cat(torch.tensor(result.variances, dtype=torch.float64), dim=-1)
     per_step = torch.tensor([result.bytes_per_step, result.messages_per_step], dtype=torch.float64)
-    dist.all_reduce(per_step)
+    all_reduce_(per_step)
     scalars = torch.tensor([float(result.skipped_labels)], dtype=torch.float64)
-    dist.all_reduce(scalars)
+    all_reduce_(scalars)
     seconds = torch.tensor([result.seconds], dtype=torch.float64)
-    dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+    all_reduce_(seconds, op=dist.ReduceOp.MAX)
     nodes = transport.local_nodes
     thetas = all_gather_cat(torch.stack([result.final_thetas[k] for k in nodes]))  # (K, n), rank order
     return OnlineResult(

@@ -6,6 +6,10 @@ otherwise. The rendezvous address defaults to 127.0.0.1 — a run binds to loopb
 unless the user sets ``MASTER_ADDR`` (or torchrun's ``--master-addr``) to another
 host. A peer that does not answer within ``timeout_s`` ends the run with an error
 instead of hanging.
+
+NCCL moves only CUDA tensors, gloo moves CPU tensors: every collective here goes
+through :func:`collective_device`, so callers hand in tensors wherever they live
+(the filters and ES keep θ and fitnesses on the CPU) and get them back there.
 """
 
 from __future__ import annotations
@@ -66,13 +70,46 @@ def init_distributed(timeout_s: float = 120.0) -> DistEnv:
     return env
 
 
+def collective_device() -> torch.device:
+    """Where the process group's backend moves tensors: this rank's GPU under NCCL, the CPU otherwise."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_gather_cat(local: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """Every rank's ``local`` (same shape on all ranks), concatenated along ``dim`` in rank order."""
+    """Every rank's ``local`` (same shape on all ranks), concatenated along ``dim`` in rank order.
+
+    The result lives on ``local``'s device, whatever device the backend moved it on.
+    """
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return local
-    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, local.contiguous())
-    return torch.cat(parts, dim=dim)
+    sent = local.to(collective_device()).contiguous()
+    parts = [torch.empty_like(sent) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, sent)
+    return torch.cat(parts, dim=dim).to(local.device)
+
+
+def all_reduce_(tensor: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> torch.Tensor:
+    """``dist.all_reduce`` in place on ``tensor`` wherever it lives (moved to the backend's device and back)."""
+    if not dist.is_initialized():
+        return tensor
+    moved = tensor.to(collective_device())
+    dist.all_reduce(moved, op=op)
+    if moved is not tensor:
+        tensor.copy_(moved)
+    return tensor
+
+
+def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """``dist.broadcast`` in place on ``tensor`` wherever it lives (moved to the backend's device and back)."""
+    if not dist.is_initialized():
+        return tensor
+    moved = tensor.to(collective_device())
+    dist.broadcast(moved, src)
+    if moved is not tensor:
+        tensor.copy_(moved)
+    return tensor
 
 
 def check_same_across_ranks(theta: torch.Tensor, when: str) -> None:

@@ -1,0 +1,124 @@
+"""The GPU path: NCCL collectives on CUDA tensors, the LSTM against cuDNN, mixed precision.
+
+Every test here needs CUDA and is skipped without it (``make gpu-check`` runs them).
+NCCL refuses two ranks on one GPU, so the two-rank checks also need two GPUs; on one
+GPU a one-rank NCCL group still proves that CPU tensors are moved to the device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import distlstm
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs one GPU per rank: 2 GPUs")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _nccl_worker(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from distlstm.network import InProcessTransport, make_topology
+    from distlstm.network.torch_transport import TorchDistTransport
+    from distlstm.runtime.dist import all_gather_cat, all_reduce_, broadcast_, collective_device
+    from tests.network.test_torch_transport import TOPOLOGY, rounds
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", rank=rank, world_size=world)
+    result: dict = {"device": str(collective_device())}
+    summed = all_reduce_(torch.tensor([1.0, float(rank)], dtype=torch.float64))  # a CPU tensor through NCCL
+    result["sum"] = summed.tolist()
+    result["sum_device"] = summed.device.type
+    result["broadcast"] = broadcast_(torch.tensor([float(rank + 5)]), 0).tolist()
+    gathered = all_gather_cat(torch.tensor([float(rank)]))
+    result["gather"], result["gather_device"] = gathered.tolist(), gathered.device.type
+    if world > 1:
+        topo = make_topology(**TOPOLOGY)
+        result["rounds"] = rounds(TorchDistTransport(topo, rank, world))
+        result["reference"] = rounds(InProcessTransport(topo)) if rank == 0 else None
+    Path(out, f"{rank}.json").write_text(json.dumps(result))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_one_rank_nccl_group_moves_cpu_tensors_to_the_gpu_and_back(tmp_path):
+    mp.spawn(_nccl_worker, args=(1, free_port(), str(tmp_path)), nprocs=1, join=True)
+    got = json.loads(Path(tmp_path, "0.json").read_text())
+    assert got["device"] == "cuda:0"
+    assert got["sum"] == [1.0, 0.0] and got["sum_device"] == "cpu"
+    assert got["broadcast"] == [5.0] and got["gather"] == [0.0] and got["gather_device"] == "cpu"
+
+
+@two_gpus
+def test_two_rank_nccl_collectives_and_transport_rounds(tmp_path):
+    mp.spawn(_nccl_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    parts = [json.loads(Path(tmp_path, f"{r}.json").read_text()) for r in range(2)]
+    reference = parts[0]["reference"]
+    for r, got in enumerate(parts):
+        assert got["device"] == f"cuda:{r}"
+        assert got["sum"] == [2.0, 1.0] and got["sum_device"] == "cpu"
+        assert got["broadcast"] == [5.0] and got["gather"] == [0.0, 1.0]
+    merged: dict = {"exchange": {}, "route": {}, "bytes": [], "messages": []}
+    for got in parts:
+        for key in ("exchange", "route"):
+            merged[key].update(got["rounds"][key])
+        merged["bytes"] += got["rounds"]["bytes"]
+        merged["messages"] += got["rounds"]["messages"]
+    assert merged == json.loads(json.dumps(reference))
+
+
+@pytest.mark.parametrize("name", ["lstm", "sharpened", "peephole", "lstmp"])
+def test_lstm_on_the_gpu_equals_the_cpu_and_cudnn(name):
+    """The same weights give the same outputs on the GPU as on the CPU (and as cuDNN's nn.LSTM for the plain cell)."""
+    torch.manual_seed(0)
+    kw = {"proj_size": 4} if name == "lstmp" else {}
+    cpu = distlstm.LSTM(5, 8, 2, batch_first=True, cell=name, **kw)
+    gpu = distlstm.LSTM(5, 8, 2, batch_first=True, cell=name, **kw).cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    x = torch.randn(3, 7, 5)
+    lengths = torch.tensor([7, 4, 1])
+    y_cpu, _ = cpu(x, lengths=lengths)
+    y_gpu, _ = gpu(x.cuda(), lengths=lengths)  # CPU lengths, as nn.LSTM takes them
+    torch.testing.assert_close(y_gpu.cpu(), y_cpu, atol=1e-5, rtol=1e-4)
+    if name == "lstm":
+        ref = torch.nn.LSTM(5, 8, 2, batch_first=True).cuda()
+        ref.load_state_dict(cpu.state_dict())
+        torch.testing.assert_close(gpu(x.cuda())[0], ref(x.cuda())[0], atol=1e-5, rtol=1e-4)
+
+
+def test_mixed_precision_training_on_the_gpu_follows_float32(tmp_path):
+    from distlstm.bptt.ddp import DDPConfig, train_ddp
+    from distlstm.bptt.tasks import LongLagTask
+
+    def losses(amp: bool) -> list[float]:
+        seen: list[float] = []
+        task = LongLagTask(min_len=24, train_size=64, test_size=16, batch_size=8)
+        train_ddp(task, DDPConfig(steps=6, eval_every=3, amp=amp), tmp_path / str(amp), show_progress=False,
+                  on_step=lambda _s, v: seen.append(v))
+        return seen
+
+    full, half = losses(False), losses(True)
+    assert all(torch.isfinite(torch.tensor(half)))
+    assert half[0] == pytest.approx(full[0], rel=2e-2)  # the same model and batch: float16 rounding only
+
+
+def test_the_cell_benchmark_runs_against_cudnn():
+    from distlstm.bench.cells import bench_cells
+
+    rows = bench_cells((32,), batch=4, steps=5, repeats=1, device="cuda")
+    names = {r.name for r in rows}
+    assert "nn.LSTM (baseline)" in names and all(r.ms > 0 for r in rows)

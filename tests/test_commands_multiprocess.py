@@ -1,0 +1,60 @@
+"""The train and es commands under torchrun equal one process (slow: each starts several interpreters)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from distlstm.es.train import load_es_checkpoint
+from distlstm.runs import load_checkpoint
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
+
+def launch(args: list[str], out: Path, processes: int) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    cmd = [*(launcher if processes > 1 else [sys.executable]), "-m", "distlstm.cli", *args, "--out", str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def theta(path: Path) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in load_checkpoint(path)["model"].values()])
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "cg"])
+def test_train_full_batch_command_two_workers_equal_one(tmp_path, optimizer):
+    args = ["train", "--task", "adding", "--min-len", "24", "--train-size", "64", "--test-size", "16",
+            "--optimizer", optimizer, "--steps", "3", "--eval-every", "1", "--no-progress"]
+    launch(args, tmp_path / "one", 1)
+    launch(args, tmp_path / "two", 2)
+    torch.testing.assert_close(theta(tmp_path / "two" / "checkpoint.pt"), theta(tmp_path / "one" / "checkpoint.pt"),
+                               atol=1e-8, rtol=0)
+    one, two = (json.loads(Path(tmp_path, d, "summary.json").read_text()) for d in ("one", "two"))
+    assert two["workers"] == 2 and two["test_mae"] == pytest.approx(one["test_mae"], abs=1e-6)
+
+
+def test_train_char_lm_command_two_workers_equal_one(tmp_path):
+    common = ["train", "--task", "char-lm", "--hidden", "16", "--window", "8", "--dtype", "float64", "--steps", "4",
+              "--eval-every", "2", "--eval-chars", "500", "--no-progress"]
+    launch([*common, "--batch", "8"], tmp_path / "one", 1)
+    launch([*common, "--batch", "4"], tmp_path / "two", 2)
+    torch.testing.assert_close(theta(tmp_path / "two" / "checkpoint.pt"), theta(tmp_path / "one" / "checkpoint.pt"),
+                               atol=1e-6, rtol=0)
+
+
+def test_es_plain_rule_with_the_lstm_two_workers_equal_one(tmp_path):
+    args = ["es", "--cell", "lstm", "--strategy", "plain", "--generations", "3", "--hidden", "8", "--population", "8",
+            "--windows", "2", "--window", "8", "--eval-every", "3", "--eval-chars", "300", "--no-progress"]
+    launch(args, tmp_path / "one", 1)
+    launch(args, tmp_path / "two", 2)
+    a, b = (load_es_checkpoint(tmp_path / d / "checkpoint.pt") for d in ("one", "two"))
+    assert a["generation"] == b["generation"] == 3
+    assert torch.equal(a["theta"], b["theta"])
