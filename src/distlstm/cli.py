@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from distlstm import __version__
 from distlstm._argtypes import cell_option, positive_int
+from distlstm._flags import cli_spelling
 from distlstm.experiments.charlm_demo import DemoConfig
 
 
@@ -86,7 +87,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_online(args: argparse.Namespace) -> int:
-    """Train one online algorithm on a univariate CSV series over a network of nodes."""
+    """Train one online algorithm on a CSV series (or several inputs and a target) over a network of nodes."""
     from distlstm.experiments.online_cli import run_series
     from distlstm.runtime.dist import launched_env
 
@@ -94,11 +95,18 @@ def cmd_online(args: argparse.Namespace) -> int:
     env = launched_env()
     if env is not None and not env.is_main:
         return 0
-    print(f"{summary['algorithm']}: final MSE {summary['final_mse']:.5g} (last-value forecast "
-          f"{summary['mse_naive']:.5g}), {summary['seconds_per_step'] * 1e3:.1f} ms/step, "
+    data_units = summary["final_mse_data_units"], summary["mse_naive_data_units"]
+    print(f"{summary['algorithm']}: final MSE {_g(data_units[0])} in {summary['target']}'s units squared "
+          f"(last-value forecast {_g(data_units[1])}; scaled: {summary['final_mse']:.5g} vs "
+          f"{summary['mse_naive']:.5g}), {summary['missing_labels']} missing labels, "
+          f"{summary['seconds_per_step'] * 1e3:.1f} ms/step, "
           f"{summary['bytes_per_node_per_step']:,.0f} bytes/node/step, {summary['processes']} process(es); "
           f"wrote {args.out}")
     return 0
+
+
+def _g(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.5g}"
 
 
 def cmd_es(args: argparse.Namespace) -> int:
@@ -310,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        with cli_spelling():  # messages name --flags, not Python arguments
+            return int(args.func(args))
     except (ValueError, TypeError, FileNotFoundError, FloatingPointError, ImportError) as err:
         print(f"distlstm {args.command}: error: {err}", file=sys.stderr)
         return 2
