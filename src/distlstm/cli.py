@@ -132,7 +132,7 @@ def cmd_es(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Data-parallel BPTT, alone or under torchrun."""
-    from distlstm.experiments.train_cli import run_train
+    from distlstm.experiments.train_cli import run_train, stop_threshold
     from distlstm.runtime.dist import launched_env
 
     summary = run_train(args)
@@ -140,7 +140,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if env is not None and not env.is_main:
         return 0
     metric = summary["metric"]
-    reached = "" if args.target is None else (" (target reached)" if summary["reached_target"] else
+    reached = "" if stop_threshold(args) is None else (" (target reached)" if summary["reached_target"] else
                                              " (target not reached)")
     print(f"{summary['optimizer']}: {metric} {summary[metric]:.4g}{reached} after {summary['steps']} steps, "
           f"{summary['samples']:,} samples, {summary['seconds']:.1f} s of training "
