@@ -32,3 +32,8 @@ def option(python: str, cli: str) -> str:
 def on_cli() -> bool:
     """True inside :func:`cli_spelling` (messages may then suggest flags with no Python counterpart)."""
     return _CLI.get()
+
+
+def setting(python: str, cli: str, value: object) -> str:
+    """An option with its value as the user wrote it: ``--window 40`` or ``window=40``."""
+    return f"{cli} {value}" if _CLI.get() else f"{python}={value!r}"

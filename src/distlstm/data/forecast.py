@@ -38,7 +38,7 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
-from distlstm._flags import on_cli, option
+from distlstm._flags import on_cli, option, setting
 from distlstm.data.observation import Observation
 from distlstm.data.series import Scaler
 from distlstm.data.table import Table
@@ -95,13 +95,14 @@ def forecast_windows(table: Table, target: str | int, inputs: Sequence[str | int
     ffilled = _forward_fill(y)
     feats = [table.values[:, c] for c in cols] + ([ffilled] if past_target else [])
     first = max(window, warmup) if scaling == "causal" else window
-    ends = torch.arange(first, n - horizon + 1)
+    ends = torch.arange(first, max(first, n - horizon + 1))
     if len(ends) == 0:
-        need = f"--window {window}" + (f" (and the causal scaler's --warmup {warmup})" if first > window else "")
-        raise ValueError(f"{table.path} has {n} rows: {need.replace('--window', option('window', '--window'))} "
-                         f"plus a horizon of {horizon} leave no window to forecast; shorten "
-                         f"{option('window', '--window')}" + (f" or {option('warmup', '--warmup')}"
-                                                              if first > window else "") + " or add rows")
+        warm = first > window
+        need = setting("window", "--window", window) + (
+            f" (and the causal scaler's {setting('warmup', '--warmup', warmup)})" if warm else "")
+        raise ValueError(f"{table.path} has {n} rows: {need} plus a horizon of {horizon} leave no window to "
+                         f"forecast; shorten {option('window', '--window')}"
+                         + (f" or {option('warmup', '--warmup')}" if warm else "") + ", or add rows")
     names = [table.column_name(c) for c in cols] + ([f"{table.column_name(t)} (past)"] if past_target else [])
     shifts, scales = [], []
     for values, name in zip([*feats[: len(cols)], y], [*names[: len(cols)], table.column_name(t)], strict=True):
