@@ -239,11 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
     from distlstm.experiments.online_cli import add_online_arguments
 
     p = sub.add_parser("online", help="online training of an LSTM regressor on a CSV series over a network",
-                       description="Every node receives its own share of the series (round-robin) and, at each "
-                                   "step, predicts the next value from the previous --window values, sees the "
-                                   "truth, then updates with the chosen algorithm (sgd, ekf, pf: no "
-                                   "communication; dsgd, dekf, dpf: with graph neighbours). Writes summary.json, "
-                                   "mse.csv and mse.png into --out.",
+                       description="Every node receives its own share of the windows (round-robin) and, at each "
+                                   "step, predicts the target from the previous --window rows (of the series "
+                                   "itself, or of --inputs plus the target's past), sees the truth (an empty "
+                                   "target cell: no label, no update), then updates with the chosen algorithm "
+                                   "(sgd, ekf, pf: no communication; dsgd, dekf, dpf: with graph neighbours). "
+                                   "Values are scaled causally by default (statistics of earlier rows only). "
+                                   "Writes summary.json (MSEs in scaled units and in the target's own units), "
+                                   "mse.csv (scaled units) and mse.png into --out. Example: distlstm online "
+                                   "--data prices.csv --inputs temp,load --target price --window 6 --out runs/p",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_online_arguments(p)
     p.set_defaults(func=cmd_online)
@@ -297,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from distlstm.experiments.train_cli import DESCRIPTION, add_train_arguments
 
-    p = sub.add_parser("train", help="data-parallel BPTT (DDP) of a char LM or a long-lag task",
+    p = sub.add_parser("train", help="data-parallel BPTT (DDP) or full-batch L-BFGS/CG: char LM, long-lag, your CSV",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
