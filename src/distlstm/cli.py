@@ -98,7 +98,7 @@ def cmd_online(args: argparse.Namespace) -> int:
     data_units = summary["final_mse_data_units"], summary["mse_naive_data_units"]
     print(f"{summary['algorithm']}: final MSE {_g(data_units[0])} in {summary['target']}'s units squared "
           f"(last-value forecast {_g(data_units[1])}; scaled: {summary['final_mse']:.5g} vs "
-          f"{summary['mse_naive']:.5g}), {summary['missing_labels']} missing labels, "
+          f"{summary['mse_naive']:.5g}), {summary['skipped_labels']} missing labels, "
           f"{summary['seconds_per_step'] * 1e3:.1f} ms/step, "
           f"{summary['bytes_per_node_per_step']:,.0f} bytes/node/step, {summary['processes']} process(es); "
           f"wrote {args.out}")

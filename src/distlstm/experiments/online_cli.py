@@ -125,9 +125,9 @@ def run_series(args: argparse.Namespace) -> dict[str, Any]:
     main_process = env is None or env.is_main
     out = Path(args.out)
     result, summary = run_one(args.algorithm, streams, fm, theta0, topology, seed=args.seed, settings=settings,
-                              dataset=Path(args.data).name, mse_naive=_naive(data, args.nodes, scaled=True),
+                              dataset=Path(args.data).name, mse_naive=_naive(data, args.nodes, args.steps, scaled=True),
                               steps=args.steps, progress=not args.no_progress and main_process, transport=transport)
-    out_data = summary.as_dict() | _data_units(result, data, args.nodes) | {
+    out_data = summary.as_dict() | _data_units(result, data, args.nodes, args.steps) | {
         "mse_units": f"final_mse, mse_naive, running_mse_end and mse.csv: scaled {data.target} ({args.scaling}); "
                      f"*_data_units: squared units of {data.target}",
         "target": data.target, "features": data.features, "horizon": args.horizon,
@@ -146,24 +146,25 @@ def run_series(args: argparse.Namespace) -> dict[str, Any]:
     return out_data
 
 
-def _used(data: Forecasts, nodes: int) -> int:
-    """Observations the round-robin split hands out (the remainder of len / K is dropped)."""
-    return len(data) // nodes * nodes
+def _used(data: Forecasts, nodes: int, steps: int | None) -> int:
+    """Observations the run consumes: the round-robin split drops the remainder of len / K; --steps stops early."""
+    per_node = len(data) // nodes if steps is None else min(steps, len(data) // nodes)
+    return per_node * nodes
 
 
-def _naive(data: Forecasts, nodes: int, scaled: bool) -> float:
+def _naive(data: Forecasts, nodes: int, steps: int | None, scaled: bool) -> float:
     """MSE of the last observed target value as the forecast (the random-walk baseline)."""
-    n = _used(data, nodes)
+    n = _used(data, nodes, steps)
     err = (data.d[:n] - data.last_target[:n]) * (1.0 if scaled else data.scale[:n])
     err = err[torch.isfinite(err)]
     return float((err * err).mean()) if len(err) else math.nan
 
 
-def _data_units(result: OnlineResult, data: Forecasts, nodes: int) -> dict[str, float | None]:
+def _data_units(result: OnlineResult, data: Forecasts, nodes: int, steps: int | None) -> dict[str, float | None]:
     """The run's MSEs in the target's own units: step t of node k is observation t·K + k."""
     factor = (data.scale**2).tolist()
     errors = [[e * factor[t * nodes + k] for k, e in enumerate(row)] for t, row in enumerate(result.sq_errors)]
     converted = replace(result, sq_errors=errors)
     values = {"final_mse_data_units": converted.final_mse(), "running_mse_end_data_units": converted.running_mse()[-1],
-              "mse_naive_data_units": _naive(data, nodes, scaled=False)}
+              "mse_naive_data_units": _naive(data, nodes, steps, scaled=False)}
     return {k: None if math.isnan(v) else v for k, v in values.items()}
