@@ -115,6 +115,7 @@ RAMP = "a,y\n" + "".join(f"{i},{i * i % 7}\n" for i in range(30))
     ("a,y\n" + "".join(f"{0 if i < 12 else i},{i}\n" for i in range(30)), {"warmup": 10},
      r"column 'a' .*fewer than 2 distinct values before line 12.*raise warmup="),
     (RAMP, {"inputs": ["y"]}, r"the target 'y' is also in inputs=.*past_target=False"),
+    ("a,y\n" + "".join(f"{i},5\n" for i in range(30)), {}, r"column 'y' .* is constant .*nothing to learn"),
 ])
 def test_bad_forecasting_input_names_the_option_that_fixes_it(tmp_path, text, kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -107,7 +107,7 @@ def forecast_windows(table: Table, target: str | int, inputs: Sequence[str | int
     shifts, scales = [], []
     for values, name in zip([*feats[: len(cols)], y], [*names[: len(cols)], table.column_name(t)], strict=True):
         shift, scale = _fit(values, scaling, fit_rows)
-        _check_scale(table, name, values, shift[ends], scale[ends], ends, scaling, fit_rows)
+        _check_scale(table, name, values, shift[ends], scale[ends], ends, scaling, fit_rows, is_target=values is y)
         shifts.append(shift)
         scales.append(scale)
     if past_target:  # the past target uses the target's map
@@ -179,7 +179,7 @@ def _fit(v: Tensor, how: str, fit_rows: int | None) -> tuple[Tensor, Tensor]:
 
 
 def _check_scale(table: Table, name: str, values: Tensor, shift: Tensor, scale: Tensor, ends: Tensor,
-                 scaling: str, fit_rows: int | None) -> None:
+                 scaling: str, fit_rows: int | None, is_target: bool) -> None:
     bad = ~(torch.isfinite(shift) & torch.isfinite(scale) & (scale > 0))
     if not bool(bad.any()):
         return
@@ -188,8 +188,9 @@ def _check_scale(table: Table, name: str, values: Tensor, shift: Tensor, scale: 
     where = f"column {name!r} of {table.path}"
     rows = "" if fit_rows is None or scaling == "causal" else f" over the {fit_rows} rows the scaler is fitted on"
     if len(seen) and bool((seen == seen[0]).all()):
+        fix = "there is nothing to learn" if is_target else f"leave it out of {option('inputs', '--inputs')}"
         raise ValueError(f"{where} is constant{rows} (every value is {float(seen[0]):g}): its scale is 0 and it "
-                         f"carries no information; leave it out of {option('inputs', '--inputs')}")
+                         f"carries no information; {fix}")
     big = float(seen.abs().max()) if len(seen) else 0.0
     if not math.isfinite(big * big * max(len(seen), 1)) or bool(torch.isinf(shift).any() | torch.isinf(scale).any()):
         raise ValueError(f"{where}: the {scaling} scaler's scale is not finite (values reach {big:.3g}, whose "
