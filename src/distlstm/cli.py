@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from distlstm import __version__
 from distlstm._argtypes import cell_option, positive_int
+from distlstm._flags import cli_spelling
 from distlstm.experiments.charlm_demo import DemoConfig
 
 
@@ -86,7 +87,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_online(args: argparse.Namespace) -> int:
-    """Train one online algorithm on a univariate CSV series over a network of nodes."""
+    """Train one online algorithm on a CSV series (or several inputs and a target) over a network of nodes."""
     from distlstm.experiments.online_cli import run_series
     from distlstm.runtime.dist import launched_env
 
@@ -94,11 +95,18 @@ def cmd_online(args: argparse.Namespace) -> int:
     env = launched_env()
     if env is not None and not env.is_main:
         return 0
-    print(f"{summary['algorithm']}: final MSE {summary['final_mse']:.5g} (last-value forecast "
-          f"{summary['mse_naive']:.5g}), {summary['seconds_per_step'] * 1e3:.1f} ms/step, "
+    data_units = summary["final_mse_data_units"], summary["mse_naive_data_units"]
+    print(f"{summary['algorithm']}: final MSE {_g(data_units[0])} in {summary['target']}'s units squared "
+          f"(last-value forecast {_g(data_units[1])}; scaled: {summary['final_mse']:.5g} vs "
+          f"{summary['mse_naive']:.5g}), {summary['skipped_labels']} missing labels, "
+          f"{summary['seconds_per_step'] * 1e3:.1f} ms/step, "
           f"{summary['bytes_per_node_per_step']:,.0f} bytes/node/step, {summary['processes']} process(es); "
           f"wrote {args.out}")
     return 0
+
+
+def _g(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.5g}"
 
 
 def cmd_es(args: argparse.Namespace) -> int:
@@ -124,7 +132,7 @@ def cmd_es(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Data-parallel BPTT, alone or under torchrun."""
-    from distlstm.experiments.train_cli import run_train
+    from distlstm.experiments.train_cli import run_train, stop_threshold
     from distlstm.runtime.dist import launched_env
 
     summary = run_train(args)
@@ -132,7 +140,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if env is not None and not env.is_main:
         return 0
     metric = summary["metric"]
-    reached = "" if args.target is None else (" (target reached)" if summary["reached_target"] else
+    reached = "" if stop_threshold(args) is None else (" (target reached)" if summary["reached_target"] else
                                              " (target not reached)")
     print(f"{summary['optimizer']}: {metric} {summary[metric]:.4g}{reached} after {summary['steps']} steps, "
           f"{summary['samples']:,} samples, {summary['seconds']:.1f} s of training "
@@ -243,11 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
     from distlstm.experiments.online_cli import add_online_arguments
 
     p = sub.add_parser("online", help="online training of an LSTM regressor on a CSV series over a network",
-                       description="Every node receives its own share of the series (round-robin) and, at each "
-                                   "step, predicts the next value from the previous --window values, sees the "
-                                   "truth, then updates with the chosen algorithm (sgd, ekf, pf: no "
-                                   "communication; dsgd, dekf, dpf: with graph neighbours). Writes summary.json, "
-                                   "mse.csv and mse.png into --out.",
+                       description="Every node receives its own share of the windows (round-robin) and, at each "
+                                   "step, predicts the target from the previous --window rows (of the series "
+                                   "itself, or of --inputs plus the target's past), sees the truth (an empty "
+                                   "target cell: no label, no update), then updates with the chosen algorithm "
+                                   "(sgd, ekf, pf: no communication; dsgd, dekf, dpf: with graph neighbours). "
+                                   "Values are scaled causally by default (statistics of earlier rows only). "
+                                   "Writes summary.json (MSEs in scaled units and in the target's own units), "
+                                   "mse.csv (scaled units) and mse.png into --out. Example: distlstm online "
+                                   "--data prices.csv --inputs temp,load --target price --window 6 --out runs/p",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_online_arguments(p)
     p.set_defaults(func=cmd_online)
@@ -304,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from distlstm.experiments.train_cli import DESCRIPTION, add_train_arguments
 
-    p = sub.add_parser("train", help="data-parallel BPTT (DDP) of a char LM or a long-lag task",
+    p = sub.add_parser("train", help="data-parallel BPTT (DDP) or full-batch L-BFGS/CG: char LM, long-lag, your CSV",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
@@ -333,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        with cli_spelling():  # messages name --flags, not Python arguments
+            return int(args.func(args))
     except (ValueError, TypeError, FileNotFoundError, FloatingPointError, ImportError) as err:
         print(f"distlstm {args.command}: error: {err}", file=sys.stderr)
         return 2

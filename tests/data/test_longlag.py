@@ -37,8 +37,10 @@ def test_reproducible_and_shardable():
     assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
     parts = [a.shard(r, 4) for r in range(4)]
     assert torch.equal(torch.cat([p.y for p in parts]), a.y) and len(parts[2]) == 10
-    with pytest.raises(ValueError, match="cannot be split evenly over 3"):
-        a.shard(0, 3)
+    uneven = [a.shard(r, 3) for r in range(3)]  # 13, 13, 14 rows: every row once, in order
+    assert [len(p) for p in uneven] == [13, 13, 14] and torch.equal(torch.cat([p.y for p in uneven]), a.y)
+    with pytest.raises(ValueError, match="cannot be split over 41 workers"):
+        a.shard(0, 41)
 
 
 def test_bad_arguments():

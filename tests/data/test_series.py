@@ -25,7 +25,7 @@ def test_plain_and_headed_csv(tmp_path):
 
 def test_bad_csvs_name_the_line(tmp_path):
     (tmp_path / "bad.csv").write_text("value\n1\nabc\n3\n")
-    with pytest.raises(ValueError, match="line 3: expected a finite number, got 'abc'"):
+    with pytest.raises(ValueError, match="line 3, column 'value': expected a finite number, got 'abc'"):
         load_series(tmp_path / "bad.csv")
     (tmp_path / "nan.csv").write_text("1\nnan\n3\n4\n")
     with pytest.raises(ValueError, match="line 2"):

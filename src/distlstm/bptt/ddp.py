@@ -43,7 +43,19 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "adagrad")
 
 
 class Task(Protocol):
-    """What :func:`train_ddp` needs from a task (see ``bptt/tasks.py``)."""
+    """What :func:`train_ddp` needs from a task (built-in ones: ``bptt/tasks.py``, ``bptt/table_task.py``).
+
+    A task is built for one (rank, world size). ``batch(step, seed)`` must be a pure
+    function of the global step and the seed and return *this worker's* part of the
+    global batch, so W workers and a resumed run see the batches of one uninterrupted
+    process. ``loss(model, batch, state)`` returns this worker's mean loss and, for
+    ``stateful`` tasks, the state to carry into the next batch (reset where
+    ``batch.starts_stream``). ``evaluate(model)`` runs on rank 0 only; lower is better.
+    ``samples_per_step`` counts samples of all workers per step; ``steps_per_epoch()``
+    global steps per pass over the data. Optional: ``describe() -> dict`` adds
+    task-specific figures to summary.json. Full-batch L-BFGS / CG also needs
+    ``full_batch()`` (see ``bptt/fullbatch_run.py: FullBatchTask``).
+    """
 
     metric: str  # name of the evaluation metric, lower is better
     stateful: bool  # carry the LSTM state from one batch to the next
@@ -257,7 +269,8 @@ def train_ddp(task: Task, cfg: DDPConfig, out: Path, *, rank: int = 0, world_siz
                "reached_target": cfg.target is not None and rows[-1][task.metric] <= cfg.target,
                "steps": step, "samples": step * task.samples_per_step, "seconds": round(seconds, 3),
                "samples_per_second": round(step * task.samples_per_step / max(seconds, 1e-9), 2),
-               "workers": world_size, "parameters": sum(p.numel() for p in params), "settings": run_settings}
+               "workers": world_size, "parameters": sum(p.numel() for p in params), "settings": run_settings,
+               **(task.describe() if hasattr(task, "describe") else {})}  # optional: task-specific figures
     if main:
         checkpoints.save(model, opt, step, seconds, rows, gathered)
         write_csv(out / "metrics.csv", rows)

@@ -257,6 +257,10 @@ class LongLagTask:
     def loss(self, model: nn.Module, batch: Batch, state: State | None) -> tuple[Tensor, State | None]:
         return ((model(batch.x, batch.lengths) - batch.y) ** 2).mean(), None
 
+    def full_batch(self) -> LongLagData:
+        """The whole training set, for full-batch L-BFGS / CG."""
+        return self.train
+
     def evaluate(self, model: nn.Module) -> float:
         device = next(model.parameters()).device
         test = LongLagData(self.test.x.to(device), self.test.lengths.to(device), self.test.y.to(device))

@@ -33,10 +33,14 @@ class LongLagData:
         return self.y.shape[0]
 
     def shard(self, rank: int, world_size: int) -> LongLagData:
-        """Rows [rank·N/W, (rank+1)·N/W): one worker's share of the whole batch."""
+        """Rows [⌊rank·N/W⌋, ⌊(rank+1)·N/W⌋): one worker's share of the whole batch (sizes differ by ≤ 1).
+
+        Uneven shares are exact for full-batch training: each worker's summed loss is
+        divided by the global N, and the sums are added.
+        """
         n = len(self)
-        if world_size < 1 or n % world_size:
-            raise ValueError(f"{n} samples cannot be split evenly over {world_size} workers")
+        if world_size < 1 or n < world_size:
+            raise ValueError(f"{n} samples cannot be split over {world_size} workers (each needs at least one)")
         part = slice(rank * n // world_size, (rank + 1) * n // world_size)
         return LongLagData(self.x[part], self.lengths[part], self.y[part])
 

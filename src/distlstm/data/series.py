@@ -17,15 +17,15 @@ so every node sees the whole period at the same pace.
 
 from __future__ import annotations
 
-import csv
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from distlstm._flags import on_cli, option
 from distlstm.data.observation import Observation
+from distlstm.data.table import Table, read_table
 
 EXCHANGE_RATES = Path(__file__).with_name("exchange_rates_1980_1987.csv")
 
@@ -34,53 +34,32 @@ def load_series(path: str | Path, column: str | int | None = None) -> Tensor:
     """Values (N,) float64 from a CSV: one value per row, optional header, optional column choice.
 
     With several columns, ``column`` (a header name or 0-based index) picks one;
-    the shipped exchange-rate file defaults to ``dm``.
+    the shipped exchange-rate file defaults to ``dm``. Several input series and a
+    target: :func:`distlstm.data.forecast.forecast_windows`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no CSV file at {path}")
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.reader(f) if r and any(cell.strip() for cell in r)]
-    if not rows:
-        raise ValueError(f"{path} has no rows")
-    header = None
-    if not _is_number(rows[0][0 if len(rows[0]) == 1 else -1]):
-        header, rows = [h.strip() for h in rows[0]], rows[1:]
-    if column is None and path.resolve() == EXCHANGE_RATES.resolve():
-        column = "dm"
-    width = len(rows[0]) if rows else 0
-    if column is None:
-        if width != 1:
-            names = header or [str(i) for i in range(width)]
-            raise ValueError(f"{path} has {width} columns {names}; choose one with column=")
-        index = 0
-    elif isinstance(column, int):
-        if column < 0:  # Python would count from the end (or fail with an IndexError)
-            raise ValueError(f"column index must be ≥ 0, got {column} (for {path})")
-        index = column
-    else:
-        if header is None or column not in header:
-            raise ValueError(f"no column {column!r} in {path}; columns are {header}")
-        index = header.index(column)
-    values = []
-    for line, row in enumerate(rows, start=2 if header else 1):
-        if index >= len(row):
-            raise ValueError(f"{path}, line {line}: no column {index}")
-        cell = row[index].strip()
-        if not _is_number(cell) or not math.isfinite(float(cell)):
-            raise ValueError(f"{path}, line {line}: expected a finite number, got {cell!r}")
-        values.append(float(cell))
+    table = read_table(path)
+    index = series_column(table, column)
+    values = table.values[:, index]
+    missing = torch.isnan(values).nonzero()
+    if len(missing):
+        raise ValueError(f"{table.where(int(missing[0]), index)}: expected a finite number, got ''")
     if len(values) < 3:
-        raise ValueError(f"{path}: a series needs at least 3 values, got {len(values)}")
-    return torch.tensor(values, dtype=torch.float64)
+        raise ValueError(f"{table.path}: a series needs at least 3 values, got {len(values)}")
+    return values.clone()
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+def series_column(table: Table, column: str | int | None) -> int:
+    """The index of the one series to read: ``column``, ``dm`` in the shipped rates, or the only column."""
+    if column is None and table.path.resolve() == EXCHANGE_RATES.resolve():
+        column = "dm"
+    if column is not None:
+        return table.index(column)
+    if len(table.names) != 1:
+        several = f" (or several input series with {option('inputs', '--inputs')} and {option('target', '--target')})" \
+            if on_cli() else ""
+        raise ValueError(f"{table.path} has {len(table.names)} columns {table.names}; choose one with "
+                         f"{option('column', '--column')}{several}")
+    return 0
 
 
 @dataclass(frozen=True)

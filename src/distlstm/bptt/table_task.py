@@ -1,0 +1,134 @@
+"""``--task csv``: sequence regression / forecasting on a user's table, for DDP and full-batch training.
+
+From a CSV (one row per time step) the task forecasts ``target`` ``horizon`` rows after
+a window of ``window`` rows of the ``inputs`` (and, by default, the target's past
+values) — the windows of ``data/forecast.py``. The split is in time: the last
+``test_fraction`` of the rows is the test part; a window belongs to the test set when
+its label row lies there (its inputs may reach back into the training rows: that past
+is known when forecasting), to the training set otherwise, so no training label comes
+after a test label. The scaler is fitted on the training rows only. Windows with a
+missing target are dropped. Training minimises the MSE of the scaled target; the
+metric is the test MSE in the target's own units (squared), reported beside the MSE
+of predicting the training mean.
+
+Minibatches: every epoch the training windows are shuffled by a generator seeded from
+(seed, epoch) and cut into global batches (``data.partition.epoch_batches``), so W
+workers with b windows each take the steps of one process with W·b.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from distlstm._flags import option
+from distlstm.bptt.tasks import Batch
+from distlstm.data.forecast import forecast_windows
+from distlstm.data.longlag import LongLagData
+from distlstm.data.partition import epoch_batches
+from distlstm.data.table import read_table
+from distlstm.models.cells import State
+from distlstm.models.networks import SequenceRegressor
+
+
+@dataclass
+class TableTask:
+    """Forecast a CSV column from a window of past rows; see the module docstring."""
+
+    data: str
+    target: str
+    inputs: tuple[str, ...] = ()
+    rank: int = 0
+    world_size: int = 1
+    window: int = 16
+    horizon: int = 1
+    past_target: bool = True
+    test_fraction: float = 0.2
+    scaling: str = "standardize"  # fitted on the training rows: standardize, minmax or none
+    batch_size: int = 32  # b, windows per worker
+    hidden: int = 16
+    layers: int = 1
+    cell: str = "lstm"
+    cell_options: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "float64"
+    metric: str = "test_mse"
+    stateful: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"the test fraction must lie in (0, 1), got {self.test_fraction} "
+                             f"(fix {option('test_fraction', '--test-fraction')})")
+        if self.scaling == "causal":
+            raise ValueError("the csv task fits its scaler on the training rows; choose standardize, minmax or none")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        table = read_table(self.data)
+        split = len(table) - round(len(table) * self.test_fraction)  # rows [0, split) train the model and scaler
+        fc = forecast_windows(table, self.target, self.inputs, window=self.window, horizon=self.horizon,
+                              scaling=self.scaling, past_target=self.past_target, fit_rows=split)
+        label_rows = fc.ends + self.horizon - 1
+        labelled = torch.isfinite(fc.d)
+        parts = {"training": labelled & (label_rows < split), "test": labelled & (label_rows >= split)}
+        for name, rows in parts.items():
+            if not bool(rows.any()):
+                raise ValueError(f"{self.data} has {len(table)} rows; with a window of {self.window}, a horizon of "
+                                 f"{self.horizon} and a test fraction of {self.test_fraction} the {name} part holds "
+                                 f"no labelled window; change {option('test_fraction', '--test-fraction')} or "
+                                 f"{option('window', '--window')}, or add rows")
+        lengths = torch.full((len(fc),), self.window, dtype=torch.long)
+        dtype = getattr(torch, self.dtype)
+        self.train, self.test = (LongLagData(fc.x[rows].to(dtype), lengths[rows], fc.d[rows].to(dtype))
+                                 for rows in parts.values())
+        self.scale = float(fc.scale[0])  # one map fitted on the training rows
+        self.features = fc.features
+        self._epoch = -1
+        self._batches: list[Tensor] = []
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.world_size * self.batch_size
+
+    def steps_per_epoch(self) -> int:
+        if len(self.train) < self.samples_per_step:
+            raise ValueError(f"{len(self.train)} training windows are fewer than one global batch of "
+                             f"{self.world_size} worker(s) × {self.batch_size}; lower "
+                             f"{option('batch_size', '--batch')}")
+        return len(self.train) // self.samples_per_step
+
+    def build_model(self, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        model = SequenceRegressor(len(self.features), self.hidden, self.layers, cell=self.cell, pooling="last",
+                                  head_bias=True, **self.cell_options)
+        return model.to(getattr(torch, self.dtype))
+
+    def batch(self, step: int, seed: int) -> Batch:
+        epoch, j = divmod(step, self.steps_per_epoch())
+        if epoch != self._epoch:
+            self._batches = epoch_batches(len(self.train), self.batch_size, rank=self.rank,
+                                          world_size=self.world_size, seed=seed, epoch=epoch)
+            self._epoch = epoch
+        rows = self._batches[j]
+        return Batch(self.train.x[rows], self.train.y[rows], None, True)
+
+    def loss(self, model: nn.Module, batch: Batch, state: State | None) -> tuple[Tensor, State | None]:
+        return ((model(batch.x) - batch.y) ** 2).mean(), None
+
+    def full_batch(self) -> LongLagData:
+        """The whole training set, for full-batch L-BFGS / CG (loss: MSE of the scaled target)."""
+        return self.train
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> float:
+        """Test MSE in the target's own units (squared)."""
+        device = next(model.parameters()).device
+        pred = model(self.test.x.to(device)).cpu()
+        return float(((pred - self.test.y) ** 2).mean()) * self.scale**2
+
+    def describe(self) -> dict[str, Any]:
+        """Figures for summary.json: the data, and the test MSE of predicting the training mean."""
+        baseline = float(((self.train.y.mean() - self.test.y) ** 2).mean()) * self.scale**2
+        return {"test_mse_mean_predictor": baseline, "test_mse_units": f"{self.target}'s units squared",
+                "features": self.features, "training_windows": len(self.train), "test_windows": len(self.test)}
