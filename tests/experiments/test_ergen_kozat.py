@@ -82,7 +82,9 @@ def test_online_command_on_a_users_csv(tmp_path):
     assert got["bytes_per_node_per_step"] == 2 * 50 * (got["n_theta"] + 1) * 8
     assert got["n_theta"] == 4 * 4 * (1 + 4 + 2) + 4  # LSTM (1 input, 4 units, two biases) and the head w
     rows = (out / "mse.csv").read_text().splitlines()
-    assert len(rows) == 1 + got["steps"] and got["steps"] == (120 - 2) // 3  # windows of 2, round robin on 3
+    # causal scaling (the default): the first 20 rows only feed the scaler, rows 20…119 are forecast,
+    # round robin on 3 nodes
+    assert len(rows) == 1 + got["steps"] and got["steps"] == (120 - 20) // 3
 
 
 @pytest.mark.parametrize(("args", "message"), [

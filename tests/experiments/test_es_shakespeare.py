@@ -44,7 +44,8 @@ def test_tiny_reproduction_and_sampling(tmp_path, capsys):
     assert set(out) <= set(vocab.chars)
     checkpoint = str(tmp_path / "backprop_rnn" / "checkpoint.pt")
     assert main(["sample", "--checkpoint", checkpoint, "--prompt", "KING\u2603", "--length", "5"]) == 2
-    assert "characters outside the vocabulary: '\u2603'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "outside the model's vocabulary: ['\u2603']" in err and "--unknown replace" in err
 
 
 def test_sample_rejects_unknown_characters_and_bad_checkpoints(tmp_path, capsys):
