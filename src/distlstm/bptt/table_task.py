@@ -25,17 +25,16 @@ import torch
 from torch import Tensor, nn
 
 from distlstm._flags import option
-from distlstm.bptt.tasks import Batch
+from distlstm.bptt.tasks import Batch, ShuffledMinibatches
 from distlstm.data.forecast import forecast_windows
 from distlstm.data.longlag import LongLagData
-from distlstm.data.partition import epoch_batches
 from distlstm.data.table import read_table
 from distlstm.models.cells import State
 from distlstm.models.networks import SequenceRegressor
 
 
 @dataclass
-class TableTask:
+class TableTask(ShuffledMinibatches):
     """Forecast a CSV column from a window of past rows; see the module docstring."""
 
     data: str
@@ -56,6 +55,7 @@ class TableTask:
     dtype: str = "float64"
     metric: str = "test_mse"
     stateful: bool = False
+    unit = "windows"  # the rows of a minibatch, as errors name them
 
     def __post_init__(self) -> None:
         if not 0 < self.test_fraction < 1:
@@ -84,19 +84,6 @@ class TableTask:
                                  for rows in parts.values())
         self.scale = float(fc.scale[0])  # one map fitted on the training rows
         self.features = fc.features
-        self._epoch = -1
-        self._batches: list[Tensor] = []
-
-    @property
-    def samples_per_step(self) -> int:
-        return self.world_size * self.batch_size
-
-    def steps_per_epoch(self) -> int:
-        if len(self.train) < self.samples_per_step:
-            raise ValueError(f"{len(self.train)} training windows are fewer than one global batch of "
-                             f"{self.world_size} worker(s) × {self.batch_size}; lower "
-                             f"{option('batch_size', '--batch')}")
-        return len(self.train) // self.samples_per_step
 
     def build_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
@@ -105,12 +92,7 @@ class TableTask:
         return model.to(getattr(torch, self.dtype))
 
     def batch(self, step: int, seed: int) -> Batch:
-        epoch, j = divmod(step, self.steps_per_epoch())
-        if epoch != self._epoch:
-            self._batches = epoch_batches(len(self.train), self.batch_size, rank=self.rank,
-                                          world_size=self.world_size, seed=seed, epoch=epoch)
-            self._epoch = epoch
-        rows = self._batches[j]
+        rows = self.batch_rows(step, seed)
         return Batch(self.train.x[rows], self.train.y[rows], None, True)
 
     def loss(self, model: nn.Module, batch: Batch, state: State | None) -> tuple[Tensor, State | None]:

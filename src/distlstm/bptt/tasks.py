@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from distlstm._flags import option
 from distlstm.data.longlag import LongLagData, adding_problem, multiplication_problem
 from distlstm.data.partition import StreamShard, epoch_batches, partition_stream
 from distlstm.data.text import SHAKESPEARE_TRAGEDIES, CharVocab, load_text, split_ids
@@ -206,8 +207,46 @@ class WordStreamTask(_StreamWindows):
         return stream_nats(model, self.corpus.val[: self.eval_tokens + 1].to(device))
 
 
+class ShuffledMinibatches:
+    """Minibatches of independent sequences from ``self.train``, shared by the regression tasks.
+
+    Every epoch a permutation seeded by (seed, epoch) is cut into global batches of
+    ``world_size · batch_size`` rows (:func:`~distlstm.data.partition.epoch_batches`) and
+    worker ``rank`` takes its ``batch_size`` rows, so W workers take one process's steps.
+    A subclass sets ``train``, ``rank``, ``world_size``, ``batch_size`` and names its rows
+    in ``unit``.
+    """
+
+    train: LongLagData
+    rank: int
+    world_size: int
+    batch_size: int
+    unit: str = "sequences"
+    _rows_epoch: tuple[int, list[Tensor]] | None = None  # (epoch, this worker's rows of each step)
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.world_size * self.batch_size
+
+    def steps_per_epoch(self) -> int:
+        """Minibatch steps per epoch (full-batch optimizers do not use minibatches)."""
+        if len(self.train) < self.samples_per_step:
+            raise ValueError(f"{len(self.train)} training {self.unit} are fewer than one global batch of "
+                             f"{self.world_size} worker(s) × {self.batch_size}; lower "
+                             f"{option('batch_size', '--batch')}")
+        return len(self.train) // self.samples_per_step
+
+    def batch_rows(self, step: int, seed: int) -> Tensor:
+        """This worker's rows of ``self.train`` at global ``step``."""
+        epoch, j = divmod(step, self.steps_per_epoch())
+        if self._rows_epoch is None or self._rows_epoch[0] != epoch:
+            self._rows_epoch = (epoch, epoch_batches(len(self.train), self.batch_size, rank=self.rank,
+                                                     world_size=self.world_size, seed=seed, epoch=epoch))
+        return self._rows_epoch[1][j]
+
+
 @dataclass
-class LongLagTask:
+class LongLagTask(ShuffledMinibatches):
     """Adding / multiplication problem: minibatches of ``batch`` sequences per worker, MSE, test MAE."""
 
     rank: int = 0
@@ -226,30 +265,12 @@ class LongLagTask:
     def __post_init__(self) -> None:
         self.train, self.test = longlag_splits(self.problem, self.min_len, self.train_size, self.test_size,
                                                self.data_seed)
-        self._epoch = -1
-        self._batches: list[Tensor] = []
-
-    @property
-    def samples_per_step(self) -> int:
-        return self.world_size * self.batch_size
-
-    def steps_per_epoch(self) -> int:
-        """Minibatch steps per epoch (full-batch optimizers do not use minibatches)."""
-        if len(self.train) < self.samples_per_step:
-            raise ValueError(f"{len(self.train)} training sequences are fewer than one global batch of "
-                             f"{self.world_size} worker(s) × {self.batch_size}; lower the batch size")
-        return len(self.train) // self.samples_per_step
 
     def build_model(self, seed: int) -> nn.Module:
         return longlag_model(self.hidden, self.alpha, seed)
 
     def batch(self, step: int, seed: int) -> Batch:
-        epoch, j = divmod(step, self.steps_per_epoch())
-        if epoch != self._epoch:
-            self._batches = epoch_batches(len(self.train), self.batch_size, rank=self.rank,
-                                          world_size=self.world_size, seed=seed, epoch=epoch)
-            self._epoch = epoch
-        rows = self._batches[j]
+        rows = self.batch_rows(step, seed)
         lengths = self.train.lengths[rows]
         steps = int(lengths.max())
         return Batch(self.train.x[rows, :steps], self.train.y[rows], lengths, True)
