@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -343,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # ATen's notice on every projected (LSTMP, F/G-LSTM word-model) run; nn.LSTM gives it too, and it is no fault.
+    warnings.filterwarnings("ignore", message="LSTM with projections is not supported with oneDNN")
     args = build_parser().parse_args(argv)
     try:
         with cli_spelling():  # messages name --flags, not Python arguments
