@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,16 +10,9 @@ import torch
 
 from distlstm.es.train import load_es_checkpoint
 from distlstm.runs import load_checkpoint
+from tests.launch import launch
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
-
-
-def launch(args: list[str], out: Path, processes: int) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
-    cmd = [*(launcher if processes > 1 else [sys.executable]), "-m", "distlstm.cli", *args, "--out", str(out)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def theta(path: Path) -> torch.Tensor:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -36,14 +38,16 @@ def theta(out: Path) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in model.values()])
 
 
-def _worker(rank: int, world: int, port: int, text: str, out: str) -> None:
+def ddp_worker(rank: int, world: int, port: int, text: str, out: str, make_task: Callable[..., Any] = char_task,
+               cfg: DDPConfig = CFG) -> None:
+    """One of ``world`` gloo workers training ``make_task(text, rank, world, streams=2)``; writes its losses."""
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     losses: list[float] = []
-    train_ddp(char_task(text, rank, world, streams=2), CFG, Path(out), rank=rank, world_size=world,
+    train_ddp(make_task(text, rank, world, streams=2), cfg, Path(out), rank=rank, world_size=world,
               show_progress=False, on_step=lambda _s, v: losses.append(v))
     Path(out, f"losses{rank}.json").write_text(json.dumps(losses))
     dist.barrier()
@@ -62,7 +66,7 @@ def test_two_workers_take_the_steps_of_one_process_with_the_global_batch(tmp_pat
     single_losses: list[float] = []
     train_ddp(char_task(text, streams=4), CFG, tmp_path / "single", show_progress=False,
               on_step=lambda _s, v: single_losses.append(v))
-    mp.spawn(_worker, args=(2, free_port(), text, str(tmp_path / "ddp")), nprocs=2, join=True)
+    mp.spawn(ddp_worker, args=(2, free_port(), text, str(tmp_path / "ddp")), nprocs=2, join=True)
     torch.testing.assert_close(theta(tmp_path / "ddp"), theta(tmp_path / "single"), atol=1e-6, rtol=0)
     for rank in range(2):  # every worker saw the global mean loss
         losses = json.loads(Path(tmp_path, "ddp", f"losses{rank}.json").read_text())

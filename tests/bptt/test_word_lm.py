@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from distlstm.cli import main
 from distlstm.data.words import SHAKESPEARE_COMPLETE
 from distlstm.experiments.sampling import sample_text
 from distlstm.runs import load_checkpoint
-from tests.bptt.test_ddp import free_port, theta
+from tests.bptt.test_ddp import ddp_worker, free_port, theta
 
 CFG = DDPConfig(optimizer="adagrad", lr=0.2, clip=0.5, steps=6, eval_every=3, checkpoint_every=4, seed=1)
 
@@ -34,27 +33,13 @@ def word_task(text: str, rank: int = 0, world: int = 1, streams: int = 4) -> Wor
                           max_vocab=300, dtype="float64", eval_tokens=100)
 
 
-def _worker(rank: int, world: int, port: int, text: str, out: str, cfg: DDPConfig = CFG) -> None:
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    losses: list[float] = []
-    train_ddp(word_task(text, rank, world, streams=2), cfg, Path(out), rank=rank, world_size=world,
-              show_progress=False, on_step=lambda _s, v: losses.append(v))
-    Path(out, f"losses{rank}.json").write_text(json.dumps(losses))
-    dist.barrier()
-    dist.destroy_process_group()
-
-
 @pytest.mark.multiprocess
 def test_two_workers_take_the_steps_of_one_process_with_twice_the_streams(tmp_path: Path) -> None:
     text = text_file(tmp_path)
     single: list[float] = []
     train_ddp(word_task(text, streams=4), CFG, tmp_path / "single", show_progress=False,
               on_step=lambda _s, v: single.append(v))
-    mp.spawn(_worker, args=(2, free_port(), text, str(tmp_path / "ddp")), nprocs=2, join=True)
+    mp.spawn(ddp_worker, args=(2, free_port(), text, str(tmp_path / "ddp"), word_task, CFG), nprocs=2, join=True)
     torch.testing.assert_close(theta(tmp_path / "ddp"), theta(tmp_path / "single"), atol=1e-9, rtol=0)
     for rank in range(2):  # every worker used the same sampled candidates and saw the global mean loss
         assert json.loads(Path(tmp_path, "ddp", f"losses{rank}.json").read_text()) == pytest.approx(single, rel=1e-9)
@@ -63,7 +48,8 @@ def test_two_workers_take_the_steps_of_one_process_with_twice_the_streams(tmp_pa
 @pytest.mark.multiprocess
 def test_a_time_budget_stops_every_worker_at_the_same_step(tmp_path: Path) -> None:
     cfg = DDPConfig(optimizer="adam", steps=10**6, seconds=0.5, eval_every=10**6, checkpoint_every=10**6, seed=0)
-    mp.spawn(_worker, args=(2, free_port(), text_file(tmp_path), str(tmp_path / "ddp"), cfg), nprocs=2, join=True)
+    mp.spawn(ddp_worker, args=(2, free_port(), text_file(tmp_path), str(tmp_path / "ddp"), word_task, cfg),
+             nprocs=2, join=True)
     steps = [len(json.loads(Path(tmp_path, "ddp", f"losses{rank}.json").read_text())) for rank in range(2)]
     assert steps[0] == steps[1] > 0  # no worker left waiting in an all-reduce
 

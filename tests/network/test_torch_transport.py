@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ import torch.multiprocessing as mp
 
 from distlstm.network import InProcessTransport, make_topology
 from distlstm.network.torch_transport import TorchDistTransport
+from tests.launch import launch
 
 pytestmark = pytest.mark.multiprocess
 TOPOLOGY = {"name": "edges", "num_nodes": 4, "edges": [(0, 1), (1, 2), (2, 3), (3, 0), (0, 2)]}
@@ -95,11 +94,7 @@ def test_uneven_node_split_is_rejected():
 
 
 def run_cli(args: list[str], out: Path, processes: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
-    cmd = [*(launcher if processes > 1 else [sys.executable]), "-m", "distlstm.cli", *args, "--out", str(out)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    launch(args, out, processes, timeout=300)
     return json.loads((out / "summary.json").read_text())
 
 
