@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from distlstm._checks import check_ndim, check_positive_int, is_transformed
 from distlstm.models.cells import State
 from distlstm.models.heads import POOLINGS, RegressionHead, SoftmaxHead, pool, sequence_cross_entropy
-from distlstm.models.sequence import LSTM
+from distlstm.models.sequence import LSTM, dropout_mask
 from distlstm.models.softmax import LogUniformSampler, sampled_softmax_loss
 
 
@@ -68,17 +68,7 @@ def sequence_nats(forward: Callable[[Tensor, State | None], tuple[Tensor, State]
     ``forward(x, state) -> (logits, state)`` is a language model's call, e.g. a
     :class:`CharLM` or its ``functional_call`` at some θ.
     """
-    if len(ids) < 2:
-        raise ValueError(f"need at least 2 ids to score next-id predictions, got {len(ids)}")
-    state: State | None = None
-    total, count = 0.0, 0
-    for start in range(0, len(ids) - 1, window):
-        y = ids[start + 1 : start + 1 + window].unsqueeze(0)
-        x = ids[start : start + y.shape[1]].unsqueeze(0)
-        logits, state = forward(x, state)
-        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"))
-        count += y.numel()
-    return total / count
+    return stream_nats(forward, ids, streams=1, window=window)
 
 
 def check_ids(ids: Tensor, vocab_size: int) -> None:
@@ -183,10 +173,7 @@ class CharLM(_Generates):
 
 def inverted_dropout(x: Tensor, rate: float, generator: torch.Generator | None) -> Tensor:
     """Zero each element with probability ``rate`` (mask drawn with ``generator``), scale the rest by 1/(1 − rate)."""
-    if rate == 0.0:
-        return x
-    keep = 1.0 - rate
-    return x * torch.bernoulli(torch.full_like(x, keep), generator=generator) / keep
+    return x if rate == 0.0 else x * dropout_mask(x, rate, generator)
 
 
 class WordLM(_Generates):

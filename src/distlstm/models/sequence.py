@@ -37,6 +37,12 @@ def step_mask(lengths: Tensor, steps: int) -> Tensor:
     return (t[:, None] < lengths[None, :]).unsqueeze(-1)
 
 
+def dropout_mask(like: Tensor, rate: float, generator: torch.Generator | None) -> Tensor:
+    """Inverted-dropout mask shaped as ``like``: Bernoulli(1 − rate) / (1 − rate), drawn with ``generator``."""
+    keep = 1.0 - rate
+    return torch.empty_like(like).bernoulli_(keep, generator=generator).div_(keep)
+
+
 def run_layer(cell: Cell, x: Tensor, state: State, lengths: Tensor | None = None) -> tuple[Tensor, State]:
     """Run ``cell`` over ``x`` (B, T, input_size) from ``state``.
 
@@ -258,9 +264,8 @@ class LSTM(nn.Module):
         return x, tuple(torch.stack(parts) for parts in zip(*finals, strict=True))
 
     def _dropout_mask(self, x: Tensor) -> Tensor:
-        """Inverted-dropout mask for ``x`` (B, T, F): Bernoulli(1 - p) / (1 - p), from ``dropout_generator``."""
-        keep = 1.0 - self.dropout
-        return torch.empty_like(x).bernoulli_(keep, generator=self.dropout_generator).div_(keep)
+        """Inverted-dropout mask for ``x`` (B, T, F), drawn from ``dropout_generator``."""
+        return dropout_mask(x, self.dropout, self.dropout_generator)
 
     def _can_fuse(self, x: Tensor) -> bool:
         if not self.fused or is_transformed(x) or any(is_transformed(p) for p in self._flat_weights):
