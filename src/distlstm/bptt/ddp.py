@@ -115,9 +115,7 @@ def _mean_over_workers(value: Tensor, world_size: int) -> float:
 
 def _from_rank0(value: float, device: torch.device) -> float:
     """Rank 0's value on every worker (a time budget decides for all, or a worker waits forever)."""
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.broadcast(t, 0)
-    return float(t)
+    return float(broadcast_(torch.tensor([value], dtype=torch.float64, device=device), 0))
 
 
 def _gather_carry(carry: State | None) -> list[Tensor] | None:
