@@ -15,7 +15,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,text]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,text,tensorboard]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,4 +1,4 @@
-"""Run folders: resolved config, metrics CSV, plots and summaries, written atomically."""
+"""Files of a run, written atomically: text, JSON, CSV, PNG plots and raw checkpoints."""
 
 from __future__ import annotations
 
@@ -16,14 +16,20 @@ import torch
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that a crash leaves the old file or the new one, never half."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
 def save_checkpoint(path: Path, payload: Mapping[str, Any]) -> None:
     """``torch.save`` through a temporary file and an atomic rename."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(dict(payload), tmp)
+    with tmp.open("wb") as f:
+        torch.save(dict(payload), f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from distlstm.runs import load_checkpoint, plot_curves, save_checkpoint, write_csv, write_json
+from distlstm.runs.files import load_checkpoint, plot_curves, save_checkpoint, write_csv, write_json
 
 
 def test_checkpoint_round_trip_with_weights_only(tmp_path):

@@ -1,0 +1,106 @@
+"""Commands that start a run: flags from the config sections, --config / --resume / --overwrite, the loop.
+
+A :class:`RunCommand` names its config sections (the loop's section is added to every
+command); :func:`add_run_command` declares their flags, and :func:`run_command` resolves
+the configuration (defaults < the command's defaults < ``--config FILE`` or the resumed
+run's ``config.json`` < the flags given), builds the mode, and runs the loop inside the
+process group that ``torchrun`` describes (a local one when run alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distlstm.runs.config import LoopConfig, add_section_arguments, config_document, read_config_file, resolve_sections
+from distlstm.runs.folder import stored_config
+from distlstm.runs.loop import RunInterrupted, RunResult, print_interrupted, run
+from distlstm.runs.mode import Mode
+from distlstm.runtime.comm import open_comm
+
+
+@dataclass(frozen=True)
+class RunCommand:
+    """A ``distlstm`` command that runs a mode in the run loop."""
+
+    name: str  # the command: online, es, train
+    help: str
+    description: str
+    sections: Mapping[str, type]  # section name → config dataclass (the loop's is added)
+    make_mode: Callable[[Mapping[str, Any]], Mode]  # resolved sections → the mode
+    mode_name: Callable[[Mapping[str, Any]], str]  # resolved sections → "online", "es", "ddp", "fullbatch"
+    default_out: str
+    loop_defaults: Mapping[str, Any] = field(default_factory=dict)
+    titles: Mapping[str, str] = field(default_factory=dict)  # section → heading in --help
+    report: Callable[[RunResult, Path], str] | None = None  # the line printed at the end (rank 0)
+
+    def all_sections(self) -> dict[str, type]:
+        return {**self.sections, "loop": LoopConfig}
+
+
+def add_run_command(sub: Any, spec: RunCommand) -> argparse.ArgumentParser:
+    """Add ``spec`` as a subcommand: one flag per config field, and the run-folder flags."""
+    p = sub.add_parser(spec.name, help=spec.help, description=spec.description,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, cls in spec.all_sections().items():
+        group = p.add_argument_group(spec.titles.get(name, "run loop" if name == "loop" else name))
+        add_section_arguments(group, name, cls, spec.loop_defaults if name == "loop" else None)
+    g = p.add_argument_group("run folder")
+    g.add_argument("--out", default=None, help=f"folder of a new run (default: {spec.default_out}); it must be empty "
+                   "or absent, unless --overwrite")
+    g.add_argument("--resume", metavar="FOLDER", default=None,
+                   help="continue the run in FOLDER with its stored configuration; flags given may change only "
+                        "the budget and reporting (--steps, --seconds, --stop-at, --eval-every, "
+                        "--checkpoint-every, --no-progress, --tensorboard)")
+    g.add_argument("--overwrite", action="store_true", help="start a new run in --out even if it holds a run "
+                   "(its files are deleted)")
+    g.add_argument("--config", metavar="FILE", default=None,
+                   help="read settings from a JSON file shaped like a run's config.json (flags given override it)")
+    p.set_defaults(func=lambda args: run_command(spec, args))
+    return p
+
+
+def resolve_command(spec: RunCommand, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], Path,
+                                                                          bool]:
+    """(sections, config document, folder, resume) from the parsed flags."""
+    if args.resume is not None and (args.out is not None or args.config is not None or args.overwrite):
+        raise ValueError("--resume FOLDER continues a run with its own configuration: leave out --out, --config "
+                         "and --overwrite")
+    stored: dict[str, Any] = {}
+    if args.resume is not None:
+        stored = stored_config(Path(args.resume))
+        if stored.get("command") != spec.name:
+            raise ValueError(f"{args.resume} is a {stored.get('command')!r} run; resume it with distlstm "
+                             f"{stored.get('command')} --resume {args.resume}")
+        where = f"{args.resume}/config.json"
+    elif args.config is not None:
+        stored = read_config_file(args.config)
+        if stored.get("command", spec.name) != spec.name:
+            raise ValueError(f"{args.config} configures a {stored['command']!r} run, not {spec.name!r}")
+        where = args.config
+    else:
+        where = "config"
+    sections = resolve_sections(spec.all_sections(), args, mode_defaults={"loop": spec.loop_defaults},
+                                stored=stored, where=where)
+    doc = config_document(spec.name, spec.mode_name(sections), sections)
+    folder = Path(args.resume or args.out or spec.default_out)
+    return sections, doc, folder, args.resume is not None
+
+
+def run_command(spec: RunCommand, args: argparse.Namespace) -> int:
+    sections, doc, folder, resume = resolve_command(spec, args)
+    with open_comm() as comm:
+        mode = spec.make_mode(sections)
+        try:
+            result = run(mode, sections["loop"], comm=comm, folder=folder, config=doc, resume=resume,
+                         overwrite=args.overwrite)
+        except RunInterrupted as err:
+            return print_interrupted(err) if comm.is_main else 130
+        if comm.is_main:
+            line = spec.report(result, folder) if spec.report is not None else \
+                f"{result.summary['metric']} {result.summary[result.summary['metric']]:.5g}"
+            print(f"{line}; wrote {folder}/ (config.json, metrics.csv, metrics.png, summary.json, checkpoint.pt)")
+    return 0

@@ -1,0 +1,53 @@
+"""Modes: each algorithm family as a small object the run loop drives (see ``runs/mode.py``).
+
+* ``online``    — one online step over all nodes (SGD, EKF, PF, DSGD, DEKF, DPF);
+* ``es``        — one evolution-strategies generation;
+* ``ddp``       — one data-parallel minibatch step (char LM, word LM, long-lag, CSV);
+* ``fullbatch`` — one full-batch L-BFGS or CG step.
+
+:func:`load_run` takes the model out of any run folder.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from distlstm.runs.checkpoint import load_run_checkpoint
+
+MODES = ("online", "es", "ddp", "fullbatch")
+
+
+@dataclass
+class LoadedRun:
+    """A trained model taken out of a run folder, ready to call.
+
+    ``model`` is in eval mode; ``artifacts`` holds what using it needs (vocabulary,
+    scaler, feature names); ``config`` is the run's config document.
+    """
+
+    folder: Path
+    mode: str
+    command: str
+    step: int
+    config: dict[str, Any]
+    model: nn.Module
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_run(folder: str | Path) -> LoadedRun:
+    """The model of the run in ``folder`` (from its newest readable checkpoint), in eval mode."""
+    folder = Path(folder)
+    ckpt, _ = load_run_checkpoint(folder)
+    mode = ckpt.get("mode")
+    if mode not in MODES:
+        raise ValueError(f"{folder}: unknown mode {mode!r} in the checkpoint; expected one of {MODES}")
+    module = importlib.import_module(f"distlstm.modes.{mode}")
+    loaded: LoadedRun = module.load(ckpt, folder)
+    loaded.model.eval()
+    return loaded

@@ -1,0 +1,128 @@
+"""The communicator: the one interface through which algorithms talk to other workers.
+
+Every mode receives a :class:`Communicator` and uses nothing else to reach peers:
+
+* ``all_reduce_`` / ``all_gather_cat`` / ``broadcast_`` — collectives on tensors (sums
+  of gradients, fitnesses of the population, a time budget decided by rank 0);
+* ``check_same`` — a two-number checksum of θ compared across workers;
+* ``data_parallel`` — a model whose backward averages gradients over workers (DDP);
+* ``transport`` — the graph transport for decentralized algorithms (neighbour rounds).
+
+:class:`LocalComm` is one process (every collective is the identity, every graph node
+lives here); :class:`TorchDistComm` is one process of a ``torch.distributed`` group.
+Algorithms are written once against this interface; with the same seeds both give the
+same numbers. :func:`open_comm` is called by the run loop's caller (CLI, experiments,
+tests) and is the only place that starts or stops a process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from distlstm.network.graphs import Topology
+from distlstm.network.transport import InProcessTransport, Transport
+from distlstm.runtime import dist as _dist
+
+Op = Literal["sum", "max", "min"]
+
+
+class Communicator:
+    """One process alone (the base behaviour); :class:`TorchDistComm` overrides every collective."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that writes files and shows progress."""
+        return self.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        """Where this process computes: its GPU when it has one, else the CPU."""
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
+            else torch.device("cpu")
+
+    def all_reduce_(self, tensor: Tensor, op: Op = "sum") -> Tensor:
+        """Reduce ``tensor`` over all workers, in place; returns it."""
+        return tensor
+
+    def all_gather_cat(self, tensor: Tensor, dim: int = 0) -> Tensor:
+        """Every worker's ``tensor`` (the same shape everywhere), concatenated along ``dim`` in rank order."""
+        return tensor
+
+    def broadcast_(self, tensor: Tensor, src: int = 0) -> Tensor:
+        """Rank ``src``'s ``tensor`` on every worker, in place; returns it."""
+        return tensor
+
+    def check_same(self, theta: Tensor, when: str) -> None:
+        """Raise unless every worker holds the same θ (a two-number checksum compared)."""
+
+    def data_parallel(self, model: nn.Module) -> nn.Module:
+        """``model`` wrapped so that backward averages gradients over workers (itself when alone)."""
+        return model
+
+    def transport(self, topology: Topology) -> Transport:
+        """Neighbour rounds between the graph nodes; this process runs :attr:`Transport.local_nodes`."""
+        return InProcessTransport(topology)
+
+    def barrier(self) -> None:
+        """Wait until every worker gets here."""
+
+
+LocalComm = Communicator
+
+
+class TorchDistComm(Communicator):
+    """One process of an initialised ``torch.distributed`` group (gloo on CPU, NCCL on GPU)."""
+
+    def __init__(self, env: _dist.DistEnv) -> None:
+        self.rank, self.world_size, self.local_rank = env.rank, env.world_size, env.local_rank
+
+    def all_reduce_(self, tensor: Tensor, op: Op = "sum") -> Tensor:
+        red = {"sum": _dist.dist.ReduceOp.SUM, "max": _dist.dist.ReduceOp.MAX, "min": _dist.dist.ReduceOp.MIN}[op]
+        return _dist.all_reduce_(tensor, red)
+
+    def all_gather_cat(self, tensor: Tensor, dim: int = 0) -> Tensor:
+        return _dist.all_gather_cat(tensor, dim)
+
+    def broadcast_(self, tensor: Tensor, src: int = 0) -> Tensor:
+        return _dist.broadcast_(tensor, src)
+
+    def check_same(self, theta: Tensor, when: str) -> None:
+        _dist.check_same_across_ranks(theta, when)
+
+    def data_parallel(self, model: nn.Module) -> nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model)
+
+    def transport(self, topology: Topology) -> Transport:
+        from distlstm.network.torch_transport import TorchDistTransport
+
+        return TorchDistTransport(topology, self.rank, self.world_size)
+
+    def barrier(self) -> None:
+        _dist.dist.barrier()
+
+
+@contextlib.contextmanager
+def open_comm(env: _dist.DistEnv | None = None) -> Iterator[Communicator]:
+    """The communicator of this process: local when alone, else join (and finally leave) the process group.
+
+    ``env`` defaults to the launcher's environment (``torchrun`` sets RANK and WORLD_SIZE).
+    """
+    env = env or _dist.worker_env()
+    if env.world_size == 1:
+        yield LocalComm()
+        return
+    _dist.init_distributed()
+    try:
+        yield TorchDistComm(env)
+    finally:
+        _dist.shutdown_distributed()
