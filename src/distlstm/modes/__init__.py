@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,9 @@ class LoadedRun:
     config: dict[str, Any]
     model: nn.Module
     artifacts: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Regression runs: a CSV path (of the columns the run was trained on) → one row per forecast,
+    # {"row", "target", "prediction", "lower", "upper"} in the data's own units (bounds None without intervals).
+    forecaster: Callable[[Path], list[dict[str, Any]]] | None = None
 
 
 def load_run(folder: str | Path) -> LoadedRun:
