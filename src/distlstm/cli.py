@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from distlstm import __version__
 from distlstm._argtypes import cell_option, positive_int
@@ -28,8 +27,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     import networkx
     import numpy
 
-    backends = {name: available() for name, available in (
-        ("gloo", dist.is_gloo_available), ("nccl", dist.is_nccl_available), ("mpi", dist.is_mpi_available))}
+    from distlstm.runtime.dist import available_backends
+
+    backends = available_backends()
     info = {
         "distlstm": __version__,
         "python": platform.python_version(),
@@ -42,9 +42,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         "torch_interop_threads": torch.get_num_interop_threads(),
         "cuda_available": torch.cuda.is_available(),
         "cuda_devices": torch.cuda.device_count(),
-        "distributed_available": dist.is_available(),
+        "distributed_available": bool(backends),
         "distributed_backends": [name for name, ok in backends.items() if ok],
-        "default_backend": "nccl" if torch.cuda.is_available() and backends["nccl"] else "gloo",
+        "default_backend": "nccl" if torch.cuda.is_available() and backends.get("nccl") else "gloo",
     }
     if args.json:
         print(json.dumps(info, indent=2))

@@ -35,6 +35,13 @@ class DistEnv:
         return self.rank == 0
 
 
+def available_backends() -> dict[str, bool]:
+    """Which ``torch.distributed`` backends this build offers (gloo, nccl, mpi)."""
+    if not dist.is_available():
+        return {}
+    return {"gloo": dist.is_gloo_available(), "nccl": dist.is_nccl_available(), "mpi": dist.is_mpi_available()}
+
+
 def launched_env() -> DistEnv | None:
     """The launcher's rank and world size, or None when not launched by torchrun (or similar)."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
