@@ -14,8 +14,10 @@
 Every worker runs the loop and takes the same decisions: the clock that ends a
 ``seconds`` budget and the interrupt flag are reduced over workers (the maximum) after
 every step, and evaluations are the same everywhere. Only rank 0 writes files (holding
-the folder's lock) and shows progress; metrics.csv grows row by row, so memory stays flat. SIGINT/SIGTERM set a flag; the loop finishes the step, writes a checkpoint
-and raises :class:`RunInterrupted` with the command that resumes it.
+the folder's lock) and shows progress; metrics.csv grows row by row, so memory stays
+flat. SIGINT/SIGTERM set a flag; the loop finishes the step, writes a checkpoint and
+raises :class:`RunInterrupted` with the command that resumes it. A peer that dies ends
+the run on every survivor with one :class:`PeerLost` message.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +43,12 @@ from distlstm.runs.mode import Mode
 from distlstm.runtime.comm import Communicator, LocalComm
 
 
-class RunInterrupted(Exception):  # noqa: N818 (an outcome, not an error)
+class RunInterrupted(Exception):
     """The run stopped on SIGINT/SIGTERM after writing a checkpoint; ``str()`` says how to resume."""
+
+
+class PeerLost(RuntimeError):
+    """Another worker died or stopped answering; ``str()`` names this rank, the step and how to resume."""
 
 
 @dataclass
@@ -77,6 +83,21 @@ def _stop_signals(flag: list[bool]) -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def _peers_watched(comm: Communicator, step: Callable[[], int], command: str | None,
+                   out: Path | None) -> Iterator[None]:
+    """Turn torch.distributed's report of a dead or silent peer into one :class:`PeerLost` message."""
+    try:
+        yield
+    except Exception as err:
+        if not comm.is_peer_failure(err):
+            raise
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise PeerLost(f"rank {comm.rank}: another worker stopped answering during step {step() + 1} ({first}). "
+                       f"The last checkpoint is kept; once every worker can run again, continue with "
+                       f"{_resume_command(command, out)} under the same torchrun settings") from None
 
 
 def _resume_command(command: str | None, folder: Path | None) -> str:
@@ -158,7 +179,7 @@ def _run(mode: Mode, loop: LoopConfig, comm: Communicator, out: Path | None, con
     bar = tqdm(total=cap, initial=min(step, cap), desc=f"{command or mode.name} ({mode.name})", unit="step",
                disable=not (loop.progress and main), dynamic_ncols=True)
     try:
-        with _stop_signals(interrupted):
+        with _stop_signals(interrupted), _peers_watched(comm, lambda: step, command, out):
             while step < cap and not reached:
                 if loop.seconds is not None and seconds >= loop.seconds:
                     stopped = "seconds"
