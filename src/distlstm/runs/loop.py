@@ -41,7 +41,7 @@ from distlstm.runs.mode import Mode
 from distlstm.runtime.comm import Communicator, LocalComm
 
 
-class RunInterrupted(Exception):  # noqa: N818 (an outcome, not an error)
+class RunInterrupted(Exception):
     """The run stopped on SIGINT/SIGTERM after writing a checkpoint; ``str()`` says how to resume."""
 
 
@@ -131,6 +131,8 @@ def run(mode: Mode, loop: LoopConfig, *, comm: Communicator | None = None, folde
             started = time.perf_counter()
             metrics = dict(mode.step(step))
             step += 1
+            if mode.max_steps is not None and mode.max_steps < cap:  # the mode ended the run (no further progress)
+                cap = bar.total = mode.max_steps
             seconds += time.perf_counter() - started
             if comm.world_size > 1:  # one clock and one interrupt flag for all: rank 0 alone could not stop them
                 agreed = comm.all_reduce_(torch.tensor([seconds, float(interrupted[0])], dtype=torch.float64), "max")
