@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from distlstm.bench.timing import WORKER_SETTINGS, compare, run_cli
 from distlstm.es.fitness import char_fitness
 from distlstm.es.strategy import ESConfig, ask, init
 from distlstm.es.train import build_model
 from distlstm.models.functional import FunctionalModel
 from distlstm.runs import read_csv_numbers
+from distlstm.timing import WORKER_SETTINGS, compare, run_cli
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from distlstm.bench.timing import compare
 from distlstm.experiments.flstm_glstm import PAPER, FLSTMGLSTMConfig
 from distlstm.models.networks import WordLM
+from distlstm.timing import compare
 
 MODELS = ("LSTMP", "F-LSTM", "G-2", "G-4", "G-8", "G4-G8")
 

@@ -34,12 +34,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from distlstm.bench.timing import run_cli
 from distlstm.data.words import WordCorpus, load_word_corpus
 from distlstm.experiments.sampling import load_language_model
 from distlstm.models.networks import stream_nats
 from distlstm.models.sequence import LSTM
 from distlstm.runs import atomic_write_text, plot_curves, read_csv_numbers, write_csv, write_json
+from distlstm.timing import run_cli
 
 BASELINE = "LSTMP"
 # The paper's Table 1: perplexity, steps, RNN parameters, words/s (4 GPUs, one week).

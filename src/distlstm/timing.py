@@ -1,4 +1,8 @@
-"""Side-by-side timing: candidates run round-robin so machine drift hits all alike."""
+"""Side-by-side timing: candidates run round-robin so machine drift hits all alike; commands timed by worker setting.
+
+Shared by the benchmarks (``distlstm bench``) and the reproductions that time what they
+reproduce (a reproduction must not import ``distlstm.bench``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -49,3 +54,15 @@ def run_cli(args: list[str], out: Path, *, workers: int = 1, threads: int = 1) -
         raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr[-2000:]}")
     summary = Path(out, "summary.json")
     return json.loads(summary.read_text()) if summary.exists() else {}
+
+
+def by_worker_setting(label: str, args_for: Callable[[int], list[str]],
+                      progress: Callable[[str], None] | None) -> list[tuple[str, dict[str, Any]]]:
+    """``distlstm ARGS`` in every worker setting; (setting, summary.json) pairs."""
+    out = []
+    for name, (workers, threads) in WORKER_SETTINGS.items():
+        if progress:
+            progress(f"{label}: {name}")
+        with tempfile.TemporaryDirectory() as folder:
+            out.append((name, run_cli(args_for(workers), Path(folder), workers=workers, threads=threads)))
+    return out
