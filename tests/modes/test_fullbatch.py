@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
@@ -12,10 +14,11 @@ import torch.multiprocessing as mp
 
 from distlstm.bptt.table_task import TableTask
 from distlstm.bptt.tasks import CharStreamTask, LongLagTask
+from distlstm.cli_runs import RunCommand, add_run_command, run_command
 from distlstm.modes import load_run
 from distlstm.modes.fullbatch import FullBatchConfig, FullBatchMode
 from distlstm.runs.checkpoint import load_run_checkpoint
-from distlstm.runs.config import LoopConfig
+from distlstm.runs.config import LoopConfig, flag
 from distlstm.runs.loop import run
 from tests.bptt.test_table_task import table
 
@@ -167,3 +170,40 @@ def test_two_workers_take_the_steps_of_one_process(tmp_path, method):
     torch.testing.assert_close(theta[1], theta[0], atol=1e-8, rtol=0)  # sums in another order: rounding only
     assert [r["train_loss"] for r in two["rows"]] == pytest.approx([r["train_loss"] for r in single.rows], rel=1e-8)
     assert [r["evaluations"] for r in two["rows"]] == [r["evaluations"] for r in single.rows]
+
+
+@dataclass(frozen=True)
+class AddingSection:
+    min_len: int = flag(24, "minimal sequence length")
+    train_size: int = flag(64, "training sequences")
+    test_size: int = flag(16, "test sequences")
+
+
+# a command as the CLI declares one: FullBatchConfig's fields become --method, --max-iter, --history-size, ...
+FB = RunCommand(name="fb", help="fb", description="fb", sections={"task": AddingSection, "fullbatch": FullBatchConfig},
+                make_mode=lambda s: FullBatchMode(lambda r, w: LongLagTask(rank=r, world_size=w, problem="adding",
+                                                                           **asdict(s["task"])), s["fullbatch"]),
+                mode_name=lambda s: "fullbatch", default_out="runs/fb", loop_defaults={"eval_every": 1})
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    add_run_command(parser.add_subparsers(), FB)
+    return parser.parse_args(["fb", *argv])
+
+
+def state_of(folder: Path):
+    return load_run_checkpoint(folder, "fullbatch")[0]["state"]
+
+
+def test_the_same_run_from_flags_from_a_config_file_and_resumed_from_its_folder(tmp_path):
+    flags = ["--method", "cg", "--max-iter", "2", "--min-len", "22", "--no-progress"]
+    assert run_command(FB, parse([*flags, "--steps", "4", "--out", str(tmp_path / "flags")])) == 0
+    assert run_command(FB, parse(["--config", str(tmp_path / "flags" / "config.json"),
+                                  "--out", str(tmp_path / "file")])) == 0
+    same_state(state_of(tmp_path / "flags"), state_of(tmp_path / "file"))
+    assert run_command(FB, parse([*flags, "--steps", "2", "--out", str(tmp_path / "part")])) == 0
+    assert run_command(FB, parse(["--resume", str(tmp_path / "part"), "--steps", "4"])) == 0
+    same_state(state_of(tmp_path / "flags"), state_of(tmp_path / "part"))
+    with pytest.raises(ValueError, match=r"fullbatch.method: 'cg' in the run, 'lbfgs' now"):
+        run_command(FB, parse(["--resume", str(tmp_path / "part"), "--method", "lbfgs"]))
