@@ -128,7 +128,8 @@ class FullBatchObjective:
         total, grad = flat[0], flat[1:]
         if not torch.isfinite(total):
             raise FloatingPointError(f"the full-batch loss is not finite ({float(total)}) at evaluation "
-                                     f"{self.evaluations}; lower the gate sharpness α or the step length lr")
+                                     f"{self.evaluations}: the model diverged; lower the step length lr (or, "
+                                     "for the long-lag network, the gate sharpness α)")
         self._set_grads(grad)
         self._last = (theta.clone(), total.clone(), grad.clone())
         return total.clone()

@@ -199,6 +199,6 @@ def load(ckpt: Mapping[str, Any], folder: Path) -> LoadedRun:
     config = dict(ckpt.get("config") or {})
     artifacts = dict(state["artifacts"])
     forecast = artifacts.get("forecast")
-    return LoadedRun(folder=folder, mode="fullbatch", command=str(config.get("command")), step=int(ckpt["step"]),
+    return LoadedRun(folder=folder, mode="fullbatch", command=str(config.get("command") or ""), step=int(ckpt["step"]),
                      config=config, model=model, artifacts=artifacts,
                      forecaster=None if forecast is None else table_forecaster(model, forecast))
