@@ -16,7 +16,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 
 def theta(path: Path) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in load_checkpoint(path)["model"].values()])
+    ckpt = load_checkpoint(path)
+    model = ckpt["state"]["model"] if "state" in ckpt else ckpt["model"]  # run-loop checkpoints keep it in "state"
+    return torch.cat([t.reshape(-1) for t in model.values()])
 
 
 @pytest.mark.parametrize("optimizer", ["lbfgs", "cg"])

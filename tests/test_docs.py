@@ -66,9 +66,11 @@ from distlstm.data.text import load_text
 assert summary["samples"] == 40 * 8 * 32 and summary["steps"] == 40
 assert summary["val_nats_per_char"] < math.log(len(set(load_text()))) - 0.5   # well below a uniform guess
 """,
-    ("docs/bptt.md", "result = train_fullbatch("): """
-assert result.losses[-1] < 0.1 * result.losses[0]
-assert mean_absolute_error(model, test) < 0.05                      # predicting the mean (1.0) gives ≈ 0.33
+    ("docs/bptt.md", "first = run(mode, LoopConfig("): """
+from distlstm.bptt.tasks import mean_absolute_error
+assert first["stopped_by"] == "stop_at" and first["test_mae"] <= 0.02
+assert mean_absolute_error(mode.model, mode.task.test) == first["test_mae"]   # predicting the mean gives ≈ 0.33
+assert more["steps"] == first["steps"] + 5 and more["evaluations"] > first["evaluations"]
 """,
     ("docs/online.md", "forecast_windows(read_table(path)"): """
 import torch

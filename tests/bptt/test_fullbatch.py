@@ -1,153 +1,130 @@
-"""Full-batch L-BFGS and CG across workers equal one process on the whole batch."""
+"""The full-batch algorithm pieces: the objective, the CG iteration against SciPy, L-BFGS state, settings."""
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-from dataclasses import replace
-from pathlib import Path
+import io
 
+import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
+from scipy.optimize import minimize
 
-from distlstm.bptt import FullBatchConfig, fullbatch_closure, train_fullbatch
-from distlstm.data.longlag import LongLagData, adding_problem
-from distlstm.models.networks import SequenceRegressor
-
-CFG = FullBatchConfig(steps=3, max_iter=5)
-
-
-def model() -> SequenceRegressor:
-    torch.manual_seed(0)  # the matrix-batch setting: peepholes, no forget gate, sharpened gates, float64
-    return SequenceRegressor(2, 4, cell="peephole", forget_gate=False, alpha=3.75, pooling="last",
-                             head_bias=True).double()
-
-
-def data():
-    return adding_problem(64, 24, torch.Generator().manual_seed(1))
+from distlstm.bptt.fullbatch import (
+    CGState,
+    FullBatchConfig,
+    FullBatchObjective,
+    cg_iteration,
+    cg_start,
+    lbfgs_step,
+    make_lbfgs,
+)
+from distlstm.bptt.tasks import longlag_model
+from distlstm.data.longlag import adding_problem
 
 
-@pytest.mark.parametrize("method", ["lbfgs", "cg"])
-def test_full_batch_methods_learn_the_adding_problem(method):
-    net = model()
-    first = fullbatch_closure(net, data(), len(data()))().item()
-    forwards = [0]
-    net.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
-    result = train_fullbatch(net, data(), FullBatchConfig(method=method, steps=30 if method == "cg" else 5,
-                                                          max_iter=10))
-    assert result.losses[-1] < 0.5 * first
-    assert result.evaluations == forwards[0] > len(result.losses)  # counted: one full-batch forward each
-    # the reported loss is the loss at the final θ
-    assert result.losses[-1] == pytest.approx(fullbatch_closure(net, data(), len(data()))().item(), rel=1e-12)
+def objective():
+    """The matrix-batch setting (peepholes, no forget gate, sharpened gates, float64) on a small adding problem."""
+    net = longlag_model(4, 3.75, seed=0)
+    data = adding_problem(64, 24, torch.Generator().manual_seed(1))
+
+    def loss():
+        return ((net(data.x, data.lengths) - data.y) ** 2).mean()
+
+    return net, FullBatchObjective(net, loss)
 
 
-def test_cg_is_polak_ribiere_plus_on_a_quadratic():
-    """On a convex quadratic, nonlinear CG with exact-enough line searches converges in ≈ n steps."""
-    torch.manual_seed(0)
-    lin = torch.nn.Linear(6, 1, bias=False).double()
-    x = torch.randn(40, 6, dtype=torch.float64)
-    y = x @ torch.randn(6, dtype=torch.float64)
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = lin
-
-        def forward(self, xs, lengths):
-            return self.lin(xs[:, 0]).squeeze(-1)
-
-    quad = LongLagData(x[:, None, :], torch.ones(40, dtype=torch.long), y)
-    result = train_fullbatch(Net(), quad, FullBatchConfig(method="cg", steps=30))
-    assert result.losses[-1] < 1e-12
-    assert len(result.losses) <= 12
+def test_the_objective_is_the_mean_squared_error_and_its_gradient():
+    _, obj = objective()
+    theta = obj.theta()
+    f, g = obj.value_and_grad(theta.numpy())
+    data = adding_problem(64, 24, torch.Generator().manual_seed(1))
+    ref = longlag_model(4, 3.75, seed=0)
+    expected = ((ref(data.x, data.lengths) - data.y) ** 2).mean()
+    expected.backward()
+    assert f == float(expected.detach())
+    torch.testing.assert_close(torch.from_numpy(g), torch.cat([p.grad.reshape(-1) for p in ref.parameters()]),
+                               rtol=0, atol=0)
+    obj.closure()  # the same θ again: remembered, not another pass over the data
+    assert obj.evaluations == 1
 
 
-@pytest.mark.parametrize("method", ["lbfgs", "cg"])
-def test_a_failing_line_search_is_reported_not_raised(method):
-    net = model()
-    for p in net.parameters():
-        p.register_hook(lambda g: -g)  # the gradient points uphill: no step can decrease the loss
-    before = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
-    start = fullbatch_closure(model(), data(), len(data()))().item()
-    result = train_fullbatch(net, data(), FullBatchConfig(method=method, steps=5, max_iter=5))
-    assert "line search" in result.status
-    # unlike a converged run, θ never moved off its start and no loss below the first is reported
-    torch.testing.assert_close(torch.cat([p.detach().reshape(-1) for p in net.parameters()]), before)
-    assert len(result.losses) <= 1 and all(loss == pytest.approx(start, rel=1e-12) for loss in result.losses)
+def test_cg_takes_exactly_scipys_polak_ribiere_steps():
+    """Ten iterations of our CG on the long-lag network equal SciPy's minimize(method="CG") bit for bit."""
+    _, ours = objective()
+    x0 = ours.theta().numpy().copy()
+    state = cg_start(x0.copy(), ours.value_and_grad)
+    for _ in range(10):
+        nxt = cg_iteration(state, ours.value_and_grad, c2=0.1)
+        assert nxt is not None
+        state = nxt
+    _, theirs = objective()
+    ref = minimize(theirs.value_and_grad, x0, jac=True, method="CG", options={"maxiter": 10, "gtol": 0.0, "c2": 0.1})
+    assert ref.nit == 10
+    np.testing.assert_array_equal(state.x, ref.x)
+    assert state.f == ref.fun and ours.evaluations == theirs.evaluations
 
 
-def test_the_callback_and_the_time_budget_stop_the_run():
-    stopped = train_fullbatch(model(), data(), FullBatchConfig(method="cg", steps=50),
-                              on_step=lambda progress: len(progress.losses) == 3)
-    assert len(stopped.losses) == 3 and stopped.status == "stopped by the callback"
-    timed = train_fullbatch(model(), data(), FullBatchConfig(steps=50, max_iter=2, seconds=1e-9))
-    assert len(timed.losses) == 1 and timed.status == "time budget used"
+def test_cg_on_a_convex_quadratic_converges_in_about_n_steps():
+    a = np.diag(np.arange(1.0, 7.0))
+
+    def quad(x):
+        return float(0.5 * x @ a @ x), a @ x
+
+    state = cg_start(np.ones(6), quad)
+    for _ in range(12):
+        nxt = cg_iteration(state, quad, c2=0.1)
+        if nxt is None or not np.any(nxt.g):
+            break
+        state = nxt
+    assert state.f < 1e-12
 
 
-def _worker(rank: int, world: int, port: int, method: str, out: str) -> None:
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    net = model()
-    losses = train_fullbatch(net, data(), replace(CFG, method=method), rank=rank, world_size=world).losses
-    theta = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
-    Path(out, f"{rank}.json").write_text(json.dumps({"losses": losses, "theta": theta.tolist()}))
-    dist.barrier()  # nobody tears the group down while a peer still uses it
-    dist.destroy_process_group()
+def test_cg_state_round_trips_through_a_weights_only_checkpoint():
+    _, obj = objective()
+    state = cg_iteration(cg_start(obj.theta().numpy(), obj.value_and_grad), obj.value_and_grad, 0.1)
+    buf = io.BytesIO()
+    torch.save(state.state_dict(), buf)
+    buf.seek(0)
+    back = CGState.from_state_dict(torch.load(buf, weights_only=True))
+    for name in ("x", "g", "p"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(state, name))
+    assert (back.f, back.f_prev) == (state.f, state.f_prev)
 
 
-@pytest.mark.multiprocess
-@pytest.mark.parametrize("method", ["lbfgs", "cg"])
-def test_two_workers_take_the_steps_of_one_process(tmp_path, method):
-    torch.set_num_threads(1)
-    single = model()
-    single_losses = train_fullbatch(single, data(), replace(CFG, method=method)).losses
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(2, port, method, str(tmp_path)), nprocs=2, join=True)
-    runs = [json.loads(Path(tmp_path, f"{r}.json").read_text()) for r in range(2)]
-    assert runs[0]["theta"] == runs[1]["theta"]  # identical on every rank, bit for bit
-    theta = torch.tensor(runs[0]["theta"], dtype=torch.float64)
-    expected = torch.cat([p.detach().reshape(-1) for p in single.parameters()])
-    torch.testing.assert_close(theta, expected, atol=1e-8, rtol=0)  # sums in another order: rounding only
-    assert runs[0]["losses"] == pytest.approx(single_losses, rel=1e-8)
+def test_lbfgs_history_survives_a_weights_only_checkpoint_and_continues_identically():
+    net, obj = objective()
+    opt = make_lbfgs(obj.params, FullBatchConfig(max_iter=4))
+    lbfgs_step(opt, obj.closure)
+    buf = io.BytesIO()
+    torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "obj": obj.state_dict()}, buf)
+    saved = opt.state_dict()["state"][0]
+    assert {"d", "t", "old_dirs", "old_stps", "ro", "H_diag", "prev_flat_grad", "prev_loss", "n_iter",
+            "func_evals"} <= set(saved)
+    whole = lbfgs_step(opt, obj.closure)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    net2, obj2 = objective()
+    net2.load_state_dict(ckpt["model"])
+    obj2.load_state_dict(ckpt["obj"])
+    opt2 = make_lbfgs(obj2.params, FullBatchConfig(max_iter=4))
+    opt2.load_state_dict(ckpt["opt"])
+    assert lbfgs_step(opt2, obj2.closure) == whole
+    assert torch.equal(obj2.theta(), obj.theta()) and obj2.evaluations == obj.evaluations
+
+
+def test_a_non_finite_loss_is_a_clear_error():
+    net = longlag_model(4, 3.75, seed=0)
+    obj = FullBatchObjective(net, lambda: sum(p.sum() for p in net.parameters()) * float("nan"))
+    with pytest.raises(FloatingPointError, match=r"full-batch loss is not finite \(nan\) at evaluation 1"):
+        obj.closure()
 
 
 def test_bad_settings():
-    with pytest.raises(ValueError, match="steps must be at least 1"):
-        FullBatchConfig(steps=0)
+    with pytest.raises(ValueError, match="max_iter must be at least 1"):
+        FullBatchConfig(max_iter=0)
     with pytest.raises(ValueError, match="cg_c2 must lie in"):
         FullBatchConfig(cg_c2=1.0)
     with pytest.raises(ValueError, match="unknown full-batch method"):
         FullBatchConfig(method="newton")
-    with pytest.raises(ValueError, match="cannot be split over 2 workers"):
-        train_fullbatch(model(), adding_problem(1, 24, torch.Generator()), CFG, world_size=2)
-
-
-def test_a_non_finite_full_batch_loss_names_the_step_and_keeps_the_last_model(tmp_path):
-    from distlstm.bptt.fullbatch_run import run_fullbatch
-    from distlstm.bptt.tasks import LongLagTask
-    from distlstm.runs import load_checkpoint
-
-    class Exploding(LongLagTask):
-        def build_model(self, seed):
-            net = super().build_model(seed)
-            calls = [0]
-
-            def poison(_module, _inputs, output):
-                calls[0] += 1
-                return output * float("nan") if calls[0] > 12 else output
-
-            net.head.register_forward_hook(poison)
-            return net
-
-    task = Exploding(problem="adding", min_len=24, train_size=64, test_size=16)
-    with pytest.raises(FloatingPointError, match=r"not finite.*\(during step \d+\); the model after step \d+ is kept"):
-        run_fullbatch(task, FullBatchConfig(steps=20, max_iter=2), tmp_path, show_progress=False)
-    model = load_checkpoint(tmp_path / "checkpoint.pt")["model"]
-    assert all(torch.isfinite(t).all() for t in model.values())
+    with pytest.raises(ValueError, match="lr must be positive"):
+        FullBatchConfig(lr=0.0)

@@ -13,8 +13,6 @@ import torch
 import torch.multiprocessing as mp
 
 from distlstm.bptt.ddp import DDPConfig, train_ddp
-from distlstm.bptt.fullbatch import FullBatchConfig
-from distlstm.bptt.fullbatch_run import run_fullbatch
 from distlstm.bptt.table_task import TableTask
 from distlstm.cli import main
 from distlstm.runs import load_checkpoint
@@ -56,25 +54,13 @@ def test_adam_learns_the_table_and_beats_the_mean_predictor(tmp_path):
     assert summary["test_mse_units"] == "y's units squared" and summary["features"] == ["a", "b", "y (past)"]
 
 
-def test_lbfgs_learns_the_table(tmp_path):
-    t = task(table(tmp_path / "t.csv"))
-    summary = run_fullbatch(t, FullBatchConfig(steps=4, max_iter=10), tmp_path / "lbfgs", show_progress=False)
-    assert summary["metric"] == "test_mse" and summary["test_mse"] < 0.25 * summary["test_mse_mean_predictor"]
-    rows = (tmp_path / "lbfgs" / "metrics.csv").read_text().splitlines()
-    assert rows[0].endswith("test_mse") and len(rows) == 5
-
-
-def _worker(rank: int, world: int, port: int, data: str, out: str, method: str) -> None:
+def _worker(rank: int, world: int, port: int, data: str, out: str) -> None:
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    if method == "adam":
-        train_ddp(task(data, rank, world, batch=8), CFG, Path(out), rank=rank, world_size=world, show_progress=False)
-    else:
-        run_fullbatch(task(data, rank, world, test_fraction=0.204), FullBatchConfig(steps=2, max_iter=4), Path(out),
-                      rank=rank, world_size=world, show_progress=False)
+    train_ddp(task(data, rank, world, batch=8), CFG, Path(out), rank=rank, world_size=world, show_progress=False)
     dist.barrier()
     dist.destroy_process_group()
 
@@ -84,20 +70,14 @@ def theta(out: Path) -> torch.Tensor:
 
 
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("method", ["adam", "lbfgs"])
-def test_two_workers_equal_one_process_with_twice_the_batch(tmp_path, method):
+def test_two_workers_equal_one_process_with_twice_the_batch(tmp_path):
     data = table(tmp_path / "t.csv")
     torch.set_num_threads(1)
-    if method == "adam":
-        single = train_ddp(task(data, batch=16), CFG, tmp_path / "one", show_progress=False)
-    else:  # 187 training windows: the two workers' shares differ by one
-        t = task(data, test_fraction=0.204)
-        assert len(t.train) % 2 == 1
-        single = run_fullbatch(t, FullBatchConfig(steps=2, max_iter=4), tmp_path / "one", show_progress=False)
+    single = train_ddp(task(data, batch=16), CFG, tmp_path / "one", show_progress=False)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_worker, args=(2, port, data, str(tmp_path / "two"), method), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, port, data, str(tmp_path / "two")), nprocs=2, join=True)
     torch.testing.assert_close(theta(tmp_path / "two"), theta(tmp_path / "one"), atol=1e-8, rtol=0)
     two = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert two["workers"] == 2 and two["test_mse"] == pytest.approx(single["test_mse"], rel=1e-6)
@@ -112,7 +92,7 @@ def test_train_command_on_a_csv(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "lbfgs: test_mse" in printed and "(target reached)" in printed
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["reached_target"] and summary["steps"] == 1  # --stop-at: the first step is below 1e9
+    assert summary["reached_stop_at"] and summary["steps"] == 1  # --stop-at: the first step is below 1e9
 
 
 @pytest.mark.parametrize(("args", "message"), [

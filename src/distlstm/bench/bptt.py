@@ -10,72 +10,16 @@
   the fastest one alone).
 
 Worker runs report training time only (start-up, evaluation and checkpoints excluded).
+The vectorization and L-BFGS measurements live in ``experiments/matrix_batch_timing.py``,
+which the matrix-batch reproduction uses too.
 """
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import torch
-
-from distlstm.bench.timing import WORKER_SETTINGS, compare
-from distlstm.bptt.tasks import longlag_model
-from distlstm.runtime.launch import run_cli
-
-
-@dataclass(frozen=True)
-class VectorRow:
-    batch: int
-    steps: int
-    looped_ms: float
-    batched_ms: float
-
-    @property
-    def speedup(self) -> float:
-        return self.looped_ms / self.batched_ms
-
-
-@dataclass(frozen=True)
-class WorkersRow:
-    setting: str
-    seconds: float  # training time of the run
-    rate: float  # samples/s (DDP) or seconds per iteration (L-BFGS)
-
-
-def bench_vectorization(batch: int = 100, steps: int = 10, hidden: int = 4, repeats: int = 5) -> VectorRow:
-    """Forward + backward of ``batch`` sequences in one matrix call against a loop over the samples."""
-    model = longlag_model(hidden)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, steps, 2, generator=gen, dtype=torch.float64)
-    y = torch.rand(batch, generator=gen, dtype=torch.float64)
-
-    def batched() -> None:
-        model.zero_grad()
-        ((model(x) - y) ** 2).mean().backward()
-
-    def looped() -> None:
-        model.zero_grad()
-        for i in range(batch):
-            ((model(x[i : i + 1]) - y[i : i + 1]) ** 2).sum().div(batch).backward()
-
-    t = compare({"looped": looped, "batched": batched}, repeats=repeats, warmup=1)
-    return VectorRow(batch, steps, t["looped"] * 1e3, t["batched"] * 1e3)
-
-
-def _by_setting(label: str, args_for: Callable[[int], list[str]],
-                progress: Callable[[str], None] | None) -> list[tuple[str, dict[str, Any]]]:
-    """``distlstm ARGS`` in every worker setting; (setting, summary.json) pairs."""
-    out = []
-    for name, (workers, threads) in WORKER_SETTINGS.items():
-        if progress:
-            progress(f"{label}: {name}")
-        with tempfile.TemporaryDirectory() as folder:
-            out.append((name, run_cli(args_for(workers), Path(folder), workers=workers, threads=threads)))
-    return out
+from distlstm.experiments.matrix_batch_timing import VectorRow, WorkersRow, bench_lbfgs_workers, bench_vectorization
+from distlstm.timing import by_worker_setting
 
 
 def bench_ddp_workers(steps: int = 40, global_batch: int = 32, hidden: int = 256,
@@ -87,14 +31,7 @@ def bench_ddp_workers(steps: int = 40, global_batch: int = 32, hidden: int = 256
                 "--checkpoint-every", str(steps), "--no-progress"]
 
     return [WorkersRow(name, s["seconds"], s["samples_per_second"])
-            for name, s in _by_setting("DDP workers", args, progress)]
+            for name, s in by_worker_setting("DDP workers", args, progress)]
 
 
-def bench_lbfgs_workers(iterations: int = 10, train_size: int = 10_000, min_len: int = 100,
-                        progress: Callable[[str], None] | None = None) -> list[WorkersRow]:
-    """Seconds per full-batch L-BFGS iteration (multiplication problem, float64) by worker setting."""
-    args = ["train", "--task", "multiplication", "--optimizer", "lbfgs", "--max-iter", "1", "--steps",
-            str(iterations), "--train-size", str(train_size), "--min-len", str(min_len), "--test-size", "100",
-            "--no-progress"]
-    return [WorkersRow(name, s["seconds"], s["seconds"] / max(s["steps"], 1))
-            for name, s in _by_setting("L-BFGS workers", lambda _workers: args, progress)]
+__all__ = ["VectorRow", "WorkersRow", "bench_ddp_workers", "bench_lbfgs_workers", "bench_vectorization"]

@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 
 import distlstm
-from distlstm.bench.timing import compare
 from distlstm.models import LSTMCell, run_layer
+from distlstm.timing import compare
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 
-from distlstm.bench.timing import WORKER_SETTINGS, compare
 from distlstm.es.fitness import char_fitness
 from distlstm.es.strategy import ESConfig, ask, init
 from distlstm.es.train import build_model
 from distlstm.models.functional import FunctionalModel
 from distlstm.runs import read_csv_numbers
 from distlstm.runtime.launch import run_cli
+from distlstm.timing import WORKER_SETTINGS, compare
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from distlstm.bench.timing import compare
 from distlstm.models import CharLM, FunctionalModel, SequenceRegressor
+from distlstm.timing import compare
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-from distlstm.bench.timing import compare
 from distlstm.models.lm_variants import TABLE1 as PAPER
 from distlstm.models.lm_variants import VARIANTS, variant_cell
 from distlstm.models.networks import WordLM
+from distlstm.timing import compare
 
 MODELS = VARIANTS
 

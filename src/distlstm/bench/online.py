@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import torch
 
 from distlstm.bench.functional import loop_vs_batched
-from distlstm.bench.timing import compare
 from distlstm.data.observation import Observation
 from distlstm.experiments.online_runs import DEFAULT_SETTINGS, regressor
 from distlstm.network import InProcessTransport, make_topology
 from distlstm.online import ALGORITHMS, EKF, make_algorithm, run_online
 from distlstm.online.ekf import EKFState
+from distlstm.timing import compare
 
 
 @dataclass(frozen=True)

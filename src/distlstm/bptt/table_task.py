@@ -18,19 +18,20 @@ workers with b windows each take the steps of one process with W·b.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from distlstm._flags import option
-from distlstm.bptt.tasks import Batch, ShuffledMinibatches
+from distlstm.bptt.tasks import Batch, ShuffledMinibatches, regressor_from_spec
 from distlstm.data.forecast import forecast_windows
 from distlstm.data.longlag import LongLagData
 from distlstm.data.table import read_table
 from distlstm.models.cells import State
-from distlstm.models.networks import SequenceRegressor
 
 
 @dataclass
@@ -84,12 +85,16 @@ class TableTask(ShuffledMinibatches):
                                  for rows in parts.values())
         self.scale = float(fc.scale[0])  # one map fitted on the training rows
         self.features = fc.features
+        self.maps = fc.maps
+
+    def model_spec(self) -> dict[str, Any]:
+        """What rebuilding the model needs (:func:`~distlstm.bptt.tasks.regressor_from_spec`)."""
+        return {"kind": "sequence-regressor", "dtype": self.dtype,
+                "config": {"input_size": len(self.features), "hidden_size": self.hidden, "num_layers": self.layers,
+                           "cell": self.cell, "pooling": "last", "head_bias": True, **self.cell_options}}
 
     def build_model(self, seed: int) -> nn.Module:
-        torch.manual_seed(seed)
-        model = SequenceRegressor(len(self.features), self.hidden, self.layers, cell=self.cell, pooling="last",
-                                  head_bias=True, **self.cell_options)
-        return model.to(getattr(torch, self.dtype))
+        return regressor_from_spec(self.model_spec(), seed)
 
     def batch(self, step: int, seed: int) -> Batch:
         rows = self.batch_rows(step, seed)
@@ -109,8 +114,39 @@ class TableTask(ShuffledMinibatches):
         pred = model(self.test.x.to(device)).cpu()
         return float(((pred - self.test.y) ** 2).mean()) * self.scale**2
 
+    def forecast_artifacts(self) -> dict[str, Any]:
+        """What forecasting new rows needs besides the model (:func:`table_forecaster`): columns, window, scaler."""
+        return {"target": self.target, "inputs": list(self.inputs), "window": self.window, "horizon": self.horizon,
+                "past_target": self.past_target, "scaling": self.scaling, "maps": [list(m) for m in self.maps or ()],
+                "features": list(self.features)}
+
     def describe(self) -> dict[str, Any]:
         """Figures for summary.json: the data, and the test MSE of predicting the training mean."""
         baseline = float(((self.train.y.mean() - self.test.y) ** 2).mean()) * self.scale**2
         return {"test_mse_mean_predictor": baseline, "test_mse_units": f"{self.target}'s units squared",
                 "features": self.features, "training_windows": len(self.train), "test_windows": len(self.test)}
+
+
+def table_forecaster(model: nn.Module, artifacts: dict[str, Any]) -> Callable[[str | Path], list[dict[str, Any]]]:
+    """Forecasts of a trained csv model on a table with the training columns, in the target's own units.
+
+    ``artifacts`` is :meth:`TableTask.forecast_artifacts` (stored in the run's
+    checkpoint); the windows of the new table are scaled with the scaler fitted on the
+    training rows. One row per window: ``row`` (the label's line in the file),
+    ``target`` (None where the cell is empty), ``prediction``, and ``lower`` / ``upper``
+    None (no intervals: a point estimate).
+    """
+    maps = [tuple(m) for m in artifacts["maps"]]
+
+    @torch.no_grad()
+    def forecast(path: str | Path) -> list[dict[str, Any]]:
+        fc = forecast_windows(read_table(path), artifacts["target"], artifacts["inputs"],
+                              window=artifacts["window"], horizon=artifacts["horizon"],
+                              scaling=artifacts["scaling"], past_target=artifacts["past_target"], maps=maps)
+        dtype = next(model.parameters()).dtype
+        predicted = fc.to_data_units(model(fc.x.to(dtype)).to(fc.shift.dtype))
+        actual = fc.to_data_units(fc.d)
+        return [{"row": line, "target": float(a) if bool(torch.isfinite(a)) else None, "prediction": float(p),
+                 "lower": None, "upper": None} for line, a, p in zip(fc.label_lines, actual, predicted, strict=True)]
+
+    return forecast

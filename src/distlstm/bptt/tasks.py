@@ -40,11 +40,28 @@ class Batch(NamedTuple):
     starts_stream: bool  # the carried state restarts from zero here
 
 
-def longlag_model(hidden: int = 4, alpha: float = 3.75, seed: int = 0) -> SequenceRegressor:
+def regressor_from_spec(spec: dict[str, Any], seed: int | None = None) -> SequenceRegressor:
+    """The :class:`SequenceRegressor` a model spec describes (``{"kind", "dtype", "config"}``, what a run stores).
+
+    With ``seed`` the initial weights are drawn after ``torch.manual_seed(seed)``.
+    """
+    if spec.get("kind") != "sequence-regressor":
+        raise ValueError(f"not a sequence-regressor spec: kind {spec.get('kind')!r}")
+    if seed is not None:
+        torch.manual_seed(seed)
+    return SequenceRegressor(**spec["config"]).to(getattr(torch, spec["dtype"]))
+
+
+def longlag_spec(hidden: int = 4, alpha: float = 3.75) -> dict[str, Any]:
     """The matrix-batch paper's long-lag network: peephole cells, no forget gate, gates σ(α·a), float64."""
-    torch.manual_seed(seed)
-    return SequenceRegressor(2, hidden, cell="peephole", forget_gate=False, alpha=alpha, pooling="last",
-                             head_bias=True).double()
+    return {"kind": "sequence-regressor", "dtype": "float64",
+            "config": {"input_size": 2, "hidden_size": hidden, "cell": "peephole", "forget_gate": False,
+                       "alpha": alpha, "pooling": "last", "head_bias": True}}
+
+
+def longlag_model(hidden: int = 4, alpha: float = 3.75, seed: int = 0) -> SequenceRegressor:
+    """The long-lag network of :func:`longlag_spec`, initialised from ``seed``."""
+    return regressor_from_spec(longlag_spec(hidden, alpha), seed)
 
 
 def longlag_splits(problem: str, min_len: int, train: int, test: int, seed: int) -> tuple[LongLagData, LongLagData]:
@@ -266,8 +283,12 @@ class LongLagTask(ShuffledMinibatches):
         self.train, self.test = longlag_splits(self.problem, self.min_len, self.train_size, self.test_size,
                                                self.data_seed)
 
+    def model_spec(self) -> dict[str, Any]:
+        """What rebuilding the model needs (:func:`regressor_from_spec`)."""
+        return longlag_spec(self.hidden, self.alpha)
+
     def build_model(self, seed: int) -> nn.Module:
-        return longlag_model(self.hidden, self.alpha, seed)
+        return regressor_from_spec(self.model_spec(), seed)
 
     def batch(self, step: int, seed: int) -> Batch:
         rows = self.batch_rows(step, seed)

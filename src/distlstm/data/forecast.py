@@ -59,6 +59,9 @@ class Forecasts:
     last_target: Tensor  # (M,) last observed target before row e, scaled (the naive forecast); NaN if none
     features: list[str]
     target: str
+    # the fitted (shift, scale) of each input column, then of the target (None for causal scaling):
+    # what forecasting new rows with a trained model needs (``forecast_windows(..., maps=)``)
+    maps: tuple[tuple[float, float], ...] | None = None
 
     def __len__(self) -> int:
         return self.d.shape[0]
@@ -74,10 +77,12 @@ class Forecasts:
 
 def forecast_windows(table: Table, target: str | int, inputs: Sequence[str | int] = (), *, window: int = 2,
                      horizon: int = 1, scaling: str = "causal", warmup: int = 20, past_target: bool = True,
-                     fit_rows: int | None = None) -> Forecasts:
+                     fit_rows: int | None = None, maps: Sequence[tuple[float, float]] | None = None) -> Forecasts:
     """Observations of ``table`` predicting ``target`` ``horizon`` rows after a ``window`` of features.
 
     ``fit_rows`` limits the fitted (non-causal) scalers to the first rows (the training part).
+    ``maps`` gives the (shift, scale) of each input column and then of the target instead
+    of fitting them — a trained model's scaler (:attr:`Forecasts.maps`), applied to new rows.
     """
     if window < 1 or horizon < 1:
         raise ValueError(f"window and horizon must be at least 1, got {window} and {horizon} "
@@ -90,6 +95,11 @@ def forecast_windows(table: Table, target: str | int, inputs: Sequence[str | int
     t = table.index(target, ("target", "--target"))
     cols = [table.index(c, ("inputs", "--inputs")) for c in inputs]
     _check_columns(table, t, cols, past_target)
+    if maps is not None and scaling == "causal":
+        raise ValueError("maps replace a fitted scaler (standardize, minmax or none); causal scaling fits none")
+    if maps is not None and len(maps) != len(cols) + 1:
+        raise ValueError(f"maps holds {len(maps)} (shift, scale) pairs; expected one per input column and one for "
+                         f"the target ({len(cols) + 1})")
     n = len(table)
     y = table.values[:, t]
     ffilled = _forward_fill(y)
@@ -105,8 +115,12 @@ def forecast_windows(table: Table, target: str | int, inputs: Sequence[str | int
                          + (f" or {option('warmup', '--warmup')}" if warm else "") + ", or add rows")
     names = [table.column_name(c) for c in cols] + ([f"{table.column_name(t)} (past)"] if past_target else [])
     shifts, scales = [], []
-    for values, name in zip([*feats[: len(cols)], y], [*names[: len(cols)], table.column_name(t)], strict=True):
-        shift, scale = _fit(values, scaling, fit_rows)
+    for i, (values, name) in enumerate(zip([*feats[: len(cols)], y], [*names[: len(cols)], table.column_name(t)],
+                                           strict=True)):
+        if maps is None:
+            shift, scale = _fit(values, scaling, fit_rows)
+        else:
+            shift, scale = (torch.full((n + 1,), float(v), dtype=values.dtype) for v in maps[i])
         _check_scale(table, name, values, shift[ends], scale[ends], ends, scaling, fit_rows, is_target=values is y)
         shifts.append(shift)
         scales.append(scale)
@@ -121,8 +135,11 @@ def forecast_windows(table: Table, target: str | int, inputs: Sequence[str | int
     x = torch.nan_to_num((x - shift_f[:, None]) / scale_f[:, None], nan=0.0)  # NaN only: a past target not seen yet
     d = (y[ends + horizon - 1] - shift_t) / scale_t
     last = (ffilled[ends - 1] - shift_t) / scale_t
+    fitted = None if scaling == "causal" and maps is None else tuple(
+        (float(sh[0]), float(sc[0])) for sh, sc in zip([*shifts[: len(cols)], shifts[-1]],
+                                                      [*scales[: len(cols)], scales[-1]], strict=True))
     return Forecasts(x, d, ends, [table.lines[int(e) + horizon - 1] for e in ends], shift_t, scale_t, last, names,
-                     table.column_name(t))
+                     table.column_name(t), fitted)
 
 
 def _check_columns(table: Table, target: int, cols: list[int], past_target: bool) -> None:

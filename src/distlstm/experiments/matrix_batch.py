@@ -29,12 +29,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from distlstm.bench.bptt import WorkersRow, bench_lbfgs_workers, bench_vectorization
 from distlstm.bptt.ddp import DDPConfig, train_ddp
-from distlstm.bptt.fullbatch import FullBatchConfig
-from distlstm.bptt.fullbatch_run import run_fullbatch
 from distlstm.bptt.tasks import LongLagTask, longlag_splits
+from distlstm.experiments.matrix_batch_timing import WorkersRow, bench_lbfgs_workers, bench_vectorization
+from distlstm.modes.fullbatch import METHODS, FullBatchConfig, FullBatchMode
 from distlstm.runs import atomic_write_text, plot_curves, read_csv_numbers, write_json
+from distlstm.runs.config import LoopConfig, config_document
+from distlstm.runs.loop import run as run_loop
 
 NOTES = """\
 - The paper reports success without a time limit; here every run has the same training-time
@@ -93,23 +94,37 @@ def run_one(cfg: MatrixBatchConfig, optimizer: str, alpha: float, seed: int, out
     torch.set_num_threads(1)
     task = LongLagTask(min_len=cfg.min_len, train_size=cfg.train_size, test_size=cfg.test_size,
                        batch_size=cfg.sgd_batch, hidden=cfg.hidden, alpha=alpha, data_seed=seed)
-    if optimizer in ("lbfgs", "cg"):
-        summary = run_fullbatch(task, FullBatchConfig(method=optimizer, steps=10**9, max_iter=cfg.lbfgs_max_iter,
-                                                      seconds=cfg.seconds), out, seed=seed, target=cfg.target,
-                                show_progress=False)
+    if optimizer in METHODS:
+        summary, rows = run_fullbatch(cfg, task, optimizer, seed, out)
     else:
         ddp = DDPConfig(optimizer=optimizer, lr=cfg.sgd_lr, momentum=cfg.sgd_momentum, clip=None, steps=10**9,
                         seconds=cfg.seconds, target=cfg.target, eval_every=task.steps_per_epoch(),
                         checkpoint_every=10**9, seed=seed)
         summary = train_ddp(task, ddp, out, show_progress=False)
-    rows = read_csv_numbers(out / "metrics.csv")
+        rows = read_csv_numbers(out / "metrics.csv")
     first = next((r for r in rows if r["test_mae"] <= cfg.target), None)
     return {"optimizer": optimizer, "alpha": alpha, "seed": seed, "success": first is not None,
             "seconds_to_success": None if first is None else first["seconds"],
             "samples_to_success": None if first is None else int(first["samples"]),
             "final_test_mae": summary["test_mae"], "seconds": summary["seconds"], "samples": summary["samples"],
             "status": summary.get("status", "target reached" if first else "time budget used"),
-            "curve": [(r["seconds"], r["test_mae"]) for r in rows]}
+            "curve": [(r["seconds"], r["test_mae"]) for r in rows if "test_mae" in r]}
+
+
+def run_fullbatch(cfg: MatrixBatchConfig, task: LongLagTask, optimizer: str, seed: int, out: Path | None,
+                  steps: int = 10**9) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """L-BFGS or CG in the run loop until the target, the time budget, ``steps`` or a step without progress.
+
+    Returns (summary, metrics rows). The test error is evaluated after every step (one
+    L-BFGS step of ``lbfgs_max_iter`` iterations, or one CG iteration); ``out`` None
+    runs without a folder.
+    """
+    fb = FullBatchConfig(method=optimizer, max_iter=cfg.lbfgs_max_iter)
+    loop = LoopConfig(steps=steps, seconds=cfg.seconds, stop_at=cfg.target, eval_every=1, checkpoint_every=100,
+                      seed=seed, progress=False)
+    result = run_loop(FullBatchMode(lambda _rank, _world: task, fb), loop, folder=out, overwrite=True,
+                      config=config_document("reproduce matrix-batch", "fullbatch", {"fullbatch": fb, "loop": loop}))
+    return result.summary, result.rows
 
 
 def _median(values: list[float]) -> float | None:

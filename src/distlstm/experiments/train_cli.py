@@ -10,7 +10,6 @@ from typing import Any
 from distlstm._argtypes import cell_option, positive_int
 from distlstm.bptt.ddp import OPTIMIZERS, DDPConfig, train_ddp
 from distlstm.bptt.fullbatch import METHODS, FullBatchConfig
-from distlstm.bptt.fullbatch_run import run_fullbatch
 from distlstm.bptt.table_task import TableTask
 from distlstm.bptt.tasks import LONG_LAG_PROBLEMS, CharStreamTask, LongLagTask, WordStreamTask
 from distlstm.data.text import SHAKESPEARE_TRAGEDIES
@@ -227,16 +226,28 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
                              f"{args.task}")
         if args.resume or args.amp:
             raise ValueError(f"--resume and --amp apply to sgd, momentum, adam and adagrad, not to {args.optimizer}")
-        fb_cfg = FullBatchConfig(method=args.optimizer, steps=args.steps, max_iter=args.max_iter,
-                                 history_size=args.history, seconds=args.seconds)
+        fb_cfg = FullBatchConfig(method=args.optimizer, max_iter=args.max_iter, history_size=args.history)
+        return _run_fullbatch(args, task, fb_cfg)
     else:
         cfg = DDPConfig(optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, clip=args.clip or None,
                         steps=args.steps, seconds=args.seconds, target=stop_threshold(args), eval_every=args.eval_every,
                         checkpoint_every=args.checkpoint_every, amp=args.amp, seed=args.seed)
     with process_group(env):
-        if full_batch:
-            assert isinstance(task, LongLagTask | TableTask)
-            return run_fullbatch(task, fb_cfg, Path(args.out), seed=args.seed, target=stop_threshold(args),
-                                 rank=env.rank, world_size=env.world_size, show_progress=not args.no_progress)
         return train_ddp(task, cfg, Path(args.out), rank=env.rank, world_size=env.world_size, resume=args.resume,
                          show_progress=not args.no_progress, settings=task_settings(task))
+
+
+def _run_fullbatch(args: argparse.Namespace, task: Any, cfg: FullBatchConfig) -> dict[str, Any]:
+    """Bridge until ``train`` runs on the run loop: the full-batch mode in the loop, the old summary keys added."""
+    from distlstm.modes.fullbatch import FullBatchMode
+    from distlstm.runs.config import LoopConfig
+    from distlstm.runs.loop import run
+    from distlstm.runtime.comm import open_comm
+
+    loop = LoopConfig(steps=args.steps, seconds=args.seconds, stop_at=stop_threshold(args), eval_every=1,
+                      checkpoint_every=args.checkpoint_every, seed=args.seed, progress=not args.no_progress)
+    with open_comm() as comm:
+        summary = run(FullBatchMode(lambda _rank, _world: task, cfg), loop, comm=comm, folder=Path(args.out),
+                      overwrite=True).summary
+    return {**summary, "reached_target": summary["reached_stop_at"],
+            "samples_per_second": summary["samples"] / max(summary["seconds"], 1e-9)}

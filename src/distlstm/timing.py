@@ -1,10 +1,19 @@
-"""Side-by-side timing: candidates run round-robin so machine drift hits all alike."""
+"""Side-by-side timing: candidates run round-robin so machine drift hits all alike; commands timed by worker setting.
+
+Shared by the benchmarks (``distlstm bench``) and the reproductions that time what they
+reproduce (a reproduction must not import ``distlstm.bench``).
+"""
 
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from distlstm.runtime.launch import run_cli
 
 
 def compare(fns: Mapping[str, Callable[[], object]], repeats: int = 10, warmup: int = 3) -> dict[str, float]:
@@ -28,3 +37,15 @@ def compare(fns: Mapping[str, Callable[[], object]], repeats: int = 10, warmup: 
 
 
 WORKER_SETTINGS = {"1 worker × 1 thread": (1, 1), "2 workers × 1 thread": (2, 1), "1 worker × 2 threads": (1, 2)}
+
+
+def by_worker_setting(label: str, args_for: Callable[[int], list[str]],
+                      progress: Callable[[str], None] | None) -> list[tuple[str, dict[str, Any]]]:
+    """``distlstm ARGS`` in every worker setting; (setting, summary.json) pairs."""
+    out = []
+    for name, (workers, threads) in WORKER_SETTINGS.items():
+        if progress:
+            progress(f"{label}: {name}")
+        with tempfile.TemporaryDirectory() as folder:
+            out.append((name, run_cli(args_for(workers), Path(folder), workers=workers, threads=threads)))
+    return out
