@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from distlstm.network import InProcessTransport, make_topology, parse_edges
-from distlstm.online import DPF, DPFConfig, PFConfig, run_online
+from distlstm.online import DPF, DPFConfig, PFConfig
+from tests.online.helpers import run_online
 
 from .conftest import linear_streams
 
