@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from distlstm.data.forecast import forecast_windows
 from distlstm.data.table import read_table
 from distlstm.modes import load_run
 from distlstm.runs.checkpoint import load_run_checkpoint
+from tests.launch import launch
 
 FAST = {"sgd": [], "ekf": [], "pf": ["--particles", "12"], "dsgd": [], "dekf": [],
         "dpf": ["--particles", "12", "--walk-steps", "2"], "ekf-stateful": ["--stateful", "--s0-carry", "0.01"]}
@@ -165,3 +169,28 @@ def test_bad_settings_name_the_flag(tmp_path, capsys, args, message):
     assert main(["online", *args, "--steps", "2", "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing written for a run that cannot start
+
+
+@pytest.mark.multiprocess
+def test_two_processes_stopped_and_resumed_equal_one_process(tmp_path):
+    """DPF over 2 torchrun processes (one node each): 5 steps, resumed to 12, equals 12 steps in one process."""
+    data = series_csv(tmp_path / "s.csv")
+    argv = args_for(data, "dpf", "--topology", "ring")
+    launch([*argv, "--steps", "5"], tmp_path / "two", processes=2)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    resumed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                              "-m", "distlstm.cli", "online", "--resume", str(tmp_path / "two"), "--steps", "12"],
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert run_command(_online_command(), parse([*argv, "--steps", "12", "--out", str(tmp_path / "one")])) == 0
+    two, _ = load_run_checkpoint(tmp_path / "two")
+    one, _ = load_run_checkpoint(tmp_path / "one")
+    assert two["world_size"] == 2 and one["world_size"] == 1 and two["step"] == one["step"] == 12
+    for key, t in one["state"]["algorithm"]["states"].items():
+        assert torch.equal(t, two["state"]["algorithm"]["states"][key]), key
+    assert torch.equal(one["state"]["generators"]["nodes"], two["state"]["generators"]["nodes"])
+    summary_one = json.loads((tmp_path / "one" / "summary.json").read_text())
+    summary_two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary_two.pop("processes") == 2 and summary_one.pop("processes") == 1
+    assert summary_two.pop("workers") == 2 and summary_one.pop("workers") == 1
+    same_numbers(summary_one, summary_two)
