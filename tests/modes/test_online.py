@@ -107,14 +107,15 @@ def test_resume_with_another_algorithm_setting_is_refused(tmp_path, capsys):
     assert "online.sigma2: None in the run, 0.5 now" in capsys.readouterr().err
 
 
-def test_forecaster_equals_the_model_at_the_final_theta(tmp_path):
+@pytest.mark.parametrize("scaling", ["causal", "standardize"])
+def test_forecaster_equals_the_model_at_the_final_theta(tmp_path, scaling):
     data = series_csv(tmp_path / "s.csv")
-    assert main(args_for(data, "ekf", "--out", str(tmp_path / "r"))) == 0
+    assert main(args_for(data, "ekf", "--scaling", scaling, "--out", str(tmp_path / "r"))) == 0
     loaded = load_run(tmp_path / "r")
     ckpt, _ = load_run_checkpoint(tmp_path / "r")
     assert loaded.forecaster is not None and loaded.mode == "online"
     rows = loaded.forecaster(data)
-    fc = forecast_windows(read_table(data), "y", ["a", "b"], window=2)  # the run's defaults: causal, warm-up 20
+    fc = forecast_windows(read_table(data), "y", ["a", "b"], window=2, scaling=scaling)  # the run's windows
     assert len(rows) == len(fc) and [r["row"] for r in rows] == fc.label_lines
     model = loaded.model
     with torch.no_grad():
@@ -194,3 +195,12 @@ def test_two_processes_stopped_and_resumed_equal_one_process(tmp_path):
     assert summary_two.pop("processes") == 2 and summary_one.pop("processes") == 1
     assert summary_two.pop("workers") == 2 and summary_one.pop("workers") == 1
     same_numbers(summary_one, summary_two)
+
+
+def test_online_algorithms_reach_peers_only_through_the_communicator():
+    import distlstm.online
+
+    for path in Path(distlstm.online.__file__).parent.glob("*.py"):
+        text = path.read_text()
+        for banned in ("torch.distributed", "distlstm.runtime.dist", "distlstm.runs", "distlstm.experiments"):
+            assert banned not in text, f"{path.name} imports {banned}"
