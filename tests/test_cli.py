@@ -21,7 +21,7 @@ def subcommands() -> dict:
     return dict(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
 
 
-COMMANDS = ["bench", "demo", "es", "info", "online", "reproduce", "sample", "train"]
+COMMANDS = ["bench", "demo", "es", "info", "online", "predict", "reproduce", "sample", "train"]
 
 
 def test_the_command_list_is_the_documented_one():

@@ -51,8 +51,8 @@ grads = torch.autograd.grad(out, list(model.parameters()))
 torch.testing.assert_close(value.reshape(()), out.detach())
 torch.testing.assert_close(H.reshape(-1), torch.cat([g.reshape(-1) for g in grads]))
 """,
-    ("docs/online.md", "make_algorithm(\"dpf\""): """
-assert set(result.final_thetas) == {0, 1, 2, 3} and all(len(row) == 4 for row in result.sq_errors)
+    ("docs/online.md", "mode = run_streams(OnlineProblem(streams), \"dpf\""): """
+assert set(mode.final_thetas()) == {0, 1, 2, 3} and all(len(row) == 4 for row in result.sq_errors)
 assert 0.5 <= result.coverage95() <= 1.0 and result.bytes_per_node_per_step > 0
 assert result.final_mse() < 0.05                # the series is standardised: predicting its mean gives ≈ 1
 """,

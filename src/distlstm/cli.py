@@ -19,7 +19,9 @@ import torch
 from distlstm import __version__
 from distlstm._argtypes import cell_option, positive_int
 from distlstm._flags import cli_spelling
+from distlstm.cli_runs import RunCommand, add_run_command
 from distlstm.experiments.charlm_demo import DemoConfig
+from distlstm.runs.loop import RunResult
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -87,22 +89,63 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_online(args: argparse.Namespace) -> int:
-    """Train one online algorithm on a CSV series (or several inputs and a target) over a network of nodes."""
-    from distlstm.experiments.online_cli import run_series
-    from distlstm.runtime.dist import launched_env
+def _online_report(result: RunResult, folder: Path) -> str:
+    """The line ``distlstm online`` prints at the end: MSEs in the target's units and in scaled units."""
+    s = result.summary
+    return (f"{s['algorithm']}: final MSE {_g(s.get('final_mse_data_units'))} in {s['target']}'s units squared "
+            f"(last-value forecast {_g(s.get('mse_naive_data_units'))}; scaled: {_g(s['final_mse'])} vs "
+            f"{_g(s['mse_naive'])}), {s['skipped_labels']} missing labels, {s['seconds_per_step'] * 1e3:.1f} ms/step, "
+            f"{s['bytes_per_node_per_step']:,.0f} bytes/node/step, {s['processes']} process(es)")
 
-    summary = run_series(args)
-    env = launched_env()
-    if env is not None and not env.is_main:
+
+def _online_command() -> RunCommand:
+    from distlstm.modes.online import LOOP_DEFAULTS, SECTIONS, make_online_mode
+
+    return RunCommand(
+        name="online", help="online training of an LSTM regressor on a CSV series over a network",
+        description="Every node receives its own share of the windows (round-robin) and, at each step, predicts the "
+                    "target from the previous --window rows (of the series itself, or of --inputs plus the target's "
+                    "past), sees the truth (an empty target cell: no label, no update), then updates with the chosen "
+                    "algorithm (sgd, ekf, pf: no communication; dsgd, dekf, dpf: with graph neighbours). Values are "
+                    "scaled causally by default (statistics of earlier rows only). One run-loop step is one time step "
+                    "of every node; --steps stops early (default: the whole stream).\n\n"
+                    "Writes into --out: summary.json (MSEs in scaled units and in the target's own units), mse.csv "
+                    "(scaled units) and mse.png, metrics.csv / metrics.png (per step: mse, running_mse, bytes and "
+                    "messages per node; every --eval-every steps: final_mse, coverage95), config.json and "
+                    "checkpoint.pt (every node's filter state: continue with --resume FOLDER; forecast another CSV "
+                    "with distlstm predict --run FOLDER --data new.csv). Under torchrun the nodes are spread over "
+                    "the processes.\n\nExample: distlstm online --data prices.csv --inputs temp,load --target price "
+                    "--window 6 --out runs/p",
+        sections=SECTIONS, make_mode=make_online_mode, mode_name=lambda _sections: "online",
+        default_out="runs/online", loop_defaults=LOOP_DEFAULTS,
+        titles={"data": "data (the series and its windows)", "online": "algorithm, network and model"},
+        report=_online_report)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Forecast a CSV with a run's model; print a table or write a CSV."""
+    from distlstm.modes import load_run
+    from distlstm.runs.files import write_csv
+
+    loaded = load_run(args.run)
+    if loaded.forecaster is None:
+        raise ValueError(f"{args.run} is a {loaded.command!r} run ({loaded.mode} mode), whose model makes no forecasts "
+                         "of a CSV; predict works for runs of distlstm online and distlstm train --task csv")
+    rows = loaded.forecaster(Path(args.data))
+    if not rows:
+        raise ValueError(f"{args.data} gives no window to forecast (too few rows for the run's window and warm-up)")
+    if args.out:
+        write_csv(Path(args.out), [{k: "" if v is None else v for k, v in r.items()} for r in rows])
+        print(f"{len(rows)} forecasts of {args.data} with the model of {args.run} (step {loaded.step}); "
+              f"wrote {args.out}")
         return 0
-    data_units = summary["final_mse_data_units"], summary["mse_naive_data_units"]
-    print(f"{summary['algorithm']}: final MSE {_g(data_units[0])} in {summary['target']}'s units squared "
-          f"(last-value forecast {_g(data_units[1])}; scaled: {summary['final_mse']:.5g} vs "
-          f"{summary['mse_naive']:.5g}), {summary['skipped_labels']} missing labels, "
-          f"{summary['seconds_per_step'] * 1e3:.1f} ms/step, "
-          f"{summary['bytes_per_node_per_step']:,.0f} bytes/node/step, {summary['processes']} process(es); "
-          f"wrote {args.out}")
+    print(f"{'line':>6} {'target':>12} {'prediction':>12} {'lower 95%':>12} {'upper 95%':>12}")
+    shown = rows if len(rows) <= args.rows else rows[-args.rows:]
+    for r in shown:
+        print(f"{r['row']:>6} {_g(r['target']):>12} {_g(r['prediction']):>12} {_g(r['lower']):>12} "
+              f"{_g(r['upper']):>12}")
+    if len(shown) < len(rows):
+        print(f"(the last {len(shown)} of {len(rows)} forecasts; --out FILE writes them all)")
     return 0
 
 
@@ -249,21 +292,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
 
-    from distlstm.experiments.online_cli import add_online_arguments
+    add_run_command(sub, _online_command())
 
-    p = sub.add_parser("online", help="online training of an LSTM regressor on a CSV series over a network",
-                       description="Every node receives its own share of the windows (round-robin) and, at each "
-                                   "step, predicts the target from the previous --window rows (of the series "
-                                   "itself, or of --inputs plus the target's past), sees the truth (an empty "
-                                   "target cell: no label, no update), then updates with the chosen algorithm "
-                                   "(sgd, ekf, pf: no communication; dsgd, dekf, dpf: with graph neighbours). "
-                                   "Values are scaled causally by default (statistics of earlier rows only). "
-                                   "Writes summary.json (MSEs in scaled units and in the target's own units), "
-                                   "mse.csv (scaled units) and mse.png into --out. Example: distlstm online "
-                                   "--data prices.csv --inputs temp,load --target price --window 6 --out runs/p",
+    p = sub.add_parser("predict", help="forecast a CSV with the model of a run (online, train --task csv)",
+                       description="Load the newest checkpoint of --run and forecast every window of --data, a CSV "
+                                   "with the run's columns (scaled as the run scaled its own file: causal scaling "
+                                   "with the new file's earlier rows, a fitted scaling with the run's maps). Each "
+                                   "row: the label's line, the target, the prediction and a 95%% interval where the "
+                                   "algorithm has a predictive variance (EKF/DEKF, PF/DPF), in the target's units.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_online_arguments(p)
-    p.set_defaults(func=cmd_online)
+    p.add_argument("--run", required=True, metavar="FOLDER", help="the run folder (holding checkpoint.pt)")
+    p.add_argument("--data", required=True, help="CSV to forecast, with the columns the run was trained on")
+    p.add_argument("--out", default=None, help="write every forecast to this CSV (row,target,prediction,lower,upper) "
+                   "instead of printing a table")
+    p.add_argument("--rows", type=positive_int, default=20, help="forecasts shown without --out (the last ones)")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("reproduce", help="reproduce a paper's experiments and write a report",
                        description="Reproductions: ergen-kozat (online distributed LSTM training: SGD, EKF, PF, "

@@ -8,7 +8,7 @@ import pytest
 
 from distlstm.cli import main
 from distlstm.experiments.ergen_kozat import ErgenKozatConfig, compare_with_paper, pairwise_agreement, run
-from distlstm.experiments.online_runs import RunSummary
+from distlstm.modes.online import RunSummary
 
 KEYS = {"algorithm", "final_mse", "mse_naive", "seconds_per_step", "bytes_per_node_per_step"}
 

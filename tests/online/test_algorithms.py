@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from distlstm.data.observation import Observation
-from distlstm.experiments.online_runs import regressor
 from distlstm.experiments.teacher import teacher_streams
 from distlstm.network import InProcessTransport, make_topology
-from distlstm.online import ALGORITHMS, EKF, EKFConfig, make_algorithm, run_online
+from distlstm.online import ALGORITHMS, EKF, EKFConfig, make_algorithm, regressor
+from tests.online.helpers import run_online
 
 from .conftest import D, linear_streams
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from distlstm.network import InProcessTransport, make_topology
-from distlstm.online import DEKF, DPF, EKF, PF, DPFConfig, EKFConfig, PFConfig, run_online
+from distlstm.online import DEKF, DPF, EKF, PF, DPFConfig, EKFConfig, PFConfig
+from tests.online.helpers import run_online
 
 from .conftest import D, kalman_reference, linear_streams
 

@@ -7,8 +7,9 @@ import torch
 
 from distlstm.cli import main
 from distlstm.network import InProcessTransport, make_topology
-from distlstm.online import make_algorithm, run_online
+from distlstm.online import make_algorithm
 from distlstm.online.sgd import SGDConfig, sgd_step
+from tests.online.helpers import run_online
 
 from .conftest import linear_streams
 

@@ -7,11 +7,11 @@ import torch
 from torch import Tensor, nn
 
 from distlstm.data.observation import Observation
-from distlstm.experiments.online_runs import regressor
 from distlstm.experiments.teacher import teacher_streams
 from distlstm.models.functional import FunctionalModel
 from distlstm.network import InProcessTransport, make_topology
-from distlstm.online import EKFConfig, StatefulEKF, make_algorithm, run_online
+from distlstm.online import EKFConfig, StatefulEKF, make_algorithm, regressor
+from tests.online.helpers import run_online
 
 D = torch.float64
 P_DIM, M = 2, 3

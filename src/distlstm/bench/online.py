@@ -17,9 +17,9 @@ import torch
 
 from distlstm.bench.functional import loop_vs_batched
 from distlstm.data.observation import Observation
-from distlstm.experiments.online_runs import DEFAULT_SETTINGS, regressor
-from distlstm.network import InProcessTransport, make_topology
-from distlstm.online import ALGORITHMS, EKF, make_algorithm, run_online
+from distlstm.modes.online import OnlineProblem, run_streams
+from distlstm.network import make_topology
+from distlstm.online import ALGORITHMS, DEFAULT_SETTINGS, EKF, regressor
 from distlstm.online.ekf import EKFState
 from distlstm.timing import compare
 
@@ -62,16 +62,14 @@ def bench_steps(hidden_sizes: tuple[int, ...] = (8, 16, 32), steps: int = 6, par
     streams = _streams(4, steps + 1, 8, 10)
     topology = make_topology("ring", 4)
     for h in hidden_sizes:
-        fm, theta0 = regressor(8, h, seed=0)
+        fm, _ = regressor(8, h, seed=0)
         for name in ALGORITHMS:
             if progress:
                 progress(f"online step: {name}, hidden {h}")
-            settings = dict(DEFAULT_SETTINGS[name])
-            if "num_particles" in settings:
-                settings["num_particles"] = particles
-            alg = make_algorithm(name, fm, **settings)
-            run_online(alg, [s[:1] for s in streams], theta0, InProcessTransport(topology))  # warm-up
-            res = run_online(alg, [s[1:] for s in streams], theta0, InProcessTransport(topology))
+            settings = {"num_particles": particles} if "num_particles" in DEFAULT_SETTINGS[name] else {}
+            run_streams(OnlineProblem([s[:1] for s in streams]), name, topology, settings=settings, hidden=h)  # warm-up
+            res = run_streams(OnlineProblem([s[1:] for s in streams]), name, topology, settings=settings,
+                              hidden=h).records
             rows.append(StepRow(name, h, fm.numel, res.seconds_per_step * 1e3, res.bytes_per_node_per_step))
     return rows
 
@@ -85,7 +83,8 @@ def bench_particles(counts: tuple[int, ...] = (100, 300, 1000), hidden: int = 8,
     for n in counts:
         if progress:
             progress(f"particles batched vs looped: N = {n}")
-        particles = theta0 + 0.1 * torch.randn(n, fm.numel, dtype=torch.float64)
+        particles = theta0 + 0.1 * torch.randn(n, fm.numel, dtype=torch.float64,
+                                               generator=torch.Generator().manual_seed(n))
         with torch.no_grad():
             t = compare(loop_vs_batched(fm, particles, x), repeats=repeats)
         rows.append(ParticleRow(n, fm.numel, t["loop"] * 1e3, t["batched"] * 1e3))

@@ -59,9 +59,9 @@ class Forecasts:
     last_target: Tensor  # (M,) last observed target before row e, scaled (the naive forecast); NaN if none
     features: list[str]
     target: str
-    # the fitted (shift, scale) of each input column, then of the target (None for causal scaling):
-    # what forecasting new rows with a trained model needs (``forecast_windows(..., maps=)``)
-    maps: tuple[tuple[float, float], ...] | None = None
+    # Fitted scalings: (shift, scale) of each input column then the target, so that another file can be
+    # scaled with the same maps (``forecast_windows(..., maps=)``); empty for causal scaling.
+    maps: tuple[tuple[float, float], ...] = ()
 
     def __len__(self) -> int:
         return self.d.shape[0]
@@ -80,9 +80,8 @@ def forecast_windows(table: Table, target: str | int, inputs: Sequence[str | int
                      fit_rows: int | None = None, maps: Sequence[tuple[float, float]] | None = None) -> Forecasts:
     """Observations of ``table`` predicting ``target`` ``horizon`` rows after a ``window`` of features.
 
-    ``fit_rows`` limits the fitted (non-causal) scalers to the first rows (the training part).
-    ``maps`` gives the (shift, scale) of each input column and then of the target instead
-    of fitting them — a trained model's scaler (:attr:`Forecasts.maps`), applied to new rows.
+    ``fit_rows`` limits the fitted (non-causal) scalers to the first rows (the training part);
+    ``maps`` (fitted scalings only) reuses another table's maps (:attr:`Forecasts.maps`) instead of fitting.
     """
     if window < 1 or horizon < 1:
         raise ValueError(f"window and horizon must be at least 1, got {window} and {horizon} "
@@ -117,13 +116,15 @@ def forecast_windows(table: Table, target: str | int, inputs: Sequence[str | int
     shifts, scales = [], []
     for i, (values, name) in enumerate(zip([*feats[: len(cols)], y], [*names[: len(cols)], table.column_name(t)],
                                            strict=True)):
-        if maps is None:
-            shift, scale = _fit(values, scaling, fit_rows)
-        else:
+        if maps is not None:
             shift, scale = (torch.full((n + 1,), float(v), dtype=values.dtype) for v in maps[i])
+        else:
+            shift, scale = _fit(values, scaling, fit_rows)
         _check_scale(table, name, values, shift[ends], scale[ends], ends, scaling, fit_rows, is_target=values is y)
         shifts.append(shift)
         scales.append(scale)
+    fitted = () if scaling == "causal" else tuple((float(a[0]), float(b[0])) for a, b in zip(shifts, scales,
+                                                                                              strict=True))
     if past_target:  # the past target uses the target's map
         shifts.insert(len(cols), shifts[-1])
         scales.insert(len(cols), scales[-1])
@@ -135,9 +136,6 @@ def forecast_windows(table: Table, target: str | int, inputs: Sequence[str | int
     x = torch.nan_to_num((x - shift_f[:, None]) / scale_f[:, None], nan=0.0)  # NaN only: a past target not seen yet
     d = (y[ends + horizon - 1] - shift_t) / scale_t
     last = (ffilled[ends - 1] - shift_t) / scale_t
-    fitted = None if scaling == "causal" and maps is None else tuple(
-        (float(sh[0]), float(sc[0])) for sh, sc in zip([*shifts[: len(cols)], shifts[-1]],
-                                                      [*scales[: len(cols)], scales[-1]], strict=True))
     return Forecasts(x, d, ends, [table.lines[int(e) + horizon - 1] for e in ends], shift_t, scale_t, last, names,
                      table.column_name(t), fitted)
 

@@ -28,9 +28,9 @@ from tqdm import tqdm
 
 from distlstm.data.sentences import shakespeare_valence
 from distlstm.data.series import EXCHANGE_RATES, Scaler, load_series, naive_mse, split_round_robin, windows
-from distlstm.experiments.online_runs import RunSummary, regressor, run_one, write_curves
+from distlstm.modes.online import OnlineProblem, RunSummary, run_streams, write_curves
 from distlstm.network.graphs import make_topology, parse_edges
-from distlstm.online.loop import OnlineResult
+from distlstm.online.records import OnlineRecords
 from distlstm.runs import atomic_write_text, plot_curves, write_json
 
 ALGORITHM_ORDER = ("sgd", "ekf", "pf", "dsgd", "dekf", "dpf")
@@ -109,15 +109,15 @@ def run(cfg: ErgenKozatConfig, out: Path, show_progress: bool = True) -> dict[st
     for ds, (make, hidden, baseline_name, settings) in datasets.items():
         streams, baseline = make(cfg)
         baselines[ds] = (baseline_name, baseline)
-        fm, theta0 = regressor(streams[0][0].x.shape[-1], hidden, cfg.seed)
-        results: dict[str, OnlineResult] = {}
+        problem = OnlineProblem(streams, dataset=ds, mse_naive=baseline)
+        results: dict[str, OnlineRecords] = {}
         for name in cfg.algorithms:
             bar.set_postfix_str(f"{ds}/{name}")
-            results[name], summary = run_one(name, streams, fm, theta0, topology, seed=cfg.seed,
-                                             settings=settings.get(name), dataset=ds, mse_naive=baseline)
-            summaries.append(summary)
+            mode = run_streams(problem, name, topology, seed=cfg.seed, settings=settings.get(name), hidden=hidden)
+            results[name] = mode.records
+            summaries.append(mode.run_summary())
             bar.update()
-        write_curves(out, f"mse_{ds}", results, f"{ds}: {cfg.nodes} nodes, n_θ = {fm.numel}",
+        write_curves(out, f"mse_{ds}", results, f"{ds}: {cfg.nodes} nodes, n_θ = {summaries[-1].n_theta}",
                      reference={baseline_name: baseline})
 
     sweep = run_sweep(cfg, topology, out, bar)
@@ -132,14 +132,14 @@ def run(cfg: ErgenKozatConfig, out: Path, show_progress: bool = True) -> dict[st
 def run_sweep(cfg: ErgenKozatConfig, topology: Any, out: Path, bar: Any) -> list[dict[str, Any]]:
     """DPF on the exchange task over N (K fixed) and over K (N fixed)."""
     streams, baseline = exchange_streams(cfg)
-    fm, theta0 = regressor(1, cfg.exchange_hidden, cfg.seed)
+    problem = OnlineProblem(streams, dataset="exchange", mse_naive=baseline)
     rows: list[dict[str, Any]] = []
     grid = [("N", n, {"num_particles": n, "walk_steps": cfg.sweep_fixed_walk_steps}) for n in cfg.sweep_particles]
     grid += [("K", k, {"num_particles": cfg.sweep_fixed_particles, "walk_steps": k}) for k in cfg.sweep_walk_steps]
     for axis, value, settings in grid:
         bar.set_postfix_str(f"sweep {axis}={value}")
-        _, s = run_one("dpf", streams, fm, theta0, topology, seed=cfg.seed, settings=settings,
-                       dataset="exchange", mse_naive=baseline)
+        s = run_streams(problem, "dpf", topology, seed=cfg.seed, settings=settings,
+                        hidden=cfg.exchange_hidden).run_summary()
         rows.append({"axis": axis, "value": value, "num_particles": settings["num_particles"],
                      "walk_steps": settings["walk_steps"], "final_mse": s.final_mse,
                      "mean_running_mse": s.mean_running_mse, "seconds_per_step": s.seconds_per_step,

@@ -3,7 +3,8 @@
 Algorithms (registry :data:`ALGORITHMS`): ``sgd``, ``ekf``, ``pf`` run at every node
 without communication; ``dsgd`` (diffusion SGD), ``dekf`` (diffusion EKF) and ``dpf``
 (Markov-chain distributed PF) talk to graph neighbours through a transport. All run
-through :func:`distlstm.online.loop.run_online`.
+through the ``online`` mode (:mod:`distlstm.modes.online`), one step of the run loop
+per time step; :mod:`distlstm.online.records` holds what a run records.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from typing import Any
 
 from distlstm.models.functional import FunctionalModel
 from distlstm.online.base import Observation, OnlineAlgorithm, Prediction
+from distlstm.online.defaults import DEFAULT_SETTINGS, algorithm_settings, regressor
 from distlstm.online.dekf import DEKF
 from distlstm.online.dpf import DPF, DPFConfig
 from distlstm.online.ekf import EKF, EKFConfig
-from distlstm.online.loop import OnlineResult, run_online
 from distlstm.online.pf import PF, PFConfig
 from distlstm.online.sgd import SGD, DiffusionSGD, SGDConfig
 from distlstm.online.stateful_ekf import StatefulEKF
@@ -49,6 +50,6 @@ def make_algorithm(name: str, fm: FunctionalModel, **settings: Any) -> OnlineAlg
     return cls(fm, cfg)  # type: ignore[call-arg]
 
 
-__all__ = ["ALGORITHMS", "DEKF", "DPF", "EKF", "PF", "SGD", "DPFConfig", "DiffusionSGD", "EKFConfig",
-           "Observation", "OnlineAlgorithm", "OnlineResult", "PFConfig", "Prediction", "SGDConfig",
-           "StatefulEKF", "make_algorithm", "run_online"]
+__all__ = ["ALGORITHMS", "DEFAULT_SETTINGS", "DEKF", "DPF", "EKF", "PF", "SGD", "DPFConfig", "DiffusionSGD",
+           "EKFConfig", "Observation", "OnlineAlgorithm", "PFConfig", "Prediction", "SGDConfig", "StatefulEKF",
+           "algorithm_settings", "make_algorithm", "regressor"]

@@ -1,26 +1,24 @@
-"""The one online run loop: predict, record, update — for every algorithm.
+"""What an online run records, and the figures computed from the records.
 
-``run_online`` drives any :class:`~distlstm.online.base.OnlineAlgorithm` over
-per-node streams of observations on a topology and returns per-step metrics:
-squared prediction errors, predictive variances (95% interval coverage), skipped
-labels, bytes and messages sent, and seconds per step.
+At every step every node predicts its label before seeing it; the run keeps, per
+step and node, the squared error (d − d̂)² (NaN: no label) and the predictive
+variance (NaN where the algorithm has none), and per step the bytes and messages
+sent (mean over nodes) and the step's seconds. The learning curve, final MSE and
+95% coverage are pure functions of these records, so a resumed run (whose records
+come back from its checkpoint) reports exactly what an uninterrupted one does.
 
-Randomness: node k's generator is seeded from ``(seed, k)``; the common initial θ₀
-comes from the model as built under ``torch.manual_seed(seed)`` by the caller.
+Randomness: node k's generator is seeded from ``(seed, k)`` (:func:`node_generator`).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from tqdm import tqdm
 
-from distlstm.network.transport import Transport
-from distlstm.online.base import Observation, OnlineAlgorithm, Prediction
+from distlstm.online.base import Observation
 
 Z95 = 1.959963984540054
 
@@ -31,7 +29,7 @@ def node_generator(seed: int, node: int) -> torch.Generator:
 
 
 @dataclass
-class OnlineResult:
+class OnlineRecords:
     """Per-step, per-node records of one online run (lists indexed [step][node])."""
 
     algorithm: str
@@ -42,7 +40,45 @@ class OnlineResult:
     messages_per_step: list[float] = field(default_factory=list)
     seconds: float = 0.0
     skipped_labels: int = 0
-    final_thetas: dict[int, torch.Tensor] = field(default_factory=dict)
+    _total: float = 0.0  # running sums of the squared errors and their count (the running MSE)
+    _count: int = 0
+
+    def append(self, errors: list[float], variances: list[float], sent_bytes: float, messages: float,
+               seconds: float) -> None:
+        """One step's records: every node's squared error and variance, the mean bytes and messages per node."""
+        self.sq_errors.append(errors)
+        self.variances.append(variances)
+        self.bytes_per_step.append(sent_bytes)
+        self.messages_per_step.append(messages)
+        self.seconds += seconds
+        self.skipped_labels += sum(math.isnan(e) for e in errors)
+        vals = [v for v in errors if not math.isnan(v)]
+        self._total += sum(vals)
+        self._count += len(vals)
+
+    @property
+    def running_mse_now(self) -> float:
+        """The running MSE after the last step (the last point of :meth:`running_mse`)."""
+        return self._total / self._count if self._count else math.nan
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """The records as float64 tensors (what a checkpoint stores)."""
+        k = self.num_nodes
+        return {"sq_errors": torch.tensor(self.sq_errors, dtype=torch.float64).reshape(-1, k),
+                "variances": torch.tensor(self.variances, dtype=torch.float64).reshape(-1, k),
+                "bytes": torch.tensor(self.bytes_per_step, dtype=torch.float64),
+                "messages": torch.tensor(self.messages_per_step, dtype=torch.float64),
+                "seconds": torch.tensor(self.seconds, dtype=torch.float64)}
+
+    @classmethod
+    def from_tensors(cls, algorithm: str, num_nodes: int, saved: dict[str, torch.Tensor]) -> OnlineRecords:
+        """The records :meth:`to_tensors` stored (the running sums rebuilt in the same order)."""
+        out = cls(algorithm, num_nodes)
+        for errors, variances, b, m in zip(saved["sq_errors"].tolist(), saved["variances"].tolist(),
+                                           saved["bytes"].tolist(), saved["messages"].tolist(), strict=True):
+            out.append(errors, variances, b, m, 0.0)
+        out.seconds = float(saved["seconds"])
+        return out
 
     @property
     def steps(self) -> int:
@@ -114,44 +150,3 @@ def check_streams(streams: Sequence[Sequence[Observation]], num_nodes: int) -> i
             if not bool(torch.isfinite(ob.x).all()):
                 raise ValueError(f"node {k}, step {t}: the input sequence contains NaN/inf")
     return min(lengths)
-
-
-def run_online(algorithm: OnlineAlgorithm, streams: Sequence[Sequence[Observation]], theta0: torch.Tensor,
-               transport: Transport, *, seed: int = 0, steps: int | None = None,
-               progress: bool = False) -> OnlineResult:
-    """Run ``algorithm`` over the streams: at each step every node predicts, then all update."""
-    num_nodes = transport.topology.num_nodes
-    total = check_streams(streams, num_nodes)
-    steps = total if steps is None else min(steps, total)
-    nodes = transport.local_nodes
-    gens = {k: node_generator(seed, k) for k in nodes}
-    states = {k: algorithm.init(theta0, k, gens[k]) for k in nodes}
-    result = OnlineResult(algorithm.name, num_nodes)
-    start = time.perf_counter()
-    bar = tqdm(range(steps), desc=algorithm.name, disable=not progress, unit="step", leave=False)
-    for t in bar:
-        obs = {k: streams[k][t] for k in nodes}
-        preds: dict[int, Prediction] = {k: algorithm.predict(states[k], obs[k].x) for k in nodes}
-        errors, variances = [], []
-        for k in nodes:
-            where = f"{algorithm.name} at node {k}, step {t}"
-            if not math.isfinite(preds[k].mean):
-                raise FloatingPointError(f"{where}: the prediction is {preds[k].mean}; the estimate diverged")
-            if obs[k].labelled:
-                errors.append(squared_error(obs[k].d, preds[k].mean))
-                if math.isinf(errors[-1]):
-                    raise FloatingPointError(f"{where}: the squared prediction error overflows (label {obs[k].d:.3g}, "
-                                             f"prediction {preds[k].mean:.3g}); check the data's scale")
-            else:
-                errors.append(math.nan)
-                result.skipped_labels += 1
-            variances.append(preds[k].var)
-        result.sq_errors.append(errors)
-        result.variances.append(variances)
-        before = list(transport.stats.bytes), list(transport.stats.messages)
-        states = algorithm.update(states, obs, preds, transport, gens, t)
-        result.bytes_per_step.append((sum(transport.stats.bytes) - sum(before[0])) / num_nodes)
-        result.messages_per_step.append((sum(transport.stats.messages) - sum(before[1])) / num_nodes)
-    result.seconds = time.perf_counter() - start
-    result.final_thetas = {k: algorithm.estimate(states[k]) for k in nodes}
-    return result

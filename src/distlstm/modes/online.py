@@ -1,0 +1,465 @@
+"""The ``online`` mode: Ergen & Kozat's online training, one run-loop step per time step.
+
+One :meth:`OnlineMode.step` at time t, for every node k (the nodes of this process;
+the others run in the other processes of a ``torchrun`` group)::
+
+    d̂_{k,t}, v_{k,t} ← predict(state_k, X_{k,t})          before the label
+    record (d_{k,t} − d̂_{k,t})² and v_{k,t}                 NaN: no label / no variance
+    state ← update(state, labels, transport)               every node at once (neighbour messages)
+
+Step metrics (the same on every process: the per-node records are gathered through the
+communicator each step): ``mse`` (the node-averaged squared error at t), ``running_mse``
+(the time-averaged MSE so far: the paper's learning curve), ``bytes_per_node`` and
+``messages_per_node``. :meth:`OnlineMode.evaluate` adds ``final_mse`` (the last 20% of the
+steps so far) and ``coverage95`` (labels inside the 95% predictive interval). The
+metric that ``--stop-at`` compares is ``running_mse``.
+
+A checkpoint holds every node's algorithm state (θ, covariance Σ, particles and
+log-weights, the stateful EKF's carry), every node's generator, the records, and what
+a forecaster needs (scaling, feature names, window, horizon, target). Its ``model`` is
+node 0's estimate as a :class:`~distlstm.models.networks.SequenceRegressor` state dict:
+one node's model is a coherent model with its own predictive variance, where an
+average of the nodes' θ (which need not agree without communication) is not.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from distlstm._flags import option
+from distlstm.data.forecast import SCALINGS, Forecasts, forecast_windows
+from distlstm.data.observation import Observation
+from distlstm.data.series import EXCHANGE_RATES, series_column, split_round_robin
+from distlstm.data.table import read_table
+from distlstm.models.functional import FunctionalModel
+from distlstm.network.graphs import TOPOLOGIES, Topology, make_topology, parse_edges
+from distlstm.network.transport import Transport
+from distlstm.online import ALGORITHMS, DEFAULT_SETTINGS, algorithm_settings, make_algorithm, regressor
+from distlstm.online.base import OnlineAlgorithm, Prediction, State
+from distlstm.online.records import OnlineRecords, check_streams, node_generator, squared_error
+from distlstm.runs.config import LoopConfig, flag
+from distlstm.runs.files import plot_curves, write_csv
+from distlstm.runs.loop import run
+from distlstm.runtime.comm import Communicator, LocalComm
+
+ModelBuilder = Callable[[int], tuple[FunctionalModel, Tensor]]  # seed → (model, common initial θ₀)
+
+
+def _positive(name: str, value: int, cli: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a whole number ≥ 1, got {value!r} (fix {option(name, cli)})")
+
+
+@dataclass(frozen=True)
+class OnlineDataConfig:
+    """Which series an online run forecasts, and how windows are cut and scaled (``data/forecast.py``)."""
+
+    data: str = flag(str(EXCHANGE_RATES), "CSV, one row per time step, optional header; default: the shipped "
+                                          "USD/DEM rates")
+    column: str | None = flag(None, "the one series to forecast from its own past (name or 0-based index) when the "
+                                    "CSV has several columns")
+    inputs: str | None = flag(None, "comma-separated input series (names or indices), e.g. 'temp,load'; needs "
+                                    "--target")
+    target: str | None = flag(None, "the series to forecast; an empty cell there is a missing label (predicted, not "
+                                    "scored, no update)")
+    horizon: int = flag(1, "forecast the target this many rows after the window's last row (1: the next row)")
+    past_target: bool = flag(True, "with --inputs: do not add the target's past values as a feature",
+                             negate="--no-past-target")
+    window: int = flag(2, "rows of past values in each input sequence")
+    scaling: str = flag("causal", "causal: each forecast scales with the mean and standard deviation of earlier "
+                                  "rows only; standardize / minmax: fitted on the whole series, future included (the "
+                                  "paper reproduction's choice); none", choices=SCALINGS)
+    warmup: int = flag(20, "--scaling causal: the first rows only feed the scaler's statistics (no forecasts)")
+
+    def input_list(self) -> list[str]:
+        return [c.strip() for c in self.inputs.split(",") if c.strip()] if self.inputs else []
+
+    def __post_init__(self) -> None:
+        if self.column is not None and (self.input_list() or self.target is not None):
+            raise ValueError(f"{option('column', '--column')} picks one series; with "
+                             f"{option('inputs', '--inputs')}/{option('target', '--target')} leave it out")
+        if self.input_list() and self.target is None:
+            raise ValueError(f"{option('inputs', '--inputs')} needs {option('target', '--target')} (the series to "
+                             "forecast)")
+
+
+# Config field → (the algorithm's setting, the algorithms it applies to).
+_SETTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "lr": ("lr", ("sgd", "dsgd")),
+    "sigma2": ("sigma2", ("ekf", "dekf", "pf", "dpf")),
+    "q": ("q", ("ekf", "dekf", "pf", "dpf")),
+    "s0": ("s0", ("ekf", "dekf", "pf", "dpf")),
+    "particles": ("num_particles", ("pf", "dpf")),
+    "walk_steps": ("walk_steps", ("dpf",)),
+    "resampling": ("resampling", ("pf", "dpf")),
+    "ess_threshold": ("ess_threshold", ("pf", "dpf")),
+    "joseph": ("joseph", ("ekf", "dekf")),
+    "s0_carry": ("s0_carry", ("ekf",)),  # --stateful only
+}
+
+
+@dataclass(frozen=True)
+class OnlineConfig:
+    """The algorithm, the network of nodes and the model; a setting left None takes the algorithm's default."""
+
+    algorithm: str = flag("dekf", "training algorithm", choices=tuple(ALGORITHMS))
+    nodes: int = flag(4, "number of nodes K")
+    topology: str = flag("ring", "graph between the nodes", choices=TOPOLOGIES)
+    edges: str | None = flag(None, "edge list for --topology edges, e.g. '0-1,1-2,2-0'")
+    hidden: int = flag(4, "LSTM units n")
+    lr: float | None = flag(None, "SGD step size μ (sgd, dsgd); default per algorithm")
+    sigma2: float | None = flag(None, "measurement noise variance σ² (ekf, dekf, pf, dpf); default per algorithm")
+    q: float | None = flag(None, "process noise / particle jitter variance per step (ekf, dekf, pf, dpf); default "
+                                 "per algorithm")
+    s0: float | None = flag(None, "initial covariance Σ₀ = s0·I, or the initial particle spread (ekf, dekf, pf, "
+                                  "dpf); default per algorithm")
+    particles: int | None = flag(None, "particles N per node (pf, dpf); default per algorithm")
+    walk_steps: int | None = flag(None, "random-walk steps K per time step (dpf); default per algorithm")
+    resampling: str | None = flag(None, "systematic, residual or multinomial (pf, dpf); default systematic")
+    ess_threshold: float | None = flag(None, "resample when ESS < threshold·N; 1 = every step (pf, dpf); default 0.5")
+    s0_carry: float | None = flag(None, "initial variance of the carried state (ekf --stateful); default 0")
+    joseph: bool = flag(False, "Joseph-form covariance update (ekf, dekf)")
+    stateful: bool = flag(False, "ekf only: carry the LSTM state from each window to the next and filter [carry; θ]")
+
+    def __post_init__(self) -> None:
+        _positive("nodes", self.nodes, "--nodes")
+        _positive("hidden", self.hidden, "--hidden")
+        self.settings()  # a setting that does not apply to the algorithm is an error now, not at init
+
+    def settings(self) -> dict[str, Any]:
+        """The settings given, as the algorithm's config fields (defaults of :data:`DEFAULT_SETTINGS` not merged)."""
+        name = self.algorithm
+        if self.stateful and name != "ekf":
+            raise ValueError(f"{option('stateful', '--stateful')} applies to ekf only, not {name}")
+        out: dict[str, Any] = {"stateful": True} if self.stateful else {}
+        for f in fields(self):
+            if f.name not in _SETTINGS:
+                continue
+            value = getattr(self, f.name)
+            if value is None or value is False:
+                continue
+            setting, applies = _SETTINGS[f.name]
+            if name not in applies or (f.name == "s0_carry" and not self.stateful):
+                flag_text = "--" + f.name.replace("_", "-")
+                raise ValueError(f"{option(f.name, flag_text)} does not apply to {name}"
+                                 + (" without --stateful" if f.name == "s0_carry" and name == "ekf" else ""))
+            out[setting] = value
+        return out
+
+
+@dataclass
+class OnlineProblem:
+    """What an online run learns from: one stream of observations per node, and how to report on it.
+
+    ``forecasts`` (a run on a CSV) lets the summary give MSEs in the target's own units
+    and a last-value baseline; ``artifacts`` is what a forecaster needs to cut and scale
+    another file the same way (stored in the checkpoint).
+    """
+
+    streams: list[list[Observation]]
+    dataset: str = ""
+    mse_naive: float = math.nan
+    forecasts: Forecasts | None = None
+    artifacts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_size(self) -> int:
+        return int(self.streams[0][0].x.shape[-1])
+
+
+def csv_problem(data: OnlineDataConfig, nodes: int) -> OnlineProblem:
+    """The observations of ``data`` split round-robin over ``nodes`` (what ``distlstm online`` runs on)."""
+    table = read_table(data.data)
+    inputs = data.input_list()
+    target = data.target if data.target is not None else series_column(table, data.column)
+    fc = forecast_windows(table, target, inputs, window=data.window, horizon=data.horizon, scaling=data.scaling,
+                          warmup=data.warmup, past_target=data.past_target)
+    if len(fc) < nodes:
+        raise ValueError(f"{data.data} gives {len(fc)} forecasts, fewer than the {nodes} nodes: every node needs at "
+                         f"least one (fix {option('nodes', '--nodes')})")
+    artifacts = {"columns": list(table.names), "has_header": table.has_header,
+                 "inputs": [table.column_name(table.index(c, ("inputs", "--inputs"))) for c in inputs],
+                 "target": fc.target, "target_index": table.index(target, ("target", "--target")),
+                 "input_indices": [table.index(c, ("inputs", "--inputs")) for c in inputs],
+                 "features": list(fc.features), "window": data.window, "horizon": data.horizon,
+                 "scaling": data.scaling, "warmup": data.warmup, "past_target": data.past_target,
+                 "maps": [list(m) for m in fc.maps]}
+    return OnlineProblem(split_round_robin(fc.observations, nodes), dataset=Path(data.data).name, forecasts=fc,
+                         artifacts=artifacts)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The figures every online run reports (``summary.json`` entries; the reproduction's table rows)."""
+
+    dataset: str
+    algorithm: str
+    final_mse: float
+    mse_naive: float
+    running_mse_end: float
+    mean_running_mse: float  # area under the learning curve / steps: lower = faster convergence
+    coverage95: float
+    seconds_per_step: float
+    bytes_per_node_per_step: float
+    messages_per_node_per_step: float
+    skipped_labels: int
+    steps: int
+    n_theta: int
+    settings: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: _none_if_nan(v) for k, v in self.__dict__.items()}
+
+
+def _none_if_nan(v: Any) -> Any:
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
+class OnlineMode:
+    """One online algorithm on per-node streams over a graph (see the module docstring).
+
+    ``settings`` are the algorithm's full settings (:func:`~distlstm.online.algorithm_settings`
+    merges the defaults); ``model`` builds the model and the common θ₀ from the seed
+    (default: Ergen & Kozat's :class:`SequenceRegressor` with ``hidden`` units).
+    """
+
+    name: str = "online"
+    metric: str = "running_mse"
+    plot_columns: Sequence[str] = ("mse", "running_mse")
+
+    def __init__(self, problem: OnlineProblem, algorithm: str, settings: Mapping[str, Any], topology: Topology, *,
+                 hidden: int = 4, model: ModelBuilder | None = None, topology_name: str = "") -> None:
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {list(ALGORITHMS)}")
+        self.problem, self.algorithm_name, self.settings = problem, algorithm, dict(settings)
+        self.topology, self.topology_name, self.hidden = topology, topology_name or "graph", hidden
+        self.max_steps: int | None = check_streams(problem.streams, topology.num_nodes)
+        self.model = model or (lambda seed: regressor(problem.input_size, hidden, seed))
+        self.seed = 0
+        self.comm: Communicator = LocalComm()
+
+    # -- the loop's interface -------------------------------------------------------------------------------------
+
+    def init(self, comm: Communicator, seed: int) -> None:
+        self.comm, self.seed = comm, seed
+        self.fm, theta0 = self.model(seed)
+        self.algorithm: OnlineAlgorithm = make_algorithm(self.algorithm_name, self.fm, **self.settings)
+        self.transport: Transport = comm.transport(self.topology)
+        nodes = self.transport.local_nodes
+        self.gens = {k: node_generator(seed, k) for k in nodes}
+        self.states: dict[int, State] = {k: self.algorithm.init(theta0, k, self.gens[k]) for k in nodes}
+        self.records = OnlineRecords(self.algorithm_name, self.topology.num_nodes)
+
+    def step(self, step: int) -> Mapping[str, float]:
+        started = time.perf_counter()
+        alg, transport, nodes = self.algorithm, self.transport, self.transport.local_nodes
+        obs = {k: self.problem.streams[k][step] for k in nodes}
+        preds: dict[int, Prediction] = {k: alg.predict(self.states[k], obs[k].x) for k in nodes}
+        errors = [self._squared_error(obs[k], preds[k], f"{alg.name} at node {k}, step {step}") for k in nodes]
+        before = [transport.stats.bytes[k] for k in nodes], [transport.stats.messages[k] for k in nodes]
+        self.states = alg.update(self.states, obs, preds, transport, self.gens, step)
+        local = torch.tensor([[errors[i], preds[k].var, transport.stats.bytes[k] - before[0][i],
+                               transport.stats.messages[k] - before[1][i], time.perf_counter() - started]
+                              for i, k in enumerate(nodes)], dtype=torch.float64)
+        every = self.comm.all_gather_cat(local).tolist()  # (K, 5): nodes are contiguous blocks in rank order
+        k_all = self.topology.num_nodes
+        self.records.append([r[0] for r in every], [r[1] for r in every], sum(r[2] for r in every) / k_all,
+                            sum(r[3] for r in every) / k_all, max(r[4] for r in every))
+        rec = self.records
+        return {"mse": _nanmean(rec.sq_errors[-1]), "running_mse": rec.running_mse_now,
+                "bytes_per_node": rec.bytes_per_step[-1], "messages_per_node": rec.messages_per_step[-1]}
+
+    @staticmethod
+    def _squared_error(ob: Observation, pred: Prediction, where: str) -> float:
+        if not math.isfinite(pred.mean):
+            raise FloatingPointError(f"{where}: the prediction is {pred.mean}; the estimate diverged")
+        if not ob.labelled:
+            return math.nan
+        err = squared_error(ob.d, pred.mean)
+        if math.isinf(err):
+            raise FloatingPointError(f"{where}: the squared prediction error overflows (label {ob.d:.3g}, "
+                                     f"prediction {pred.mean:.3g}); check the data's scale")
+        return err
+
+    def evaluate(self) -> Mapping[str, float]:
+        rec = self.records
+        return {"running_mse": rec.running_mse_now, "final_mse": rec.final_mse(), "coverage95": rec.coverage95()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every node's state and generator (gathered to every process), the records, the model and artifacts."""
+        nodes = self.transport.local_nodes
+        first = self.states[nodes[0]]
+        node_states = {f: self._gather(torch.stack([getattr(self.states[k], f) for k in nodes]))
+                       for f in first._fields}
+        gens = self._gather(torch.stack([self.gens[k].get_state() for k in nodes]))
+        theta0 = self.algorithm.estimate(type(first)(*(node_states[f][0] for f in first._fields)))
+        return {"model": {k: v.clone() for k, v in self.fm.spec.unflatten(theta0).items()},
+                "algorithm": {"name": self.algorithm_name, "settings": dict(self.settings), "states": node_states,
+                              "records": self.records.to_tensors()},
+                "generators": {"nodes": gens},
+                "artifacts": {**self.problem.artifacts, "input_size": self.problem.input_size, "hidden": self.hidden,
+                              "algorithm": self.algorithm_name, "settings": dict(self.settings)}}
+
+    def _gather(self, local: Tensor) -> Tensor:
+        return self.comm.all_gather_cat(local) if self.comm.world_size > 1 else local
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        algo = state["algorithm"]
+        if algo["name"] != self.algorithm_name:
+            raise ValueError(f"the checkpoint is of a {algo['name']} run, not {self.algorithm_name}")
+        nodes = self.transport.local_nodes
+        kind = type(self.states[nodes[0]])
+        saved = algo["states"]
+        if set(saved) != set(kind._fields) or next(iter(saved.values())).shape[0] != self.topology.num_nodes:
+            raise ValueError(f"the checkpoint's node states ({sorted(saved)}, "
+                             f"{next(iter(saved.values())).shape[0]} nodes) do not fit this run "
+                             f"({list(kind._fields)}, {self.topology.num_nodes} nodes)")
+        self.states = {k: kind(*(saved[f][k].clone() for f in kind._fields)) for k in nodes}
+        for k in nodes:
+            self.gens[k].set_state(state["generators"]["nodes"][k].clone())
+        self.records = OnlineRecords.from_tensors(self.algorithm_name, self.topology.num_nodes, algo["records"])
+
+    def run_summary(self) -> RunSummary:
+        """The reproduction's figures of the steps run so far."""
+        rec = self.records
+        running = rec.running_mse()
+        steps = max(rec.steps, 1)
+        return RunSummary(
+            dataset=self.problem.dataset, algorithm=self.algorithm_name, final_mse=rec.final_mse(),
+            mse_naive=self._naive(scaled=True), running_mse_end=running[-1] if running else math.nan,
+            mean_running_mse=sum(running) / len(running) if running else math.nan, coverage95=rec.coverage95(),
+            seconds_per_step=rec.seconds_per_step, bytes_per_node_per_step=rec.bytes_per_node_per_step,
+            messages_per_node_per_step=sum(rec.messages_per_step) / steps, skipped_labels=rec.skipped_labels,
+            steps=rec.steps, n_theta=self.fm.numel, settings=dict(self.settings))
+
+    def summary(self) -> dict[str, Any]:
+        out = self.run_summary().as_dict() | {"nodes": self.topology.num_nodes, "topology": self.topology_name,
+                                              "hidden": self.hidden, "seed": self.seed,
+                                              "processes": self.comm.world_size}
+        fc, art = self.problem.forecasts, self.problem.artifacts
+        if fc is None:
+            return out
+        return out | self._data_units(fc) | {
+            "mse_units": f"final_mse, mse_naive, running_mse_end and mse.csv: scaled {fc.target} ({art['scaling']}); "
+                         f"*_data_units: squared units of {fc.target}",
+            "target": fc.target, "features": fc.features, "horizon": art["horizon"],
+            "missing_labels": int(torch.isnan(fc.d).sum()), "observations": len(fc), "window": art["window"],
+            "scaling": art["scaling"], "warmup": art["warmup"] if art["scaling"] == "causal" else 0}
+
+    def write_outputs(self, folder: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+        """``mse.csv`` (per-step node-averaged and running MSE, scaled units) and ``mse.png``."""
+        write_curves(folder, "mse", {self.algorithm_name: self.records},
+                     f"{self.algorithm_name} on {self.problem.dataset}, {self.topology.num_nodes} nodes "
+                     f"({self.topology_name})", reference={"last-value forecast": self._naive(scaled=True)})
+
+    # -- figures ---------------------------------------------------------------------------------------------------
+
+    def final_thetas(self) -> dict[int, Tensor]:
+        """Every local node's point estimate θ̂."""
+        return {k: self.algorithm.estimate(s) for k, s in self.states.items()}
+
+    def _naive(self, scaled: bool) -> float:
+        """MSE of the last observed target value as the forecast (the random-walk baseline) over the steps run."""
+        fc = self.problem.forecasts
+        if fc is None:
+            return self.problem.mse_naive
+        n = self.records.steps * self.topology.num_nodes  # step t of node k is observation t·K + k
+        err = (fc.d[:n] - fc.last_target[:n]) * (1.0 if scaled else fc.scale[:n])
+        err = err[torch.isfinite(err)]
+        return float((err * err).mean()) if len(err) else math.nan
+
+    def _data_units(self, fc: Forecasts) -> dict[str, float | None]:
+        """The run's MSEs in the target's own units."""
+        k_all = self.topology.num_nodes
+        factor = (fc.scale**2).tolist()
+        rec = self.records
+        converted = OnlineRecords(rec.algorithm, k_all)
+        for t, (row, var) in enumerate(zip(rec.sq_errors, rec.variances, strict=True)):
+            converted.append([e * factor[t * k_all + k] for k, e in enumerate(row)], var, 0.0, 0.0, 0.0)
+        running = converted.running_mse()
+        values = {"final_mse_data_units": converted.final_mse(),
+                  "running_mse_end_data_units": running[-1] if running else math.nan,
+                  "mse_naive_data_units": self._naive(scaled=False)}
+        return {k: _none_if_nan(v) for k, v in values.items()}
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    vals = [v for v in values if not math.isnan(v)]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def write_curves(out: Path, stem: str, results: Mapping[str, OnlineRecords], title: str,
+                 reference: Mapping[str, float] | None = None) -> None:
+    """``{stem}.csv`` (per-step node-averaged and running MSE per algorithm) and ``{stem}.png``."""
+    steps = max(r.steps for r in results.values())
+    rows = []
+    curves = {name: r.mse_curve() for name, r in results.items()}
+    runnings = {name: r.running_mse() for name, r in results.items()}
+    for t in range(steps):
+        row: dict[str, Any] = {"step": t + 1}
+        for name in results:
+            row[f"{name}_mse"] = _fmt(curves[name][t]) if t < len(curves[name]) else ""
+            row[f"{name}_running_mse"] = _fmt(runnings[name][t]) if t < len(runnings[name]) else ""
+        rows.append(row)
+    write_csv(out / f"{stem}.csv", rows)
+    plot_curves(out / f"{stem}.png",
+                {name: (list(range(1, len(r) + 1)), r) for name, r in runnings.items()},
+                xlabel="time step (per node)", ylabel="running MSE (averaged over nodes)", title=title,
+                hlines=reference, logy=True)
+
+
+def _fmt(v: float) -> str:
+    return "" if math.isnan(v) else f"{v:.6g}"
+
+
+def run_streams(problem: OnlineProblem, algorithm: str, topology: Topology, *, seed: int = 0,
+                settings: Mapping[str, Any] | None = None, steps: int | None = None, hidden: int = 4,
+                model: ModelBuilder | None = None, comm: Communicator | None = None) -> OnlineMode:
+    """Run one algorithm in memory (no run folder) and return the finished mode (records, states, summary).
+
+    ``settings`` override :data:`~distlstm.online.DEFAULT_SETTINGS`; ``steps`` stops early.
+    """
+    mode = OnlineMode(problem, algorithm, algorithm_settings(algorithm, settings), topology, hidden=hidden,
+                      model=model)
+    assert mode.max_steps is not None
+    total = mode.max_steps if steps is None else min(steps, mode.max_steps)
+    run(mode, LoopConfig(steps=total, seed=seed, progress=False, eval_every=total, checkpoint_every=total),
+        comm=comm, folder=None)
+    return mode
+
+
+# -- the command's configuration -----------------------------------------------------------------------------------
+
+SECTIONS: dict[str, type] = {"data": OnlineDataConfig, "online": OnlineConfig}
+LOOP_DEFAULTS: dict[str, Any] = {"steps": 1_000_000_000}  # the whole stream unless --steps says fewer
+
+
+def make_online_mode(sections: Mapping[str, Any]) -> OnlineMode:
+    """The mode of ``distlstm online`` from its resolved config sections."""
+    data: OnlineDataConfig = sections["data"]
+    cfg: OnlineConfig = sections["online"]
+    loop: LoopConfig = sections["loop"]
+    problem = csv_problem(data, cfg.nodes)
+    topology = make_topology(cfg.topology, cfg.nodes, seed=loop.seed,
+                             edges=parse_edges(cfg.edges) if cfg.edges else None)
+    return OnlineMode(problem, cfg.algorithm, algorithm_settings(cfg.algorithm, cfg.settings()), topology,
+                      hidden=cfg.hidden, topology_name=cfg.topology)
+
+
+def load(ckpt: Mapping[str, Any], folder: Path) -> Any:
+    """The run's model (node 0's estimate) and a forecaster for CSV files with the run's columns."""
+    from distlstm.modes.online_predict import load_online
+
+    return load_online(ckpt, folder)
+
+
+__all__ = ["DEFAULT_SETTINGS", "LOOP_DEFAULTS", "SECTIONS", "OnlineConfig", "OnlineDataConfig", "OnlineMode",
+           "OnlineProblem", "RunSummary", "csv_problem", "load", "make_online_mode", "run_streams", "write_curves"]
