@@ -20,6 +20,7 @@ from distlstm.data.forecast import forecast_windows
 from distlstm.data.table import read_table
 from distlstm.modes import load_run
 from distlstm.runs.checkpoint import load_run_checkpoint
+from distlstm.runs.metrics import read_metrics
 from tests.launch import launch
 
 FAST = {"sgd": [], "ekf": [], "pf": ["--particles", "12"], "dsgd": [], "dekf": [],
@@ -79,10 +80,12 @@ def test_stopped_and_resumed_equals_uninterrupted(tmp_path, algorithm):
     assert torch.equal(a["state"]["generators"]["nodes"], b["state"]["generators"]["nodes"])
     for k, t in a["state"]["model"].items():
         assert torch.equal(t, b["state"]["model"][k]), k
-    rows_a, rows_b = without_time(a["rows"]), without_time(b["rows"])
-    assert rows_a[:6] + rows_a[7:] == rows_b[:6] + rows_b[7:]
+    rows_a = without_time(list(read_metrics(whole_dir / "metrics.csv")))
+    rows_b = without_time(list(read_metrics(part_dir / "metrics.csv")))
+    assert [r["step"] for r in rows_a] == list(range(17))  # step 0: the untrained model's evaluation
+    assert rows_a[:7] + rows_a[8:] == rows_b[:7] + rows_b[8:]
     step_metrics = ("step", "mse", "running_mse", "bytes_per_node", "messages_per_node")
-    assert [rows_a[6][k] for k in step_metrics] == [rows_b[6][k] for k in step_metrics]  # b also evaluated at its stop
+    assert [rows_a[7][k] for k in step_metrics] == [rows_b[7][k] for k in step_metrics]  # b also evaluated at its stop
     same_numbers(json.loads((whole_dir / "summary.json").read_text()),
                  json.loads((part_dir / "summary.json").read_text()))
     assert (part_dir / "mse.csv").read_text() == (whole_dir / "mse.csv").read_text()
