@@ -1,15 +1,16 @@
 """Training by back-propagation through time across workers.
 
-* ``ddp`` — synchronous data parallelism (DistributedDataParallel) with stateful
-  stream shards and truncated BPTT, or minibatches of independent sequences;
+* ``ddp`` — one step of synchronous data parallelism (DistributedDataParallel) with
+  stateful stream shards and truncated BPTT, or minibatches of independent sequences
+  (the run: ``distlstm.modes.ddp.DDPMode``);
 * ``fullbatch`` — full-batch L-BFGS and nonlinear CG, loss and gradient summed over
   workers in every evaluation;
 * ``tasks`` — what those train (character LM, long-lag problems).
 """
 
-from distlstm.bptt.ddp import DDPConfig, train_ddp
+from distlstm.bptt.ddp import ddp_step, make_optimizer
 from distlstm.bptt.fullbatch import FullBatchConfig, FullBatchResult, fullbatch_closure, train_fullbatch
 from distlstm.bptt.tasks import CharStreamTask, LongLagTask
 
-__all__ = ["CharStreamTask", "DDPConfig", "FullBatchConfig", "FullBatchResult", "LongLagTask", "fullbatch_closure",
-           "train_ddp", "train_fullbatch"]
+__all__ = ["CharStreamTask", "FullBatchConfig", "FullBatchResult", "LongLagTask", "ddp_step", "fullbatch_closure",
+           "make_optimizer", "train_fullbatch"]

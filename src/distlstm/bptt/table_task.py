@@ -18,19 +18,20 @@ workers with b windows each take the steps of one process with W·b.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from distlstm._flags import option
-from distlstm.bptt.tasks import Batch, ShuffledMinibatches
+from distlstm.bptt.tasks import Batch, ShuffledMinibatches, model_from_spec
 from distlstm.data.forecast import forecast_windows
 from distlstm.data.longlag import LongLagData
 from distlstm.data.table import read_table
 from distlstm.models.cells import State
-from distlstm.models.networks import SequenceRegressor
 
 
 @dataclass
@@ -84,12 +85,23 @@ class TableTask(ShuffledMinibatches):
                                  for rows in parts.values())
         self.scale = float(fc.scale[0])  # one map fitted on the training rows
         self.features = fc.features
+        self.maps, self.columns = fc.maps, len(table.names)
+
+    def model_spec(self) -> dict[str, Any]:
+        """The model (kind, :class:`SequenceRegressor` arguments, dtype) and how the table was windowed and scaled.
+
+        Everything :func:`forecast_table` needs to forecast new rows without the training data.
+        """
+        return {"kind": "csv", "dtype": self.dtype,
+                "config": {"input_size": len(self.features), "hidden_size": self.hidden, "num_layers": self.layers,
+                           "cell": self.cell, "pooling": "last", "head_bias": True, **self.cell_options},
+                "target": self.target, "inputs": list(self.inputs), "features": list(self.features),
+                "columns": self.columns, "window": self.window, "horizon": self.horizon,
+                "past_target": self.past_target, "maps": [list(m) for m in self.maps]}
 
     def build_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
-        model = SequenceRegressor(len(self.features), self.hidden, self.layers, cell=self.cell, pooling="last",
-                                  head_bias=True, **self.cell_options)
-        return model.to(getattr(torch, self.dtype))
+        return model_from_spec(self.model_spec())
 
     def batch(self, step: int, seed: int) -> Batch:
         rows = self.batch_rows(step, seed)
@@ -114,3 +126,25 @@ class TableTask(ShuffledMinibatches):
         baseline = float(((self.train.y.mean() - self.test.y) ** 2).mean()) * self.scale**2
         return {"test_mse_mean_predictor": baseline, "test_mse_units": f"{self.target}'s units squared",
                 "features": self.features, "training_windows": len(self.train), "test_windows": len(self.test)}
+
+
+@torch.no_grad()
+def forecast_table(model: nn.Module, spec: Mapping[str, Any], path: str | Path) -> list[dict[str, Any]]:
+    """``model``'s forecast for every window of the CSV at ``path``, in the target's own units.
+
+    ``spec`` is the training task's :meth:`TableTask.model_spec`: the windows are built
+    and scaled as in training (the scaler fitted on the training rows). One row per
+    window: ``row`` (the label's line in the file), ``target`` (None where the cell is
+    empty), ``prediction``, and ``lower`` / ``upper`` None (no interval).
+    """
+    table = read_table(path)
+    if len(table.names) != spec["columns"]:
+        raise ValueError(f"{path} has {len(table.names)} column(s); the model was trained on a table of "
+                         f"{spec['columns']} ({', '.join(spec['features'])} among them)")
+    fc = forecast_windows(table, spec["target"], spec["inputs"], window=spec["window"], horizon=spec["horizon"],
+                          scaling="none", past_target=spec["past_target"], maps=spec["maps"])
+    weight = next(model.parameters())
+    pred = fc.to_data_units(model(fc.x.to(weight.device, weight.dtype)).double().cpu())
+    target = fc.to_data_units(fc.d)
+    return [{"row": line, "target": float(t) if bool(torch.isfinite(t)) else None, "prediction": float(p),
+             "lower": None, "upper": None} for line, t, p in zip(fc.label_lines, target, pred, strict=True)]

@@ -40,11 +40,32 @@ class Batch(NamedTuple):
     starts_stream: bool  # the carried state restarts from zero here
 
 
-def longlag_model(hidden: int = 4, alpha: float = 3.75, seed: int = 0) -> SequenceRegressor:
+def longlag_spec(hidden: int = 4, alpha: float = 3.75) -> dict[str, Any]:
     """The matrix-batch paper's long-lag network: peephole cells, no forget gate, gates σ(α·a), float64."""
+    return {"kind": "long-lag", "dtype": "float64",
+            "config": {"input_size": 2, "hidden_size": hidden, "cell": "peephole", "forget_gate": False,
+                       "alpha": alpha, "pooling": "last", "head_bias": True}}
+
+
+def longlag_model(hidden: int = 4, alpha: float = 3.75, seed: int = 0) -> nn.Module:
+    """:func:`longlag_spec`'s network, initialised from ``seed``."""
     torch.manual_seed(seed)
-    return SequenceRegressor(2, hidden, cell="peephole", forget_gate=False, alpha=alpha, pooling="last",
-                             head_bias=True).double()
+    return model_from_spec(longlag_spec(hidden, alpha))
+
+
+MODEL_KINDS = {"char-lm": CharLM, "word-lm": WordLM, "long-lag": SequenceRegressor, "csv": SequenceRegressor}
+
+
+def model_from_spec(spec: dict[str, Any]) -> nn.Module:
+    """A task's model from its ``model_spec()`` (kind, constructor arguments, dtype), initialised from the global seed.
+
+    The spec is what a run's checkpoint stores as artifacts, so a model can be rebuilt
+    (and its state dict loaded) without the training data.
+    """
+    kind = spec.get("kind")
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(MODEL_KINDS)}")
+    return MODEL_KINDS[kind](**spec["config"]).to(getattr(torch, spec["dtype"]))
 
 
 def longlag_splits(problem: str, min_len: int, train: int, test: int, seed: int) -> tuple[LongLagData, LongLagData]:
@@ -125,7 +146,7 @@ class CharStreamTask(_StreamWindows):
 
     def build_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
-        return CharLM(**self.model_spec()["config"]).to(getattr(torch, self.dtype))
+        return model_from_spec(self.model_spec())
 
     def loss(self, model: nn.Module, batch: Batch, state: State | None) -> tuple[Tensor, State | None]:
         logits, state = model(batch.x, state)
@@ -189,7 +210,8 @@ class WordStreamTask(_StreamWindows):
 
     def build_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
-        model = WordLM(**self.model_spec()["config"]).to(getattr(torch, self.dtype))
+        model = model_from_spec(self.model_spec())
+        assert isinstance(model, WordLM)
         model.dropout_generator = torch.Generator().manual_seed(seed * 1_000_003 + 7 + self.rank)
         return model
 
@@ -265,6 +287,9 @@ class LongLagTask(ShuffledMinibatches):
     def __post_init__(self) -> None:
         self.train, self.test = longlag_splits(self.problem, self.min_len, self.train_size, self.test_size,
                                                self.data_seed)
+
+    def model_spec(self) -> dict[str, Any]:
+        return longlag_spec(self.hidden, self.alpha)
 
     def build_model(self, seed: int) -> nn.Module:
         return longlag_model(self.hidden, self.alpha, seed)

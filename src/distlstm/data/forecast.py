@@ -59,6 +59,9 @@ class Forecasts:
     last_target: Tensor  # (M,) last observed target before row e, scaled (the naive forecast); NaN if none
     features: list[str]
     target: str
+    # The fitted (shift, scale) of each column, inputs then target (empty for causal scaling): what
+    # ``forecast_windows(..., maps=)`` takes to window new data exactly as the training data.
+    maps: tuple[tuple[float, float], ...] = ()
 
     def __len__(self) -> int:
         return self.d.shape[0]
@@ -74,10 +77,13 @@ class Forecasts:
 
 def forecast_windows(table: Table, target: str | int, inputs: Sequence[str | int] = (), *, window: int = 2,
                      horizon: int = 1, scaling: str = "causal", warmup: int = 20, past_target: bool = True,
-                     fit_rows: int | None = None) -> Forecasts:
+                     fit_rows: int | None = None, maps: Sequence[Sequence[float]] | None = None) -> Forecasts:
     """Observations of ``table`` predicting ``target`` ``horizon`` rows after a ``window`` of features.
 
     ``fit_rows`` limits the fitted (non-causal) scalers to the first rows (the training part).
+    ``maps`` — one (shift, scale) per column, inputs then target (a trained model's
+    :attr:`Forecasts.maps`) — scales with those instead of fitting: new data windowed
+    for a model trained on other data.
     """
     if window < 1 or horizon < 1:
         raise ValueError(f"window and horizon must be at least 1, got {window} and {horizon} "
@@ -104,12 +110,21 @@ def forecast_windows(table: Table, target: str | int, inputs: Sequence[str | int
                          f"forecast; shorten {option('window', '--window')}"
                          + (f" or {option('warmup', '--warmup')}" if warm else "") + ", or add rows")
     names = [table.column_name(c) for c in cols] + ([f"{table.column_name(t)} (past)"] if past_target else [])
+    if maps is not None and len(maps) != len(cols) + 1:
+        raise ValueError(f"{len(maps)} column maps given for {len(cols)} input column(s) and the target; the model "
+                         f"was trained on {len(maps) - 1} input column(s)")
     shifts, scales = [], []
-    for values, name in zip([*feats[: len(cols)], y], [*names[: len(cols)], table.column_name(t)], strict=True):
-        shift, scale = _fit(values, scaling, fit_rows)
+    for i, (values, name) in enumerate(zip([*feats[: len(cols)], y], [*names[: len(cols)], table.column_name(t)],
+                                           strict=True)):
+        if maps is None:
+            shift, scale = _fit(values, scaling, fit_rows)
+        else:
+            shift, scale = (torch.full((n + 1,), float(v), dtype=values.dtype) for v in maps[i])
         _check_scale(table, name, values, shift[ends], scale[ends], ends, scaling, fit_rows, is_target=values is y)
         shifts.append(shift)
         scales.append(scale)
+    fitted = () if scaling == "causal" and maps is None else tuple((float(a[0]), float(b[0]))
+                                                                   for a, b in zip(shifts, scales, strict=True))
     if past_target:  # the past target uses the target's map
         shifts.insert(len(cols), shifts[-1])
         scales.insert(len(cols), scales[-1])
@@ -122,7 +137,7 @@ def forecast_windows(table: Table, target: str | int, inputs: Sequence[str | int
     d = (y[ends + horizon - 1] - shift_t) / scale_t
     last = (ffilled[ends - 1] - shift_t) / scale_t
     return Forecasts(x, d, ends, [table.lines[int(e) + horizon - 1] for e in ends], shift_t, scale_t, last, names,
-                     table.column_name(t))
+                     table.column_name(t), fitted)
 
 
 def _check_columns(table: Table, target: int, cols: list[int], past_target: bool) -> None:

@@ -19,6 +19,7 @@ weights. Writes ``report.md``, ``summary.json`` (one row per optimizer × α),
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import statistics
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -30,11 +31,13 @@ import torch
 from tqdm import tqdm
 
 from distlstm.bench.bptt import WorkersRow, bench_lbfgs_workers, bench_vectorization
-from distlstm.bptt.ddp import DDPConfig, train_ddp
 from distlstm.bptt.fullbatch import FullBatchConfig
 from distlstm.bptt.fullbatch_run import run_fullbatch
 from distlstm.bptt.tasks import LongLagTask, longlag_splits
+from distlstm.modes.ddp import DDPMode, OptimConfig
 from distlstm.runs import atomic_write_text, plot_curves, read_csv_numbers, write_json
+from distlstm.runs import loop as run_loop
+from distlstm.runs.config import LoopConfig
 
 NOTES = """\
 - The paper reports success without a time limit; here every run has the same training-time
@@ -98,11 +101,12 @@ def run_one(cfg: MatrixBatchConfig, optimizer: str, alpha: float, seed: int, out
                                                       seconds=cfg.seconds), out, seed=seed, target=cfg.target,
                                 show_progress=False)
     else:
-        ddp = DDPConfig(optimizer=optimizer, lr=cfg.sgd_lr, momentum=cfg.sgd_momentum, clip=None, steps=10**9,
-                        seconds=cfg.seconds, target=cfg.target, eval_every=task.steps_per_epoch(),
-                        checkpoint_every=10**9, seed=seed)
-        summary = train_ddp(task, ddp, out, show_progress=False)
-    rows = read_csv_numbers(out / "metrics.csv")
+        mode = DDPMode(lambda _rank, _world: task, OptimConfig(optimizer=optimizer, lr=cfg.sgd_lr,
+                                                                 momentum=cfg.sgd_momentum, clip=0.0))
+        loop = LoopConfig(steps=10**9, seconds=cfg.seconds, stop_at=cfg.target, eval_every=task.steps_per_epoch(),
+                          checkpoint_every=10**9, seed=seed, progress=False)
+        summary = run_loop.run(mode, loop, folder=out).summary
+    rows = [r for r in read_csv_numbers(out / "metrics.csv") if math.isfinite(r["test_mae"])]  # evaluated rows
     first = next((r for r in rows if r["test_mae"] <= cfg.target), None)
     return {"optimizer": optimizer, "alpha": alpha, "seed": seed, "success": first is not None,
             "seconds_to_success": None if first is None else first["seconds"],

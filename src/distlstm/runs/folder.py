@@ -37,6 +37,10 @@ def stored_config(folder: Path) -> dict[str, Any]:
     return read_config_file(folder / CONFIG)
 
 
+def _safe_names() -> str:
+    return ", ".join(sorted(s.split(".")[1] for s in SAFE_TO_CHANGE))
+
+
 def _resume_hint() -> str:
     return "--resume" if on_cli() else "resume=True"
 
@@ -77,8 +81,9 @@ def check_resume(folder: Path, config: Mapping[str, Any]) -> dict[str, tuple[Any
     unsafe = {k: v for k, v in diff.items() if k not in SAFE_TO_CHANGE}
     if unsafe:
         listed = "; ".join(f"{k}: {a!r} in the run, {b!r} now" for k, (a, b) in sorted(unsafe.items()))
+        safe = ", ".join(sorted(s.split(".")[1] for s in SAFE_TO_CHANGE))
         raise ValueError(f"cannot resume {folder} with changed settings ({listed}). A resumed run may change only "
-                         f"the budget and the reporting ({', '.join(sorted(s.split('.')[1] for s in SAFE_TO_CHANGE))}); "
+                         f"the budget and the reporting ({safe}); "
                          f"start a new run for anything else")
     return diff
 
