@@ -2,9 +2,9 @@
 
 Two checkpoint layouts are read:
 
-* ``distlstm train`` (char-lm, word-lm): the model's state dict under ``model`` and
-  ``language_model = {"kind", "vocab", "config", "dtype"}``, the constructor arguments
-  of :class:`CharLM` or :class:`WordLM` and the vocabulary;
+* ``distlstm train`` (char-lm, word-lm): a run checkpoint whose state holds the model's
+  state dict under ``model`` and ``artifacts = {"kind", "vocab", "config", "dtype"}``,
+  the constructor arguments of :class:`CharLM` or :class:`WordLM` and the vocabulary;
 * ``distlstm es`` and the reproductions' character models: a flat ``theta`` with
   ``config = {"cell", "hidden"}`` and ``vocab`` (the characters).
 """
@@ -28,6 +28,8 @@ UNKNOWN_POLICIES = ("error", "replace")
 def load_language_model(path: Path) -> tuple[CharLM | WordLM, CharVocab | WordVocab]:
     """The model (in eval mode) and vocabulary stored in a checkpoint of either layout."""
     ckpt = load_checkpoint(path)
+    if ckpt.get("format") == "distlstm-run":  # a run's checkpoint: the ddp mode stores the spec as artifacts
+        ckpt = {"language_model": ckpt["state"].get("artifacts"), "model": ckpt["state"].get("model")}
     spec: dict[str, Any] | None = ckpt.get("language_model")
     if spec is not None:
         if spec.get("kind") == "char-lm":
