@@ -61,7 +61,7 @@ config.json, metrics.csv (a row per step: training loss; the metric every
 run is refused unless --overwrite; --resume FOLDER alone continues it with its
 stored settings and the numbers of an uninterrupted run (the same number of workers;
 only --steps, --seconds, --stop-at and the reporting flags may change). --config FILE
-reads settings from a config.json. The model comes out with distlstm.load_run(FOLDER)
+reads settings from a config.json. The model comes out with distlstm.modes.load_run(FOLDER)
 (language models: distlstm sample --run FOLDER; csv: forecaster(new.csv)).
 """
 
