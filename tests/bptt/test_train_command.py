@@ -100,3 +100,12 @@ def test_the_csv_forecaster_reproduces_the_runs_predictions(tmp_path):
     wider.write_text("\n".join(f"{line},1" for line in lines) + "\n")
     with pytest.raises(ValueError, match=r"has 4 column\(s\); the model was trained on a table of 3"):
         run.forecaster(wider)
+
+
+def test_a_checkpoint_of_the_old_train_layout_is_refused_with_a_clear_message(tmp_path):
+    from distlstm.runs.files import save_checkpoint
+
+    save_checkpoint(tmp_path / "checkpoint.pt", {"version": 1, "settings": {}, "world_size": 1, "step": 3,
+                                                 "model": {"w": torch.zeros(2)}})
+    with pytest.raises(ValueError, match=r"written by distlstm 0.1 \(checkpoint version 1\)"):
+        load_run(tmp_path)
