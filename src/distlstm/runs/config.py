@@ -128,7 +128,8 @@ def add_section_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGr
             text = f"{text} (default: {_show(shown)})"
         repeat: dict[str, Any] = {"action": "append"} if meta.get("repeat") else {}
         parser.add_argument(name, dest=dest, type=parse, choices=meta.get("choices"), default=argparse.SUPPRESS,
-                            metavar=meta.get("metavar"), help=text, **repeat)
+                            metavar=meta.get("metavar") or (None if meta.get("choices") else f.name.upper()),
+                            help=text, **repeat)
 
 
 def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
