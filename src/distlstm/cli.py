@@ -75,11 +75,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train the character LSTM demo and write its run folder."""
     from distlstm.experiments.charlm_demo import run_demo
+    from distlstm.runs.loop import RunInterrupted, print_interrupted
 
     steps = args.steps or (300 if args.quick else DemoConfig.steps)
     cfg = DemoConfig(text=args.text, cell=args.cell, cell_opt=tuple(args.cell_opt), hidden=args.hidden, steps=steps,
                      eval_every=max(1, min(DemoConfig.eval_every, steps // 4)), seed=args.seed)
-    summary = run_demo(cfg, Path(args.out), show_progress=not args.no_progress, overwrite=args.overwrite)
+    try:
+        summary = run_demo(cfg, Path(args.out), show_progress=not args.no_progress, overwrite=args.overwrite)
+    except RunInterrupted as err:
+        return print_interrupted(err)
     print(f"validation {summary['val_nats_per_char']:.3f} nats/char "
           f"(unigram entropy {summary['unigram_entropy']:.3f}, bigram {summary['bigram_entropy']:.3f}) "
           f"after {summary['steps']} steps in {summary['seconds']:.0f} s; report: {Path(args.out) / 'report.md'}")
