@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 def theta(path: Path) -> torch.Tensor:
     ckpt = load_checkpoint(path)
-    model = ckpt["state"]["model"] if "state" in ckpt else ckpt["model"]  # run-loop checkpoints keep it in "state"
+    model = ckpt["state"]["model"]
     return torch.cat([t.reshape(-1) for t in model.values()])
 
 
@@ -40,6 +40,15 @@ def test_train_char_lm_command_two_workers_equal_one(tmp_path):
     launch([*common, "--batch", "4"], tmp_path / "two", 2)
     torch.testing.assert_close(theta(tmp_path / "two" / "checkpoint.pt"), theta(tmp_path / "one" / "checkpoint.pt"),
                                atol=1e-6, rtol=0)
+    # --resume FOLDER alone continues, under torchrun with the run's number of workers; one process is refused
+    resume = ["train", "--steps", "6", "--no-progress"]
+    launch([*resume, "--resume", str(tmp_path / "one")], None, 1)
+    launch([*resume, "--resume", str(tmp_path / "two")], None, 2)
+    torch.testing.assert_close(theta(tmp_path / "two" / "checkpoint.pt"), theta(tmp_path / "one" / "checkpoint.pt"),
+                               atol=1e-6, rtol=0)
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["steps"] == 6
+    with pytest.raises(AssertionError, match=r"resume with 2 worker\(s\)"):
+        launch([*resume, "--steps", "8", "--resume", str(tmp_path / "two")], None, 1)
 
 
 def test_es_plain_rule_with_the_lstm_two_workers_equal_one(tmp_path):

@@ -60,10 +60,12 @@ assert result.final_mse() < 0.05                # the series is standardised: pr
 assert int(x1[0, 0]) == 500                                          # 1000 ids / 8 streams: worker 1 from 4·125
 assert len(single) == (1000 // 8 - 1) // 10 or len(single) == 1000 // 8 // 10
 """,
-    ("docs/bptt.md", "summary = train_ddp("): """
+    ("docs/bptt.md", "result = run(DDPMode(make_task"): """
 import math
 from distlstm.data.text import load_text
+from distlstm.models.networks import CharLM
 assert summary["samples"] == 40 * 8 * 32 and summary["steps"] == 40
+assert isinstance(lm, CharLM) and not lm.training and len(result.rows) == 40
 assert summary["val_nats_per_char"] < math.log(len(set(load_text()))) - 0.5   # well below a uniform guess
 """,
     ("docs/bptt.md", "first = run(mode, LoopConfig("): """

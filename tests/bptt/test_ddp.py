@@ -1,12 +1,11 @@
-"""Data-parallel BPTT: W workers equal one process, runs resume exactly, bad runs stop cleanly."""
+"""The ddp mode: W workers equal one process, stopped-and-resumed runs equal uninterrupted ones bit for bit."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +13,18 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from distlstm.bptt.ddp import DDPConfig, train_ddp
-from distlstm.bptt.tasks import CharStreamTask, LongLagTask
+from distlstm.bptt.table_task import TableTask
+from distlstm.bptt.tasks import CharStreamTask, LongLagTask, WordStreamTask
 from distlstm.data.text import load_text
-from distlstm.runs import load_checkpoint
+from distlstm.data.words import SHAKESPEARE_COMPLETE
+from distlstm.modes.ddp import DDPMode, OptimConfig
+from distlstm.runs.checkpoint import load_run_checkpoint
+from distlstm.runs.config import LoopConfig, config_document
+from distlstm.runs.loop import RunResult, run
+from distlstm.runtime.comm import Communicator, open_comm
 
-CFG = DDPConfig(optimizer="adam", lr=0.01, clip=0.5, steps=8, eval_every=4, checkpoint_every=3, seed=1)
+OPTIM = OptimConfig(optimizer="adam", lr=0.01, clip=0.5)
+LOOP = LoopConfig(steps=8, eval_every=4, checkpoint_every=3, seed=1, progress=False)
 
 
 def text_file(folder: Path) -> str:
@@ -28,30 +33,120 @@ def text_file(folder: Path) -> str:
     return str(path)
 
 
+def words_file(folder: Path) -> str:
+    path = Path(folder, "words.txt")
+    lines = SHAKESPEARE_COMPLETE.read_text(encoding="utf-8").splitlines()[200:1400]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def table_file(path: Path, n: int = 240) -> str:
+    """y[t] = 0.7 y[t−1] + 0.8 a[t−1] − 0.6 a[t−1] b[t−1] + noise, in units around 100 ± 5."""
+    g = torch.Generator().manual_seed(1)
+    a, b, noise = (torch.randn(n, generator=g, dtype=torch.float64) for _ in range(3))
+    y = torch.zeros(n, dtype=torch.float64)
+    for t in range(1, n):
+        y[t] = 0.7 * y[t - 1] + 0.8 * a[t - 1] - 0.6 * a[t - 1] * b[t - 1] + 0.05 * noise[t]
+    y = 100 + 5 * y
+    path.write_text("a,b,y\n" + "\n".join(f"{a[i]:.6f},{b[i]:.6f},{y[i]:.6f}" for i in range(n)) + "\n")
+    return str(path)
+
+
 def char_task(text: str, rank: int = 0, world: int = 1, streams: int = 4) -> CharStreamTask:
     return CharStreamTask(rank=rank, world_size=world, text=text, streams=streams, window=8, hidden=12,
                           dtype="float64", eval_chars=200)
 
 
-def theta(out: Path) -> torch.Tensor:
-    model = load_checkpoint(out / "checkpoint.pt")["model"]
-    return torch.cat([t.reshape(-1) for t in model.values()])
+def word_task(text: str, rank: int = 0, world: int = 1, streams: int = 4, dropout: float = 0.2) -> WordStreamTask:
+    """Sampled softmax and dropout: the candidates and the dropout generators must resume too."""
+    return WordStreamTask(rank=rank, world_size=world, text=text, streams=streams, window=6, embedding=8, hidden=32,
+                          cell="glstm", cell_options={"groups": (2, 4)}, dropout=dropout, num_sampled=40,
+                          max_vocab=300, dtype="float64", eval_tokens=100)
 
 
-def ddp_worker(rank: int, world: int, port: int, text: str, out: str, make_task: Callable[..., Any] = char_task,
-               cfg: DDPConfig = CFG) -> None:
-    """One of ``world`` gloo workers training ``make_task(text, rank, world, streams=2)``; writes its losses."""
-    import torch.distributed as dist
+def word_task_without_dropout(text: str, rank: int = 0, world: int = 1, streams: int = 4) -> WordStreamTask:
+    """Each worker draws its own dropout masks, so W workers equal one process only without dropout."""
+    return word_task(text, rank, world, streams, dropout=0.0)
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+def longlag_task(_data: str, rank: int = 0, world: int = 1, streams: int = 4) -> LongLagTask:
+    return LongLagTask(rank=rank, world_size=world, min_len=24, train_size=64, test_size=16, batch_size=2 * streams,
+                       data_seed=2)
+
+
+def csv_task(data: str, rank: int = 0, world: int = 1, streams: int = 4) -> TableTask:
+    return TableTask(data=data, target="y", inputs=("a", "b"), rank=rank, world_size=world, window=4,
+                     batch_size=4 * streams, hidden=8)
+
+
+TASKS: dict[str, tuple[Callable[[Path], str], Callable[..., Any]]] = {
+    "char": (text_file, char_task), "word": (words_file, word_task), "longlag": (text_file, longlag_task),
+    "csv": (lambda folder: table_file(Path(folder, "t.csv")), csv_task)}
+MULTI = {**TASKS, "word": (words_file, word_task_without_dropout)}
+
+
+def train(make_task: Callable[[int, int], Any], folder: Path | None = None, *, optim: OptimConfig = OPTIM,
+          loop: LoopConfig = LOOP, resume: bool = False, comm: Communicator | None = None) -> RunResult:
+    config = config_document("train", "ddp", {"optim": optim, "loop": loop})
+    return run(DDPMode(make_task, optim), loop, comm=comm, folder=folder, config=config, resume=resume)
+
+
+def assert_same(a: Any, b: Any, where: str = "state") -> None:
+    """Bit-for-bit equality of nested checkpoint state: tensors with torch.equal, the rest with ==."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list | tuple):
+        assert isinstance(b, list | tuple) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def without_time(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def theta(folder: Path) -> torch.Tensor:
+    ckpt, _ = load_run_checkpoint(folder)
+    return torch.cat([t.reshape(-1) for t in ckpt["state"]["model"].values()])
+
+
+@pytest.mark.parametrize("kind", sorted(TASKS))
+def test_stopped_and_resumed_equals_uninterrupted_bit_for_bit(tmp_path, kind):
+    make_data, make = TASKS[kind]
+    data = make_data(tmp_path)
+    whole = train(lambda r, w: make(data, r, w), tmp_path / "whole")
+    part = train(lambda r, w: make(data, r, w), tmp_path / "part", loop=replace(LOOP, steps=5))
+    assert part.summary["steps"] == 5
+    rest = train(lambda r, w: make(data, r, w), tmp_path / "part", resume=True)
+    a, _ = load_run_checkpoint(tmp_path / "whole")
+    b, _ = load_run_checkpoint(tmp_path / "part")
+    assert_same(a["state"], b["state"])
+    # the same rows; the stopped run also evaluated where it stopped (step 5), as every run does at its end
+    assert [{k: r[k] for k in w} for r, w in zip(without_time(rest.rows), without_time(whole.rows), strict=True)] \
+        == without_time(whole.rows) and len(whole.rows) == 8 and whole.summary["metric"] in rest.rows[4]
+    metric = whole.summary["metric"]
+    assert rest.summary[metric] == whole.summary[metric] and rest.summary["samples"] == whole.summary["samples"]
+    if kind == "char":  # the carried state is in the checkpoint (a stream in the middle of an epoch)
+        assert b["state"]["algorithm"]["carry"][0].shape == (1, 4, 12)
+    if kind == "word":  # and the dropout generator of every worker
+        assert b["state"]["generators"]["dropout"].shape[0] == 1
+
+
+def _worker(rank: int, world: int, port: int, kind: str, data: str, out: str, steps: int, resume: bool) -> None:
+    """One of ``world`` processes as torchrun starts them: the communicator joins the group from the environment."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    losses: list[float] = []
-    train_ddp(make_task(text, rank, world, streams=2), cfg, Path(out), rank=rank, world_size=world,
-              show_progress=False, on_step=lambda _s, v: losses.append(v))
-    Path(out, f"losses{rank}.json").write_text(json.dumps(losses))
-    dist.barrier()
-    dist.destroy_process_group()
+    make = MULTI[kind][1]
+    with open_comm() as comm:
+        train(lambda r, w: make(data, r, w, streams=2), Path(out), loop=replace(LOOP, steps=steps), resume=resume,
+              comm=comm)
 
 
 def free_port() -> int:
@@ -61,53 +156,23 @@ def free_port() -> int:
 
 
 @pytest.mark.multiprocess
-def test_two_workers_take_the_steps_of_one_process_with_the_global_batch(tmp_path):
-    text = text_file(tmp_path)
-    single_losses: list[float] = []
-    train_ddp(char_task(text, streams=4), CFG, tmp_path / "single", show_progress=False,
-              on_step=lambda _s, v: single_losses.append(v))
-    mp.spawn(ddp_worker, args=(2, free_port(), text, str(tmp_path / "ddp")), nprocs=2, join=True)
-    torch.testing.assert_close(theta(tmp_path / "ddp"), theta(tmp_path / "single"), atol=1e-6, rtol=0)
-    for rank in range(2):  # every worker saw the global mean loss
-        losses = json.loads(Path(tmp_path, "ddp", f"losses{rank}.json").read_text())
-        assert losses == pytest.approx(single_losses, rel=1e-9)
-    # the checkpoint carries both workers' streams; one process cannot resume it
-    assert load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["carry"][0].shape[1] == 4
-    with pytest.raises(ValueError, match=r"written by a run with 2 worker\(s\), this one has 1"):
-        train_ddp(char_task(text, streams=4), CFG, tmp_path / "ddp", resume=True, show_progress=False)
-
-
-class Killed(Exception):
-    pass
-
-
-def kill_at(step: int):
-    def on_step(s: int, _loss: float) -> None:
-        if s == step:
-            raise Killed
-
-    return on_step
-
-
-@pytest.mark.parametrize("task", ["char", "longlag"])
-def test_a_killed_run_resumes_with_the_numbers_of_an_uninterrupted_one(tmp_path, task):
-    text = text_file(tmp_path)
-
-    def make():
-        if task == "char":
-            return char_task(text)
-        return LongLagTask(min_len=24, train_size=64, test_size=16, batch_size=8, data_seed=2)
-
-    whole = train_ddp(make(), CFG, tmp_path / "whole", show_progress=False)
-    with pytest.raises(Killed):  # dies after step 7; the last checkpoint is from step 6
-        train_ddp(make(), CFG, tmp_path / "resumed", show_progress=False, on_step=kill_at(7))
-    assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["step"] == 6
-    resumed = train_ddp(make(), CFG, tmp_path / "resumed", resume=True, show_progress=False)
-    assert torch.equal(theta(tmp_path / "resumed"), theta(tmp_path / "whole"))
-    metric = whole["metric"]
-    assert resumed[metric] == whole[metric]
-    with pytest.raises(ValueError, match="other settings"):
-        train_ddp(make(), DDPConfig(lr=0.02, steps=8), tmp_path / "resumed", resume=True, show_progress=False)
+@pytest.mark.parametrize("kind", ["char", "word"])
+def test_two_workers_stopped_and_resumed_equal_one_process_with_the_global_batch(tmp_path, kind):
+    make_data, make = MULTI[kind]
+    data = make_data(tmp_path)
+    single = train(lambda r, w: make(data, r, w, streams=4), tmp_path / "single")
+    out = str(tmp_path / "ddp")
+    mp.spawn(_worker, args=(2, free_port(), kind, data, out, 5, False), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), kind, data, out, 8, True), nprocs=2, join=True)
+    torch.testing.assert_close(theta(tmp_path / "ddp"), theta(tmp_path / "single"), atol=1e-9, rtol=0)
+    two, _ = load_run_checkpoint(tmp_path / "ddp")
+    # every worker saw the global mean loss (the same sampled candidates for the word LM)
+    assert [r["train_loss"] for r in two["rows"]] == pytest.approx([r["train_loss"] for r in single.rows], rel=1e-9)
+    assert two["state"]["algorithm"]["carry"][0].shape[1] == 4  # both workers' streams
+    if kind == "word":  # and both workers' dropout generators
+        assert two["state"]["generators"]["dropout"].shape[0] == 2
+    with pytest.raises(ValueError, match=r"written by a run with 2 worker\(s\), this one has 1.*--nproc-per-node 2"):
+        train(lambda r, w: make(data, r, w, streams=4), tmp_path / "ddp", resume=True)
 
 
 def test_the_carried_state_is_the_state_of_the_contiguous_stream(tmp_path):
@@ -116,21 +181,19 @@ def test_the_carried_state_is_the_state_of_the_contiguous_stream(tmp_path):
     import torch.nn.functional as F
 
     text = text_file(tmp_path)
-    frozen = DDPConfig(optimizer="sgd", lr=1e-30, steps=4, eval_every=4, checkpoint_every=4, seed=1)
+    frozen = OptimConfig(optimizer="sgd", lr=1e-30)
     for stateful in (True, False):
         task = char_task(text)
         task.stateful = stateful
-        losses: list[float] = []
-        train_ddp(task, frozen, tmp_path / str(stateful), show_progress=False,
-                  on_step=lambda _s, v, seen=losses: seen.append(v))
-        model = task.build_model(frozen.seed)
+        rows = train(lambda _r, _w, t=task: t, optim=frozen, loop=replace(LOOP, steps=4)).rows
+        model = task.build_model(LOOP.seed)
         windows = [task.shard.window_at(j) for j in range(4)]
         with torch.no_grad():
             for j, (x, y) in enumerate(windows):
                 xs = torch.cat([w[0] for w in windows[: j + 1]], 1) if stateful else x
                 logits = model(xs)[0][:, -x.shape[1]:]
                 expected = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).item()
-                assert losses[j] == pytest.approx(expected, rel=1e-9), (stateful, j)
+                assert rows[j]["train_loss"] == pytest.approx(expected, rel=1e-9), (stateful, j)
 
 
 @dataclass
@@ -145,97 +208,38 @@ class NaNAt(LongLagTask):
 
 def test_non_finite_loss_stops_with_the_last_good_checkpoint_kept(tmp_path):
     task = NaNAt(min_len=24, train_size=64, test_size=16, batch_size=8)
-    cfg = DDPConfig(steps=10, eval_every=2, checkpoint_every=2)
-    with pytest.raises(FloatingPointError, match=r"at step 5; the last good checkpoint .* step 4\) is kept"):
-        train_ddp(task, cfg, tmp_path, show_progress=False)
-    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss \(nan\) at step 5"):
+        train(lambda _r, _w: task, tmp_path / "run", loop=replace(LOOP, steps=10, checkpoint_every=2))
+    ckpt, _ = load_run_checkpoint(tmp_path / "run")
     assert ckpt["step"] == 4
-    assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
+    assert all(torch.isfinite(t).all() for t in ckpt["state"]["model"].values())
 
 
-def test_target_stops_early_and_amp_needs_a_gpu(tmp_path):
+def test_stop_at_stops_early_and_amp_needs_a_gpu():
     task = LongLagTask(min_len=24, train_size=64, test_size=16, batch_size=8)
-    summary = train_ddp(task, DDPConfig(steps=50, eval_every=2, target=10.0), tmp_path, show_progress=False)
-    assert summary["steps"] == 2 and summary["reached_target"]
+    summary = train(lambda _r, _w: task, loop=LoopConfig(steps=50, eval_every=2, stop_at=10.0, progress=False)).summary
+    assert summary["steps"] == 2 and summary["reached_stop_at"] and summary["stopped_by"] == "stop_at"
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="needs a CUDA GPU"):
-            train_ddp(task, DDPConfig(amp=True), tmp_path / "amp", show_progress=False)
+            train(lambda _r, _w: task, optim=OptimConfig(amp=True))
 
 
 def test_bad_settings():
-    with pytest.raises(ValueError, match="unknown optimizer"):
-        DDPConfig(optimizer="rmsprop")
-    with pytest.raises(ValueError, match="clip must be positive"):
-        DDPConfig(clip=0.0)
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
+        OptimConfig(optimizer="rmsprop")
+    with pytest.raises(ValueError, match="clip= must be positive"):
+        OptimConfig(clip=-1.0)
+    with pytest.raises(ValueError, match="lr= must be positive, got 0"):
+        OptimConfig(lr=0.0)
+    with pytest.raises(ValueError, match="lbfgs is full-batch"):
+        DDPMode(lambda _r, _w: None, OptimConfig(optimizer="lbfgs"))  # type: ignore[arg-type,return-value]
     with pytest.raises(ValueError, match="fewer than one global batch"):
         LongLagTask(min_len=24, train_size=10, test_size=4, batch_size=8, world_size=2).steps_per_epoch()
 
 
-@pytest.mark.multiprocess
-def test_train_command_under_torchrun_matches_one_process(tmp_path):
-    import subprocess
-    import sys
-
-    args = ["train", "--task", "adding", "--min-len", "24", "--train-size", "96", "--test-size", "32",
-            "--optimizer", "momentum", "--lr", "0.05", "--steps", "10", "--eval-every", "5", "--no-progress"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    one = subprocess.run([sys.executable, "-m", "distlstm.cli", *args, "--batch", "16", "--out", str(tmp_path / "one")],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                          "-m", "distlstm.cli", *args, "--batch", "8", "--out", str(tmp_path / "two")], env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-2000:]
-    torch.testing.assert_close(theta(tmp_path / "two"), theta(tmp_path / "one"), atol=1e-6, rtol=0)
-    summary = json.loads(Path(tmp_path, "two", "summary.json").read_text())
-    assert summary["workers"] == 2 and summary["samples"] == 160
-    again = subprocess.run([sys.executable, "-m", "distlstm.cli", *args, "--batch", "8", "--resume", "--steps", "12",
-                            "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 2 and "resume with 2 worker(s)" in again.stderr
-
-
-def _dying_worker(rank: int, world: int, port: int, text: str, out: str) -> None:
-    """A worker started as torchrun would: the project's own init_distributed joins the group."""
-    from distlstm.runtime.dist import init_distributed
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    init_distributed(timeout_s=20)
-    torch.set_num_threads(1)
-
-    def die(step: int, _loss: float) -> None:
-        if rank == 1 and step == 4:
-            os._exit(17)  # a worker killed mid-run, without any goodbye
-
-    try:
-        train_ddp(char_task(text, rank, world, streams=2), CFG, Path(out), rank=rank, world_size=world,
-                  show_progress=False, on_step=die)
-    except Exception as err:  # what the survivor reports
-        Path(out, "survivor.txt").write_text(f"{type(err).__name__}: {err}")
-        os._exit(1)
-    os._exit(0)
-
-
-@pytest.mark.multiprocess
-def test_a_dying_worker_ends_the_run_instead_of_hanging(tmp_path):
-    """Plain processes (not mp.spawn, which would kill the survivor for us): rank 0 must stop by itself."""
-    import time
-
-    ctx = mp.get_context("spawn")
-    port, text = free_port(), text_file(tmp_path)
-    (tmp_path / "run").mkdir()
-    procs = [ctx.Process(target=_dying_worker, args=(r, 2, port, text, str(tmp_path / "run"))) for r in range(2)]
-    for p in procs:
-        p.start()
-    started = time.perf_counter()
-    procs[0].join(timeout=120)
-    alive = procs[0].is_alive()
-    if alive:
-        procs[0].kill()
-    for p in procs:
-        p.join(timeout=10)
-    assert not alive, "rank 0 hung after its peer died"
-    assert procs[1].exitcode == 17 and procs[0].exitcode == 1
-    assert time.perf_counter() - started < 90
-    assert (tmp_path / "run" / "survivor.txt").read_text().strip()  # an error, not a silent exit
-    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 3  # what was written is kept
+def test_a_changed_data_set_is_refused_on_resume(tmp_path):
+    text = text_file(tmp_path)
+    train(lambda r, w: char_task(text, r, w), tmp_path / "run", loop=replace(LOOP, steps=2))
+    Path(text).write_text(load_text()[:6000] + "\u00e6\u00f8", encoding="utf-8")  # two new characters
+    with pytest.raises(ValueError, match="data changed since the checkpoint"):
+        train(lambda r, w: char_task(text, r, w), tmp_path / "run", resume=True)

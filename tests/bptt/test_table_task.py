@@ -1,4 +1,4 @@
-"""``--task csv``: a user's table trained by DDP optimizers and full-batch L-BFGS, alone and on 2 workers."""
+"""``--task csv``: a user's table trained by the DDP optimizers, alone and on 2 workers (full-batch: tests/modes)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,17 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from distlstm.bptt.ddp import DDPConfig, train_ddp
 from distlstm.bptt.table_task import TableTask
 from distlstm.cli import main
+from distlstm.modes.ddp import OptimConfig
 from distlstm.runs import load_checkpoint
+from distlstm.runs.config import LoopConfig
+from distlstm.runtime.comm import open_comm
+from tests.bptt.test_ddp import train
 
-CFG = DDPConfig(optimizer="adam", lr=0.02, clip=1.0, steps=6, eval_every=3, checkpoint_every=100, seed=2)
+OPTIM = OptimConfig(optimizer="adam", lr=0.02, clip=1.0)
+LOOP = LoopConfig(steps=6, eval_every=3, checkpoint_every=100, seed=2, progress=False)
+
 
 
 def table(path: Path, n: int = 240) -> str:
@@ -48,32 +53,30 @@ def test_split_in_time_and_scaler_fitted_on_the_training_rows(tmp_path):
 
 
 def test_adam_learns_the_table_and_beats_the_mean_predictor(tmp_path):
-    summary = train_ddp(task(table(tmp_path / "t.csv")), replace(CFG, steps=150, eval_every=50), tmp_path / "run",
-                        show_progress=False)
+    t = task(table(tmp_path / "t.csv"))
+    summary = train(lambda _r, _w: t, optim=OPTIM, loop=replace(LOOP, steps=150, eval_every=50)).summary
     assert summary["test_mse"] < 0.25 * summary["test_mse_mean_predictor"]
     assert summary["test_mse_units"] == "y's units squared" and summary["features"] == ["a", "b", "y (past)"]
 
 
 def _worker(rank: int, world: int, port: int, data: str, out: str) -> None:
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    train_ddp(task(data, rank, world, batch=8), CFG, Path(out), rank=rank, world_size=world, show_progress=False)
-    dist.barrier()
-    dist.destroy_process_group()
+    with open_comm() as comm:
+        train(lambda r, w: task(data, r, w, batch=8), Path(out), optim=OPTIM, loop=LOOP, comm=comm)
 
 
 def theta(out: Path) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in load_checkpoint(out / "checkpoint.pt")["model"].values()])
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    return torch.cat([t.reshape(-1) for t in ckpt["state"]["model"].values()])
 
 
 @pytest.mark.multiprocess
 def test_two_workers_equal_one_process_with_twice_the_batch(tmp_path):
     data = table(tmp_path / "t.csv")
     torch.set_num_threads(1)
-    single = train_ddp(task(data, batch=16), CFG, tmp_path / "one", show_progress=False)
+    single = train(lambda _r, _w: task(data, batch=16), tmp_path / "one", optim=OPTIM, loop=LOOP).summary
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -87,12 +90,12 @@ def test_train_command_on_a_csv(tmp_path, capsys):
     data = table(tmp_path / "t.csv")
     out = tmp_path / "cli"
     assert main(["train", "--task", "csv", "--data", data, "--inputs", "a,b", "--target", "y", "--window", "4",
-                 "--hidden", "8", "--optimizer", "lbfgs", "--steps", "2", "--stop-at", "1e9", "--out", str(out),
-                 "--no-progress"]) == 0
+                 "--hidden", "8", "--optimizer", "adam", "--steps", "4", "--eval-every", "2", "--stop-at", "1e9",
+                 "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "lbfgs: test_mse" in printed and "(target reached)" in printed
+    assert "adam: test_mse" in printed and "(--stop-at reached)" in printed
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["reached_stop_at"] and summary["steps"] == 1  # --stop-at: the first step is below 1e9
+    assert summary["reached_stop_at"] and summary["steps"] == 0  # --stop-at: the untrained model is below 1e9
 
 
 @pytest.mark.parametrize(("args", "message"), [

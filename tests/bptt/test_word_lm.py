@@ -1,23 +1,16 @@
-"""The word-lm task: 2 workers equal one process with twice the streams; checkpoints that sampling rebuilds."""
+"""The word-lm task: candidates from (seed, step); train checkpoints that sampling rebuilds (2 workers: test_ddp)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-import torch
-import torch.multiprocessing as mp
 
-from distlstm.bptt.ddp import DDPConfig, train_ddp
 from distlstm.bptt.tasks import WordStreamTask
 from distlstm.cli import main
 from distlstm.data.words import SHAKESPEARE_COMPLETE
 from distlstm.experiments.sampling import sample_text
-from distlstm.runs import load_checkpoint
-from tests.bptt.test_ddp import ddp_worker, free_port, theta
-
-CFG = DDPConfig(optimizer="adagrad", lr=0.2, clip=0.5, steps=6, eval_every=3, checkpoint_every=4, seed=1)
+from distlstm.modes import load_run
 
 
 def text_file(folder: Path) -> str:
@@ -31,27 +24,6 @@ def word_task(text: str, rank: int = 0, world: int = 1, streams: int = 4) -> Wor
     return WordStreamTask(rank=rank, world_size=world, text=text, streams=streams, window=6, embedding=8, hidden=32,
                           cell="glstm", cell_options={"groups": (2, 4)}, dropout=0.0, num_sampled=40,
                           max_vocab=300, dtype="float64", eval_tokens=100)
-
-
-@pytest.mark.multiprocess
-def test_two_workers_take_the_steps_of_one_process_with_twice_the_streams(tmp_path: Path) -> None:
-    text = text_file(tmp_path)
-    single: list[float] = []
-    train_ddp(word_task(text, streams=4), CFG, tmp_path / "single", show_progress=False,
-              on_step=lambda _s, v: single.append(v))
-    mp.spawn(ddp_worker, args=(2, free_port(), text, str(tmp_path / "ddp"), word_task, CFG), nprocs=2, join=True)
-    torch.testing.assert_close(theta(tmp_path / "ddp"), theta(tmp_path / "single"), atol=1e-9, rtol=0)
-    for rank in range(2):  # every worker used the same sampled candidates and saw the global mean loss
-        assert json.loads(Path(tmp_path, "ddp", f"losses{rank}.json").read_text()) == pytest.approx(single, rel=1e-9)
-
-
-@pytest.mark.multiprocess
-def test_a_time_budget_stops_every_worker_at_the_same_step(tmp_path: Path) -> None:
-    cfg = DDPConfig(optimizer="adam", steps=10**6, seconds=0.5, eval_every=10**6, checkpoint_every=10**6, seed=0)
-    mp.spawn(ddp_worker, args=(2, free_port(), text_file(tmp_path), str(tmp_path / "ddp"), word_task, cfg),
-             nprocs=2, join=True)
-    steps = [len(json.loads(Path(tmp_path, "ddp", f"losses{rank}.json").read_text())) for rank in range(2)]
-    assert steps[0] == steps[1] > 0  # no worker left waiting in an all-reduce
 
 
 def test_candidates_depend_on_the_step_and_seed_only(tmp_path: Path) -> None:
@@ -79,8 +51,8 @@ def test_sampling_from_train_checkpoints_of_the_char_and_word_models(tmp_path: P
                  str(tmp_path / "w"), *common]) == 0
     assert main(["train", "--task", "char-lm", "--hidden", "16", "--eval-chars", "100", "--out", str(tmp_path / "c"),
                  *common]) == 0
-    ckpt = load_checkpoint(tmp_path / "w" / "checkpoint.pt")
-    assert ckpt["language_model"]["kind"] == "word-lm" and len(ckpt["language_model"]["vocab"]) == 200
+    artifacts = load_run(tmp_path / "w").artifacts
+    assert artifacts["kind"] == "word-lm" and len(artifacts["vocab"]) == 200
     words = sample_text(tmp_path / "w" / "checkpoint.pt", "the king", 12, temperature=0.0)
     assert words.startswith("the king ") and len(words.split()) >= 8
     assert words == sample_text(tmp_path / "w" / "checkpoint.pt", "the king", 12, temperature=0.0, seed=5)
@@ -110,5 +82,5 @@ def test_word_lm_cli_errors_name_the_flag(tmp_path: Path, capsys) -> None:
                  "--out", str(tmp_path / "x"), "--no-progress"]) == 2
     assert "--samples" in (err := capsys.readouterr().err) and "5000" in err
     assert main(["train", "--task", "word-lm", "--text", text, "--min-count", "100000", "--out",
-                 str(tmp_path / "x"), "--no-progress"]) == 2
+                 str(tmp_path / "y"), "--no-progress"]) == 2
     assert "min_count=100000" in (err := capsys.readouterr().err) and "--min-count" in err

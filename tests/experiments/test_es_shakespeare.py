@@ -12,6 +12,8 @@ from distlstm.es.fitness import char_loss
 from distlstm.es.train import build_model
 from distlstm.experiments.charlm_demo import entropies
 from distlstm.experiments.es_shakespeare import ESShakespeareConfig, run
+from distlstm.models.functional import flatten
+from distlstm.modes import load_run
 from distlstm.runs import load_checkpoint
 
 KEYS = {"model", "method", "val_nats_per_char", "seconds", "evaluations"}
@@ -28,7 +30,10 @@ def test_tiny_reproduction_and_sampling(tmp_path, capsys):
     _, val = split_ids(vocab.encode(text))
     for r in summary:
         folder = f"es_{r['model']}_{r['method']}" if r["method"] != "backprop" else f"backprop_{r['model']}"
-        theta = load_checkpoint(tmp_path / folder / "checkpoint.pt")["theta"]
+        if r["method"] == "backprop":  # a train run: the model's state dict, flattened in parameter order
+            theta = flatten(load_run(tmp_path / folder).model)
+        else:
+            theta = load_checkpoint(tmp_path / folder / "checkpoint.pt")["theta"]
         fm = build_model(len(vocab), r["model"], cfg.hidden, cfg.seed)
         assert r["val_nats_per_char"] == pytest.approx(char_loss(fm, theta, val[: cfg.eval_chars + 1]), abs=1e-3), r
     assert {(r["model"], r["method"]) for r in rows} == {

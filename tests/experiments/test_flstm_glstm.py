@@ -12,6 +12,7 @@ from distlstm.experiments.flstm_glstm import (
     PAPER,
     FLSTMGLSTMConfig,
     aggregate,
+    evaluation_curve,
     findings,
     mean_ci,
     paper_rnn_parameters,
@@ -92,3 +93,11 @@ def test_quick_reproduction_from_the_command_line(tmp_path) -> None:
     rows = json.loads((tmp_path / "summary.json").read_text())
     assert {r["model"] for r in rows} == {"LSTMP", "F-LSTM", "G-2", "G-4", "G-8", "G4-G8"}
     assert all(1 < r["val_perplexity"] < 10_000 for r in rows)
+
+
+def test_the_curve_averages_the_training_loss_between_evaluations() -> None:
+    nan = float("nan")
+    rows = [{"step": 1.0, "seconds": 0.1, "train_loss": 6.0, "val_nats_per_word": nan},
+            {"step": 2.0, "seconds": 0.2, "train_loss": 4.0, "val_nats_per_word": 5.5},
+            {"step": 3.0, "seconds": 0.3, "train_loss": 3.0, "val_nats_per_word": 5.0}]
+    assert evaluation_curve(rows, "val_nats_per_word") == [(2.0, 0.2, 5.0, 5.5), (3.0, 0.3, 3.0, 5.0)]

@@ -100,20 +100,25 @@ def test_lstm_on_the_gpu_equals_the_cpu_and_cudnn(name):
         torch.testing.assert_close(gpu(x.cuda())[0], ref(x.cuda())[0], atol=1e-5, rtol=1e-4)
 
 
-def test_mixed_precision_training_on_the_gpu_follows_float32(tmp_path):
-    from distlstm.bptt.ddp import DDPConfig, train_ddp
+def test_mixed_precision_training_on_the_gpu_follows_float32_and_resumes(tmp_path):
     from distlstm.bptt.tasks import LongLagTask
+    from distlstm.modes.ddp import DDPMode, OptimConfig
+    from distlstm.runs.config import LoopConfig, config_document
+    from distlstm.runs.loop import RunResult, run
 
-    def losses(amp: bool) -> list[float]:
-        seen: list[float] = []
+    def train(amp: bool, folder: Path | None = None, steps: int = 6, resume: bool = False) -> RunResult:
         task = LongLagTask(min_len=24, train_size=64, test_size=16, batch_size=8)
-        train_ddp(task, DDPConfig(steps=6, eval_every=3, amp=amp), tmp_path / str(amp), show_progress=False,
-                  on_step=lambda _s, v: seen.append(v))
-        return seen
+        optim, loop = OptimConfig(amp=amp), LoopConfig(steps=steps, eval_every=3, progress=False)
+        return run(DDPMode(lambda _r, _w: task, optim), loop, folder=folder, resume=resume,
+                   config=config_document("train", "ddp", {"optim": optim, "loop": loop}))
 
-    full, half = losses(False), losses(True)
+    full, half = ([r["train_loss"] for r in train(amp).rows] for amp in (False, True))
     assert all(torch.isfinite(torch.tensor(half)))
     assert half[0] == pytest.approx(full[0], rel=2e-2)  # the same model and batch: float16 rounding only
+    # stopped and resumed: the gradient scaler's state comes back with the checkpoint
+    train(True, tmp_path / "amp", steps=3)
+    resumed = [r["train_loss"] for r in train(True, tmp_path / "amp", resume=True).rows]
+    assert resumed == pytest.approx(half, rel=1e-5)
 
 
 def test_the_cell_benchmark_runs_against_cudnn():

@@ -18,7 +18,7 @@ workers with b windows each take the steps of one process with W·b.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from distlstm._flags import option
-from distlstm.bptt.tasks import Batch, ShuffledMinibatches, regressor_from_spec
+from distlstm.bptt.tasks import Batch, ShuffledMinibatches, model_from_spec
 from distlstm.data.forecast import forecast_windows
 from distlstm.data.longlag import LongLagData
 from distlstm.data.table import read_table
@@ -85,16 +85,23 @@ class TableTask(ShuffledMinibatches):
                                  for rows in parts.values())
         self.scale = float(fc.scale[0])  # one map fitted on the training rows
         self.features = fc.features
-        self.maps = fc.maps
+        self.maps, self.columns = fc.maps, len(table.names)
 
     def model_spec(self) -> dict[str, Any]:
-        """What rebuilding the model needs (:func:`~distlstm.bptt.tasks.regressor_from_spec`)."""
-        return {"kind": "sequence-regressor", "dtype": self.dtype,
+        """The model (kind, :class:`SequenceRegressor` arguments, dtype) and how the table was windowed and scaled.
+
+        Everything :func:`forecast_table` needs to forecast new rows without the training data.
+        """
+        return {"kind": "csv", "dtype": self.dtype,
                 "config": {"input_size": len(self.features), "hidden_size": self.hidden, "num_layers": self.layers,
-                           "cell": self.cell, "pooling": "last", "head_bias": True, **self.cell_options}}
+                           "cell": self.cell, "pooling": "last", "head_bias": True, **self.cell_options},
+                "target": self.target, "inputs": list(self.inputs), "features": list(self.features),
+                "columns": self.columns, "window": self.window, "horizon": self.horizon,
+                "past_target": self.past_target, "maps": [list(m) for m in self.maps]}
 
     def build_model(self, seed: int) -> nn.Module:
-        return regressor_from_spec(self.model_spec(), seed)
+        torch.manual_seed(seed)
+        return model_from_spec(self.model_spec())
 
     def batch(self, step: int, seed: int) -> Batch:
         rows = self.batch_rows(step, seed)
@@ -114,12 +121,6 @@ class TableTask(ShuffledMinibatches):
         pred = model(self.test.x.to(device)).cpu()
         return float(((pred - self.test.y) ** 2).mean()) * self.scale**2
 
-    def forecast_artifacts(self) -> dict[str, Any]:
-        """What forecasting new rows needs besides the model (:func:`table_forecaster`): columns, window, scaler."""
-        return {"target": self.target, "inputs": list(self.inputs), "window": self.window, "horizon": self.horizon,
-                "past_target": self.past_target, "scaling": self.scaling, "maps": [list(m) for m in self.maps or ()],
-                "features": list(self.features)}
-
     def describe(self) -> dict[str, Any]:
         """Figures for summary.json: the data, and the test MSE of predicting the training mean."""
         baseline = float(((self.train.y.mean() - self.test.y) ** 2).mean()) * self.scale**2
@@ -127,26 +128,23 @@ class TableTask(ShuffledMinibatches):
                 "features": self.features, "training_windows": len(self.train), "test_windows": len(self.test)}
 
 
-def table_forecaster(model: nn.Module, artifacts: dict[str, Any]) -> Callable[[str | Path], list[dict[str, Any]]]:
-    """Forecasts of a trained csv model on a table with the training columns, in the target's own units.
+@torch.no_grad()
+def forecast_table(model: nn.Module, spec: Mapping[str, Any], path: str | Path) -> list[dict[str, Any]]:
+    """``model``'s forecast for every window of the CSV at ``path``, in the target's own units.
 
-    ``artifacts`` is :meth:`TableTask.forecast_artifacts` (stored in the run's
-    checkpoint); the windows of the new table are scaled with the scaler fitted on the
-    training rows. One row per window: ``row`` (the label's line in the file),
-    ``target`` (None where the cell is empty), ``prediction``, and ``lower`` / ``upper``
-    None (no intervals: a point estimate).
+    ``spec`` is the training task's :meth:`TableTask.model_spec`: the windows are built
+    and scaled as in training (the scaler fitted on the training rows). One row per
+    window: ``row`` (the label's line in the file), ``target`` (None where the cell is
+    empty), ``prediction``, and ``lower`` / ``upper`` None (no interval).
     """
-    maps = [tuple(m) for m in artifacts["maps"]]
-
-    @torch.no_grad()
-    def forecast(path: str | Path) -> list[dict[str, Any]]:
-        fc = forecast_windows(read_table(path), artifacts["target"], artifacts["inputs"],
-                              window=artifacts["window"], horizon=artifacts["horizon"],
-                              scaling=artifacts["scaling"], past_target=artifacts["past_target"], maps=maps)
-        dtype = next(model.parameters()).dtype
-        predicted = fc.to_data_units(model(fc.x.to(dtype)).to(fc.shift.dtype))
-        actual = fc.to_data_units(fc.d)
-        return [{"row": line, "target": float(a) if bool(torch.isfinite(a)) else None, "prediction": float(p),
-                 "lower": None, "upper": None} for line, a, p in zip(fc.label_lines, actual, predicted, strict=True)]
-
-    return forecast
+    table = read_table(path)
+    if len(table.names) != spec["columns"]:
+        raise ValueError(f"{path} has {len(table.names)} column(s); the model was trained on a table of "
+                         f"{spec['columns']} ({', '.join(spec['features'])} among them)")
+    fc = forecast_windows(table, spec["target"], spec["inputs"], window=spec["window"], horizon=spec["horizon"],
+                          scaling="none", past_target=spec["past_target"], maps=spec["maps"])
+    weight = next(model.parameters())
+    pred = fc.to_data_units(model(fc.x.to(weight.device, weight.dtype)).double().cpu())
+    target = fc.to_data_units(fc.d)
+    return [{"row": line, "target": float(t) if bool(torch.isfinite(t)) else None, "prediction": float(p),
+             "lower": None, "upper": None} for line, t, p in zip(fc.label_lines, target, pred, strict=True)]

@@ -40,28 +40,32 @@ class Batch(NamedTuple):
     starts_stream: bool  # the carried state restarts from zero here
 
 
-def regressor_from_spec(spec: dict[str, Any], seed: int | None = None) -> SequenceRegressor:
-    """The :class:`SequenceRegressor` a model spec describes (``{"kind", "dtype", "config"}``, what a run stores).
-
-    With ``seed`` the initial weights are drawn after ``torch.manual_seed(seed)``.
-    """
-    if spec.get("kind") != "sequence-regressor":
-        raise ValueError(f"not a sequence-regressor spec: kind {spec.get('kind')!r}")
-    if seed is not None:
-        torch.manual_seed(seed)
-    return SequenceRegressor(**spec["config"]).to(getattr(torch, spec["dtype"]))
-
-
 def longlag_spec(hidden: int = 4, alpha: float = 3.75) -> dict[str, Any]:
     """The matrix-batch paper's long-lag network: peephole cells, no forget gate, gates σ(α·a), float64."""
-    return {"kind": "sequence-regressor", "dtype": "float64",
+    return {"kind": "long-lag", "dtype": "float64",
             "config": {"input_size": 2, "hidden_size": hidden, "cell": "peephole", "forget_gate": False,
                        "alpha": alpha, "pooling": "last", "head_bias": True}}
 
 
-def longlag_model(hidden: int = 4, alpha: float = 3.75, seed: int = 0) -> SequenceRegressor:
-    """The long-lag network of :func:`longlag_spec`, initialised from ``seed``."""
-    return regressor_from_spec(longlag_spec(hidden, alpha), seed)
+def longlag_model(hidden: int = 4, alpha: float = 3.75, seed: int = 0) -> nn.Module:
+    """:func:`longlag_spec`'s network, initialised from ``seed``."""
+    torch.manual_seed(seed)
+    return model_from_spec(longlag_spec(hidden, alpha))
+
+
+MODEL_KINDS = {"char-lm": CharLM, "word-lm": WordLM, "long-lag": SequenceRegressor, "csv": SequenceRegressor}
+
+
+def model_from_spec(spec: dict[str, Any]) -> nn.Module:
+    """A task's model from its ``model_spec()`` (kind, constructor arguments, dtype), initialised from the global seed.
+
+    The spec is what a run's checkpoint stores as artifacts, so a model can be rebuilt
+    (and its state dict loaded) without the training data.
+    """
+    kind = spec.get("kind")
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(MODEL_KINDS)}")
+    return MODEL_KINDS[kind](**spec["config"]).to(getattr(torch, spec["dtype"]))
 
 
 def longlag_splits(problem: str, min_len: int, train: int, test: int, seed: int) -> tuple[LongLagData, LongLagData]:
@@ -142,7 +146,7 @@ class CharStreamTask(_StreamWindows):
 
     def build_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
-        return CharLM(**self.model_spec()["config"]).to(getattr(torch, self.dtype))
+        return model_from_spec(self.model_spec())
 
     def loss(self, model: nn.Module, batch: Batch, state: State | None) -> tuple[Tensor, State | None]:
         logits, state = model(batch.x, state)
@@ -206,7 +210,8 @@ class WordStreamTask(_StreamWindows):
 
     def build_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
-        model = WordLM(**self.model_spec()["config"]).to(getattr(torch, self.dtype))
+        model = model_from_spec(self.model_spec())
+        assert isinstance(model, WordLM)
         model.dropout_generator = torch.Generator().manual_seed(seed * 1_000_003 + 7 + self.rank)
         return model
 
@@ -284,11 +289,11 @@ class LongLagTask(ShuffledMinibatches):
                                                self.data_seed)
 
     def model_spec(self) -> dict[str, Any]:
-        """What rebuilding the model needs (:func:`regressor_from_spec`)."""
         return longlag_spec(self.hidden, self.alpha)
 
     def build_model(self, seed: int) -> nn.Module:
-        return regressor_from_spec(self.model_spec(), seed)
+        torch.manual_seed(seed)
+        return model_from_spec(self.model_spec())
 
     def batch(self, step: int, seed: int) -> Batch:
         rows = self.batch_rows(step, seed)

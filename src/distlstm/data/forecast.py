@@ -113,6 +113,9 @@ def forecast_windows(table: Table, target: str | int, inputs: Sequence[str | int
                          f"forecast; shorten {option('window', '--window')}"
                          + (f" or {option('warmup', '--warmup')}" if warm else "") + ", or add rows")
     names = [table.column_name(c) for c in cols] + ([f"{table.column_name(t)} (past)"] if past_target else [])
+    if maps is not None and len(maps) != len(cols) + 1:
+        raise ValueError(f"{len(maps)} column maps given for {len(cols)} input column(s) and the target; the model "
+                         f"was trained on {len(maps) - 1} input column(s)")
     shifts, scales = [], []
     for i, (values, name) in enumerate(zip([*feats[: len(cols)], y], [*names[: len(cols)], table.column_name(t)],
                                            strict=True)):

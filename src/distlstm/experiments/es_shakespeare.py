@@ -7,7 +7,8 @@ tragedies with a contiguous validation split, on one wall-clock budget per run:
 * OpenAI-ES (mirrored sampling, centred ranks, Adam, weight decay) for the tanh RNN
   and an LSTM of the same width;
 * the source's plain rule for the RNN;
-* backprop (Adam, truncated BPTT on random windows) for both models.
+* backprop for both models: ``distlstm train --task char-lm`` (Adam, 32 stateful
+  streams of 64 characters, one-hot input; the ``ddp`` mode on one worker).
 
 Writes per-run CSVs, learning curves against generations and wall time (PNG), text
 samples at temperatures 0.8 and 1.0, a checkpoint per model (``distlstm sample``),
@@ -16,20 +17,20 @@ samples at temperatures 0.8 and 1.0, a checkpoint per model (``distlstm sample``
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from distlstm.data.text import SHAKESPEARE_TRAGEDIES, CharVocab, load_text, split_ids
-from distlstm.es.train import ESRunConfig, build_model, train_es
-from distlstm.experiments.backprop_lm import BackpropConfig, train_backprop
-from distlstm.experiments.charlm_demo import entropies
+from distlstm.es.train import ESRunConfig, train_es
+from distlstm.experiments.charlm_demo import DemoConfig, entropies
 from distlstm.experiments.sampling import sample_text
-from distlstm.models.functional import flatten
-from distlstm.models.networks import CharLM
-from distlstm.runs import atomic_write_text, plot_curves, read_csv_numbers, save_checkpoint, write_csv, write_json
+from distlstm.modes.ddp import DDPMode
+from distlstm.modes.train_tasks import build_task
+from distlstm.runs import atomic_write_text, plot_curves, read_csv_numbers, write_json
+from distlstm.runs import loop as run_loop
+from distlstm.runs.config import config_document
 
 SOURCE_PLATEAU = 3.35
 
@@ -60,7 +61,7 @@ def run(cfg: ESShakespeareConfig, out: Path, show_progress: bool = True) -> list
     write_json(out / "config.json", asdict(cfg))
     text = load_text(SHAKESPEARE_TRAGEDIES)
     vocab = CharVocab.from_text(text)
-    train, val = split_ids(vocab.encode(text))
+    train, _ = split_ids(vocab.encode(text))
     h1, h2 = entropies(train, len(vocab))
     runs: list[dict[str, Any]] = []
     curves: dict[str, list[dict[str, Any]]] = {}
@@ -75,21 +76,18 @@ def run(cfg: ESShakespeareConfig, out: Path, show_progress: bool = True) -> list
         summary.pop("theta")
         runs.append(summary)
         curves[name] = list(read_csv_numbers(folder / "metrics.csv"))
-    for cell in ("rnn", "lstm"):
-        model = build_model(len(vocab), cell, cfg.hidden, cfg.seed).module  # seeds the initialisation itself
-        assert isinstance(model, CharLM)
-        bp = BackpropConfig(steps=10**9, seconds=cfg.seconds, eval_every=100, eval_chars=cfg.eval_chars)
-        rows = train_backprop(model, train, val, bp, torch.Generator().manual_seed(cfg.seed),
-                              desc=f"backprop {cell}", show_progress=show_progress)
-        folder = out / f"backprop_{cell}"
-        folder.mkdir(exist_ok=True)
-        write_csv(folder / "metrics.csv", rows)
-        save_checkpoint(folder / "checkpoint.pt", {"version": 1, "theta": flatten(model), "vocab": vocab.chars,
-                                                  "config": {"cell": cell, "hidden": cfg.hidden}, "rows": rows})
-        last = rows[-1]
-        runs.append({"model": cell, "method": "backprop", "val_nats_per_char": last["val_nats_per_char"],
-                     "seconds": last["seconds"], "evaluations": last["step"] * bp.batch, "generations": last["step"],
-                     "parameters": sum(p.numel() for p in model.parameters()), "workers": 1})
+    for cell in ("rnn", "lstm"):  # backprop: distlstm train --task char-lm, one-hot, on the same time budget
+        demo = DemoConfig(cell=cell, hidden=cfg.hidden, embedding=0, steps=10**9, seconds=cfg.seconds,
+                          eval_every=100, eval_chars=cfg.eval_chars, seed=cfg.seed)
+        sections = demo.sections(show_progress)
+        mode = DDPMode(functools.partial(build_task, sections["task"]), sections["optim"])
+        result = run_loop.run(mode, sections["loop"], folder=out / f"backprop_{cell}", overwrite=True,
+                              config=config_document("train", "ddp", sections))
+        rows = [r for r in result.rows if "val_nats_per_char" in r]
+        runs.append({"model": cell, "method": "backprop", "val_nats_per_char": rows[-1]["val_nats_per_char"],
+                     "seconds": result.summary["seconds"], "evaluations": result.summary["samples"] // demo.window,
+                     "generations": result.summary["steps"], "parameters": result.summary["parameters"],
+                     "workers": 1})
         curves[f"{cell} backprop"] = rows
     write_json(out / "summary.json", runs)
     _plots(out, curves, h1, h2)

@@ -35,10 +35,10 @@ import torch
 from tqdm import tqdm
 
 from distlstm.data.words import WordCorpus, load_word_corpus
-from distlstm.experiments.sampling import load_language_model
 from distlstm.models.lm_variants import TABLE1, variant_cell
-from distlstm.models.networks import stream_nats
+from distlstm.models.networks import WordLM, stream_nats
 from distlstm.models.sequence import LSTM
+from distlstm.modes import load_run
 from distlstm.runs import atomic_write_text, plot_curves, read_csv_numbers, write_csv, write_json
 from distlstm.runtime.launch import run_cli
 
@@ -131,17 +131,28 @@ def run_one(cfg: FLSTMGLSTMConfig, model: str, workers: int, seed: int, out: Pat
     """Train one model, then evaluate its checkpoint on the validation and test plays (full softmax)."""
     torch.set_num_threads(1)
     summary = run_cli(train_args(cfg, model, seed), out, workers=workers, threads=1)
-    lm, _vocab = load_language_model(out / "checkpoint.pt")
+    lm = load_run(out).model
+    assert isinstance(lm, WordLM)
     corpus = _corpus(cfg.vocab)
     end = None if cfg.final_tokens is None else cfg.final_tokens + 1
     val, test = stream_nats(lm, corpus.val[:end]), stream_nats(lm, corpus.test[:end])
-    rows = read_csv_numbers(out / "metrics.csv")
     return {"model": model, "workers": workers, "seed": seed, "steps": summary["steps"],
-            "seconds": summary["seconds"], "words_per_second": summary["samples_per_second"],
+            "seconds": summary["seconds"], "words_per_second": summary["samples"] / max(summary["seconds"], 1e-9),
             "rnn_parameters": sum(p.numel() for p in lm.rnn.parameters()),
             "parameters": sum(p.numel() for p in lm.parameters()),
             "val_perplexity": math.exp(val), "test_perplexity": math.exp(test),
-            "curve": [(r["step"], r["seconds"], r["train_loss"], r["val_nats_per_word"]) for r in rows]}
+            "curve": evaluation_curve(read_csv_numbers(out / "metrics.csv"), "val_nats_per_word")}
+
+
+def evaluation_curve(rows: list[dict[str, float]], metric: str) -> list[tuple[float, float, float, float]]:
+    """(step, seconds, training loss averaged since the previous evaluation, metric) at every evaluated row."""
+    curve, losses = [], []
+    for r in rows:
+        losses.append(r["train_loss"])
+        if math.isfinite(r[metric]):
+            curve.append((r["step"], r["seconds"], sum(losses) / len(losses), r[metric]))
+            losses = []
+    return curve
 
 
 def paper_rnn_parameters(model: str) -> int:

@@ -19,6 +19,7 @@ weights. Writes ``report.md``, ``summary.json`` (one row per optimizer × α),
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import statistics
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -29,9 +30,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from distlstm.bptt.ddp import DDPConfig, train_ddp
 from distlstm.bptt.tasks import LongLagTask, longlag_splits
 from distlstm.experiments.matrix_batch_timing import WorkersRow, bench_lbfgs_workers, bench_vectorization
+from distlstm.modes.ddp import DDPMode, OptimConfig
 from distlstm.modes.fullbatch import METHODS, FullBatchConfig, FullBatchMode
 from distlstm.runs import atomic_write_text, plot_curves, read_csv_numbers, write_json
 from distlstm.runs.config import LoopConfig, config_document
@@ -97,11 +98,13 @@ def run_one(cfg: MatrixBatchConfig, optimizer: str, alpha: float, seed: int, out
     if optimizer in METHODS:
         summary, rows = run_fullbatch(cfg, task, optimizer, seed, out)
     else:
-        ddp = DDPConfig(optimizer=optimizer, lr=cfg.sgd_lr, momentum=cfg.sgd_momentum, clip=None, steps=10**9,
-                        seconds=cfg.seconds, target=cfg.target, eval_every=task.steps_per_epoch(),
-                        checkpoint_every=10**9, seed=seed)
-        summary = train_ddp(task, ddp, out, show_progress=False)
+        mode = DDPMode(lambda _rank, _world: task, OptimConfig(optimizer=optimizer, lr=cfg.sgd_lr,
+                                                                 momentum=cfg.sgd_momentum, clip=0.0))
+        loop = LoopConfig(steps=10**9, seconds=cfg.seconds, stop_at=cfg.target, eval_every=task.steps_per_epoch(),
+                          checkpoint_every=10**9, seed=seed, progress=False)
+        summary = run_loop(mode, loop, folder=out, overwrite=True).summary
         rows = read_csv_numbers(out / "metrics.csv")
+    rows = [r for r in rows if math.isfinite(r.get("test_mae", math.nan))]  # the evaluated rows
     first = next((r for r in rows if r["test_mae"] <= cfg.target), None)
     return {"optimizer": optimizer, "alpha": alpha, "seed": seed, "success": first is not None,
             "seconds_to_success": None if first is None else first["seconds"],

@@ -34,11 +34,11 @@ from distlstm.bptt.fullbatch import (
     lbfgs_step,
     make_lbfgs,
 )
-from distlstm.bptt.table_task import table_forecaster
-from distlstm.bptt.tasks import Batch, regressor_from_spec
+from distlstm.bptt.tasks import Batch
 from distlstm.data.longlag import LongLagData
 from distlstm.models.cells import State
 from distlstm.modes import LoadedRun
+from distlstm.modes.train_tasks import loaded_task_model
 from distlstm.runtime.comm import Communicator
 
 __all__ = ["METHODS", "FullBatchConfig", "FullBatchMode", "FullBatchTask", "load"]
@@ -157,12 +157,9 @@ class FullBatchMode:
                 "artifacts": self._artifacts()}
 
     def _artifacts(self) -> dict[str, Any]:
-        artifacts: dict[str, Any] = {"metric": self.metric, "training_samples": self.n}
-        if hasattr(self.task, "model_spec"):
-            artifacts["model_spec"] = self.task.model_spec()
-        if hasattr(self.task, "forecast_artifacts"):
-            artifacts["forecast"] = self.task.forecast_artifacts()
-        return artifacts
+        """The task's model spec: what rebuilding the model (and, for csv, forecasting) needs."""
+        spec = getattr(self.task, "model_spec", None)
+        return spec() if spec is not None else {}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         algorithm = state["algorithm"]
@@ -189,16 +186,5 @@ class FullBatchMode:
 
 
 def load(ckpt: Mapping[str, Any], folder: Path) -> LoadedRun:
-    """The model of a full-batch run, rebuilt from the model spec its task stored (with a forecaster for csv runs)."""
-    state = ckpt["state"]
-    spec = state["artifacts"].get("model_spec")
-    if spec is None:
-        raise ValueError(f"{folder}: the run's task stored no model spec, so its model cannot be rebuilt")
-    model = regressor_from_spec(spec)
-    model.load_state_dict(state["model"])
-    config = dict(ckpt.get("config") or {})
-    artifacts = dict(state["artifacts"])
-    forecast = artifacts.get("forecast")
-    return LoadedRun(folder=folder, mode="fullbatch", command=str(config.get("command") or ""), step=int(ckpt["step"]),
-                     config=config, model=model, artifacts=artifacts,
-                     forecaster=None if forecast is None else table_forecaster(model, forecast))
+    """The model of a full-batch run (see :func:`~distlstm.modes.train_tasks.loaded_task_model`)."""
+    return loaded_task_model(ckpt, folder, "fullbatch")

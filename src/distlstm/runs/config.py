@@ -31,15 +31,16 @@ CONFIG_FORMAT = 1
 def flag(default: Any = dataclasses.MISSING, help: str = "", *, cli: str | None = None,
          type: Callable[[str], Any] | None = None, choices: Iterable[Any] | None = None,
          metavar: str | None = None, default_factory: Callable[[], Any] | None = None,
-         negate: str | None = None) -> Any:
+         negate: str | None = None, repeat: bool = False) -> Any:
     """A dataclass field with its command-line flag.
 
     ``cli`` overrides the flag's name (default ``--field-name``); ``type`` parses the
     text (default: from the annotation); a ``bool`` field defaulting to True becomes
     ``--no-NAME`` (or ``negate``). ``cli=""`` keeps a field off the command line.
+    ``repeat`` makes a tuple field's flag repeatable, each use adding one item.
     """
     meta = {"help": help, "cli": cli, "type": type, "choices": tuple(choices) if choices is not None else None,
-            "metavar": metavar, "negate": negate}
+            "metavar": metavar, "negate": negate, "repeat": repeat}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -125,8 +126,10 @@ def add_section_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGr
             parse = _optional(parse)
         if shown is not None and shown != () and not isinstance(shown, dict):
             text = f"{text} (default: {_show(shown)})"
+        repeat: dict[str, Any] = {"action": "append"} if meta.get("repeat") else {}
         parser.add_argument(name, dest=dest, type=parse, choices=meta.get("choices"), default=argparse.SUPPRESS,
-                            metavar=meta.get("metavar"), help=text)
+                            metavar=meta.get("metavar") or (None if meta.get("choices") else f.name.upper()),
+                            help=text, **repeat)
 
 
 def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -154,7 +157,8 @@ def _default(f: dataclasses.Field[Any]) -> Any:
 def given_values(args: argparse.Namespace, section: str) -> dict[str, Any]:
     """The flags of ``section`` the user actually gave, by field name."""
     prefix = section + "."
-    return {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix)}
+    return {k[len(prefix):]: tuple(v) if isinstance(v, list) else v  # a repeated flag's items
+            for k, v in vars(args).items() if k.startswith(prefix)}
 
 
 def to_jsonable(value: Any) -> Any:
