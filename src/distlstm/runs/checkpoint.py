@@ -1,0 +1,105 @@
+"""One checkpoint format for every mode.
+
+A checkpoint is a dict of tensors and plain data, loaded with ``weights_only=True``::
+
+    format      "distlstm-run"
+    version     CHECKPOINT_VERSION (older ones are refused with a message that says so)
+    mode        "online", "es", "ddp" or "fullbatch"
+    config      the run's config document (what config.json holds)
+    step        steps done;  seconds: training time so far;  world_size: workers that wrote it
+    rows        the metrics rows so far (the CSV is rewritten from them)
+    state       the mode's state_dict(): "model" (a state dict the task's model loads),
+                "algorithm" (optimizer, covariances, particles, ES moments, ...),
+                "generators" (torch.Generator states), "artifacts" (vocabulary, scaler, ...)
+
+It is written to ``checkpoint.pt.tmp``, flushed to disk, then the previous checkpoint
+becomes ``checkpoint.prev.pt`` and the new one takes its name (both renames atomic), so
+a crash at any moment leaves at least one complete checkpoint. Loading falls back to
+the previous one, with a warning naming the bad file, when the newest is unreadable.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from distlstm.runs.files import load_checkpoint, save_checkpoint
+
+CHECKPOINT_FORMAT = "distlstm-run"
+CHECKPOINT_VERSION = 2  # 1: the per-mode checkpoints of distlstm 0.1 (train, es), not readable here
+CHECKPOINT = "checkpoint.pt"
+PREVIOUS = "checkpoint.prev.pt"
+
+
+def save_run_checkpoint(folder: Path, payload: Mapping[str, Any]) -> Path:
+    """Write ``payload`` (without format/version, added here) as the folder's newest checkpoint."""
+    path = Path(folder) / CHECKPOINT
+    tmp = path.with_name(path.name + ".tmp")
+    save_checkpoint(tmp, {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload})
+    if path.exists():
+        os.replace(path, path.with_name(PREVIOUS))
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the renames durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def check_checkpoint(ckpt: Mapping[str, Any], path: Path, mode: str | None = None) -> None:
+    """Raise a clear error unless ``ckpt`` is a checkpoint of this format (and of ``mode``, if given)."""
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        old = ckpt.get("version") == 1
+        raise ValueError(f"{path} is not a distlstm run checkpoint" + (
+            " of this version: it was written by distlstm 0.1 (checkpoint version 1), whose per-command checkpoints "
+            "this version does not read; start a new run (or finish the old one with distlstm 0.1)" if old else ""))
+    version = ckpt.get("version")
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise ValueError(f"{path} has checkpoint version {version!r}, newer than this distlstm reads "
+                         f"({CHECKPOINT_VERSION}); upgrade distlstm")
+    if version < CHECKPOINT_VERSION:
+        raise ValueError(f"{path} has checkpoint version {version}, older than this distlstm reads "
+                         f"({CHECKPOINT_VERSION}); start a new run")
+    if mode is not None and ckpt.get("mode") != mode:
+        raise ValueError(f"{path} is a checkpoint of a {ckpt.get('mode')!r} run, not of a {mode!r} run; "
+                         f"use the command that wrote it")
+
+
+def load_run_checkpoint(folder: Path, mode: str | None = None) -> tuple[dict[str, Any], Path]:
+    """The newest readable checkpoint of a run folder and its path.
+
+    When ``checkpoint.pt`` is missing or unreadable (truncated, corrupt) and
+    ``checkpoint.prev.pt`` is good, the previous one is used and a warning names the
+    bad file. A checkpoint of another format version or mode is an error, not skipped.
+    """
+    folder = Path(folder)
+    newest, previous = folder / CHECKPOINT, folder / PREVIOUS
+    if not newest.exists() and not previous.exists():
+        raise FileNotFoundError(f"{folder} holds no {CHECKPOINT}: not a distlstm run folder (or the run wrote no "
+                                "checkpoint yet)")
+    try:
+        ckpt = load_checkpoint(newest)
+        path = newest
+    except (ValueError, FileNotFoundError) as err:
+        if not previous.exists():
+            raise ValueError(f"{newest} cannot be read ({err}) and there is no {PREVIOUS} to fall back to") from err
+        ckpt = load_checkpoint(previous)
+        path = previous
+        warnings.warn(f"{newest} cannot be read ({str(err).split(':')[0]}); resuming from the previous checkpoint "
+                      f"{previous} (step {ckpt.get('step')})", stacklevel=2)
+    check_checkpoint(ckpt, path, mode)
+    return ckpt, path

@@ -1,0 +1,88 @@
+"""A run folder: what makes a folder a run, and the rules for starting, resuming or overwriting one.
+
+A run folder holds ``config.json`` (the resolved configuration), ``checkpoint.pt`` (and
+``checkpoint.prev.pt``), ``metrics.csv``, ``metrics.png``, ``summary.json`` and whatever
+the mode adds (plots, samples). A new run refuses a non-empty folder unless told to
+``overwrite`` it (and then only a folder that is a run, so a typo cannot wipe a folder
+of other files); ``resume`` needs a run folder and accepts only the changes listed in
+:data:`~distlstm.runs.config.SAFE_TO_CHANGE`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from distlstm._flags import on_cli
+from distlstm.runs.checkpoint import CHECKPOINT, PREVIOUS
+from distlstm.runs.config import SAFE_TO_CHANGE, config_differences, read_config_file
+from distlstm.runs.files import write_json
+
+CONFIG = "config.json"
+
+
+def is_run_folder(folder: Path) -> bool:
+    return (folder / CONFIG).is_file() or (folder / CHECKPOINT).is_file() or (folder / PREVIOUS).is_file()
+
+
+def stored_config(folder: Path) -> dict[str, Any]:
+    """The configuration a run folder was started with (its ``config.json``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no run folder at {folder}")
+    if not (folder / CONFIG).is_file():
+        raise ValueError(f"{folder} is not a distlstm run folder: it has no {CONFIG}")
+    return read_config_file(folder / CONFIG)
+
+
+def _resume_hint() -> str:
+    return "--resume" if on_cli() else "resume=True"
+
+
+def _overwrite_hint() -> str:
+    return "--overwrite" if on_cli() else "overwrite=True"
+
+
+def prepare_new(folder: Path, config: Mapping[str, Any], *, overwrite: bool = False) -> None:
+    """Create ``folder`` for a new run and write its ``config.json``."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} exists and is not a folder")
+    if folder.is_dir() and any(folder.iterdir()):
+        if not overwrite:
+            what = "a run" if is_run_folder(folder) else "files"
+            raise ValueError(f"{folder} already holds {what}; continue it with {_resume_hint()}, start over with "
+                             f"{_overwrite_hint()}, or choose another folder")
+        if not is_run_folder(folder):
+            raise ValueError(f"{folder} holds files but is not a distlstm run folder (no {CONFIG} or {CHECKPOINT}); "
+                             f"refusing to overwrite it")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / CONFIG, dict(config))
+
+
+def check_resume(folder: Path, config: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Check that ``config`` may continue the run in ``folder``; returns the (safe) changes.
+
+    Raises with the list of differences when anything outside the safe set changed
+    (the mode, the data, the model, the algorithm's settings, the seed).
+    """
+    old = stored_config(folder)
+    if old.get("mode") != config.get("mode") or old.get("command") != config.get("command"):
+        raise ValueError(f"{folder} is a {old.get('command')!r} run ({old.get('mode')} mode), not a "
+                         f"{config.get('command')!r} run ({config.get('mode')} mode)")
+    diff = config_differences(old, config)
+    unsafe = {k: v for k, v in diff.items() if k not in SAFE_TO_CHANGE}
+    if unsafe:
+        listed = "; ".join(f"{k}: {a!r} in the run, {b!r} now" for k, (a, b) in sorted(unsafe.items()))
+        raise ValueError(f"cannot resume {folder} with changed settings ({listed}). A resumed run may change only "
+                         f"the budget and the reporting ({', '.join(sorted(s.split('.')[1] for s in SAFE_TO_CHANGE))}); "
+                         f"start a new run for anything else")
+    return diff
+
+
+def record_resume(folder: Path, config: Mapping[str, Any]) -> None:
+    """Store the (safely) changed configuration of a resumed run."""
+    write_json(Path(folder) / CONFIG, dict(config))

@@ -1,0 +1,156 @@
+"""The run loop: resume equality, interrupts, folder rules, checkpoint fallbacks, config resolution."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from distlstm.cli_runs import RunCommand, add_run_command, resolve_command, run_command
+from distlstm.runs.checkpoint import CHECKPOINT, PREVIOUS, load_run_checkpoint
+from distlstm.runs.config import LoopConfig, config_document
+from distlstm.runs.files import save_checkpoint
+from distlstm.runs.loop import RunInterrupted, run
+from tests.runs.toy import ToyConfig, ToyMode
+
+
+def doc(toy: ToyConfig, loop: LoopConfig) -> dict:
+    return config_document("toy", "online", {"toy": toy, "loop": loop})
+
+
+def go(folder, loop: LoopConfig, toy: ToyConfig = ToyConfig(), **kw):  # noqa: B008
+    return run(ToyMode(toy), loop, folder=folder, config=doc(toy, loop), **kw)
+
+
+def test_stopped_and_resumed_equals_uninterrupted(tmp_path):
+    whole = go(tmp_path / "a", LoopConfig(steps=20, eval_every=5, checkpoint_every=3, progress=False))
+    part = go(tmp_path / "b", LoopConfig(steps=7, eval_every=5, checkpoint_every=3, progress=False))
+    assert part.summary["steps"] == 7
+    rest = go(tmp_path / "b", LoopConfig(steps=20, eval_every=5, checkpoint_every=3, progress=False), resume=True)
+    a, _ = load_run_checkpoint(tmp_path / "a")
+    b, _ = load_run_checkpoint(tmp_path / "b")
+    assert torch.equal(a["state"]["model"]["theta"], b["state"]["model"]["theta"])
+    assert [r["train_loss"] for r in whole.rows] == [r["train_loss"] for r in rest.rows]
+    assert whole.summary["loss"] == rest.summary["loss"]
+    assert (tmp_path / "a" / "metrics.png").exists() and (tmp_path / "a" / "toy.txt").exists()
+    header = (tmp_path / "b" / "metrics.csv").read_text().splitlines()
+    assert header[0] == "step,seconds,train_loss,loss" and len(header) == 21
+
+
+def test_a_changed_seed_changes_the_numbers(tmp_path):
+    a = go(None, LoopConfig(steps=5, progress=False))
+    b = go(None, LoopConfig(steps=5, progress=False, seed=1))
+    assert a.summary["loss"] != b.summary["loss"]
+
+
+def test_sigint_checkpoints_then_resume_finishes(tmp_path):
+    loop = LoopConfig(steps=12, eval_every=100, checkpoint_every=100, progress=False)
+    with pytest.raises(RunInterrupted, match=r"interrupted at step 4: checkpoint written to .*--resume"):
+        go(tmp_path / "r", loop, ToyConfig(interrupt_at=4))
+    ckpt, _ = load_run_checkpoint(tmp_path / "r")
+    assert ckpt["step"] == 4 and ckpt["rows"][-1]["loss"] > 0  # the interrupt evaluates too
+    resumed = go(tmp_path / "r", loop, ToyConfig(interrupt_at=4), resume=True)
+    whole = go(None, loop)
+    assert resumed.summary["loss"] == whole.summary["loss"]
+
+
+def test_new_run_refuses_a_used_folder(tmp_path):
+    loop = LoopConfig(steps=2, progress=False)
+    go(tmp_path / "x", loop)
+    with pytest.raises(ValueError, match="already holds a run; continue it with resume=True"):
+        go(tmp_path / "x", loop)
+    go(tmp_path / "x", loop, overwrite=True)
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not a distlstm run folder.*refusing"):
+        go(other, loop, overwrite=True)
+    assert (other / "mine.txt").read_text() == "keep me"
+    with pytest.raises(ValueError, match="no config.json"):
+        go(other, loop, resume=True)
+
+
+def test_unsafe_change_on_resume_lists_differences(tmp_path):
+    go(tmp_path / "x", LoopConfig(steps=2, progress=False))
+    with pytest.raises(ValueError, match=r"loop.seed: 0 in the run, 3 now; toy.lr: 0.1 in the run, 0.2 now"):
+        go(tmp_path / "x", LoopConfig(steps=4, progress=False, seed=3), ToyConfig(lr=0.2), resume=True)
+    go(tmp_path / "x", LoopConfig(steps=4, progress=False, eval_every=1), resume=True)  # budget and cadence: fine
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path):
+    go(tmp_path / "x", LoopConfig(steps=6, checkpoint_every=2, progress=False))
+    (tmp_path / "x" / CHECKPOINT).write_bytes(b"\x00truncated")
+    with pytest.warns(UserWarning, match="checkpoint.pt cannot be read.*previous checkpoint"):
+        ckpt, path = load_run_checkpoint(tmp_path / "x")
+    assert path.name == PREVIOUS and ckpt["step"] == 4
+    (tmp_path / "x" / PREVIOUS).write_bytes(b"bad too")
+    with pytest.raises(ValueError, match="checkpoint.prev.pt is not a readable distlstm checkpoint"):
+        load_run_checkpoint(tmp_path / "x")
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    ({"version": 1, "theta": torch.zeros(2)}, "written by distlstm 0.1"),
+    ({"format": "distlstm-run", "version": 99, "mode": "online"}, "newer than this distlstm reads"),
+    ({"format": "distlstm-run", "version": 2, "mode": "es"}, "checkpoint of a 'es' run, not of a 'online' run"),
+    ({"something": "else"}, "not a distlstm run checkpoint"),
+])
+def test_foreign_checkpoints_are_refused(tmp_path, payload, message):
+    (tmp_path / "config.json").write_text("{}")
+    save_checkpoint(tmp_path / CHECKPOINT, payload)
+    with pytest.raises(ValueError, match=message):
+        load_run_checkpoint(tmp_path, "online")
+
+
+TOY = RunCommand(name="toy", help="toy", description="toy", sections={"toy": ToyConfig},
+                 make_mode=lambda s: ToyMode(s["toy"]), mode_name=lambda s: "online", default_out="runs/toy",
+                 loop_defaults={"steps": 5, "eval_every": 2})
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    add_run_command(sub, TOY)
+    return parser.parse_args(["toy", *argv])
+
+
+def test_flags_and_config_file_give_the_same_run(tmp_path):
+    by_flags = parse(["--lr", "0.3", "--steps", "6", "--out", str(tmp_path / "f"), "--no-progress"])
+    assert run_command(TOY, by_flags) == 0
+    stored = json.loads((tmp_path / "f" / "config.json").read_text())
+    assert stored["toy"]["lr"] == 0.3 and stored["loop"]["steps"] == 6 and stored["loop"]["eval_every"] == 2
+    (tmp_path / "c.json").write_text(json.dumps(stored))
+    by_file = parse(["--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "g")])
+    assert run_command(TOY, by_file) == 0
+    a = json.loads((tmp_path / "f" / "summary.json").read_text())
+    b = json.loads((tmp_path / "g" / "summary.json").read_text())
+    assert a["loss"] == b["loss"] and a["steps"] == b["steps"] == 6
+    assert json.loads((tmp_path / "g" / "config.json").read_text()) == stored
+
+
+def test_resume_from_folder_alone(tmp_path, capsys):
+    assert run_command(TOY, parse(["--steps", "3", "--out", str(tmp_path / "r"), "--noise", "0.7",
+                                   "--no-progress"])) == 0
+    assert run_command(TOY, parse(["--resume", str(tmp_path / "r"), "--steps", "8"])) == 0
+    whole = parse(["--steps", "8", "--out", str(tmp_path / "w"), "--noise", "0.7", "--no-progress"])
+    assert run_command(TOY, whole) == 0
+    a = json.loads((tmp_path / "r" / "summary.json").read_text())
+    b = json.loads((tmp_path / "w" / "summary.json").read_text())
+    assert a["loss"] == b["loss"]
+    with pytest.raises(ValueError, match="toy.noise: 0.7 in the run, 0.1 now"):
+        run_command(TOY, parse(["--resume", str(tmp_path / "r"), "--noise", "0.1"]))
+    with pytest.raises(ValueError, match="leave out --out"):
+        resolve_command(TOY, parse(["--resume", str(tmp_path / "r"), "--out", "x"]))
+
+
+def test_config_file_with_unknown_setting(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"toy": {"lrr": 1}}))
+    with pytest.raises(ValueError, match=r"\[toy\]: unknown setting\(s\) \['lrr'\]"):
+        resolve_command(TOY, parse(["--config", str(tmp_path / "c.json")]))
+
+
+def test_tensorboard_events(tmp_path):
+    pytest.importorskip("tensorboard")
+    go(tmp_path / "t", LoopConfig(steps=3, progress=False, tensorboard=True))
+    assert list((tmp_path / "t" / "tensorboard").glob("events.out.tfevents.*"))
