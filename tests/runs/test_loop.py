@@ -65,10 +65,10 @@ def test_new_run_refuses_a_used_folder(tmp_path):
     other = tmp_path / "notes"
     other.mkdir()
     (other / "mine.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="not a distlstm run folder.*refusing"):
+    with pytest.raises(ValueError, match=r"not a distlstm run folder.*refusing"):
         go(other, loop, overwrite=True)
     assert (other / "mine.txt").read_text() == "keep me"
-    with pytest.raises(ValueError, match="no config.json"):
+    with pytest.raises(ValueError, match=r"no config.json"):
         go(other, loop, resume=True)
 
 
@@ -86,7 +86,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path):
         ckpt, path = load_run_checkpoint(tmp_path / "x")
     assert path.name == PREVIOUS and ckpt["step"] == 4
     (tmp_path / "x" / PREVIOUS).write_bytes(b"bad too")
-    with pytest.raises(ValueError, match="checkpoint.prev.pt is not a readable distlstm checkpoint"):
+    with pytest.raises(ValueError, match=r"checkpoint.prev.pt is not a readable distlstm checkpoint"):
         load_run_checkpoint(tmp_path / "x")
 
 
@@ -138,7 +138,7 @@ def test_resume_from_folder_alone(tmp_path, capsys):
     a = json.loads((tmp_path / "r" / "summary.json").read_text())
     b = json.loads((tmp_path / "w" / "summary.json").read_text())
     assert a["loss"] == b["loss"]
-    with pytest.raises(ValueError, match="toy.noise: 0.7 in the run, 0.1 now"):
+    with pytest.raises(ValueError, match=r"toy.noise: 0.7 in the run, 0.1 now"):
         run_command(TOY, parse(["--resume", str(tmp_path / "r"), "--noise", "0.1"]))
     with pytest.raises(ValueError, match="leave out --out"):
         resolve_command(TOY, parse(["--resume", str(tmp_path / "r"), "--out", "x"]))

@@ -28,8 +28,8 @@ from typing import Any
 CONFIG_FORMAT = 1
 
 
-def flag(default: Any = dataclasses.MISSING, help: str = "", *, cli: str | None = None,  # noqa: A002
-         type: Callable[[str], Any] | None = None, choices: Iterable[Any] | None = None,  # noqa: A002
+def flag(default: Any = dataclasses.MISSING, help: str = "", *, cli: str | None = None,
+         type: Callable[[str], Any] | None = None, choices: Iterable[Any] | None = None,
          metavar: str | None = None, default_factory: Callable[[], Any] | None = None,
          negate: str | None = None) -> Any:
     """A dataclass field with its command-line flag.

@@ -77,9 +77,9 @@ def check_resume(folder: Path, config: Mapping[str, Any]) -> dict[str, tuple[Any
     unsafe = {k: v for k, v in diff.items() if k not in SAFE_TO_CHANGE}
     if unsafe:
         listed = "; ".join(f"{k}: {a!r} in the run, {b!r} now" for k, (a, b) in sorted(unsafe.items()))
+        safe = ", ".join(sorted(s.split(".")[1] for s in SAFE_TO_CHANGE))
         raise ValueError(f"cannot resume {folder} with changed settings ({listed}). A resumed run may change only "
-                         f"the budget and the reporting ({', '.join(sorted(s.split('.')[1] for s in SAFE_TO_CHANGE))}); "
-                         f"start a new run for anything else")
+                         f"the budget and the reporting ({safe}); start a new run for anything else")
     return diff
 
 

@@ -41,7 +41,7 @@ from distlstm.runs.mode import Mode
 from distlstm.runtime.comm import Communicator, LocalComm
 
 
-class RunInterrupted(Exception):  # noqa: N818 (an outcome, not an error)
+class RunInterrupted(Exception):
     """The run stopped on SIGINT/SIGTERM after writing a checkpoint; ``str()`` says how to resume."""
 
 
