@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 
 
-def launch(args: list[str], out: Path, processes: int, timeout: float = 600) -> None:
-    """Run ``distlstm ARGS --out OUT`` in ``processes`` processes; fail with its stderr if it fails."""
+def launch(args: list[str], out: Path | None, processes: int, timeout: float = 600) -> None:
+    """Run ``distlstm ARGS --out OUT`` (without --out when ``out`` is None, e.g. for --resume) in ``processes``
+    processes; fail with its stderr if it fails."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
-    cmd = [*(launcher if processes > 1 else [sys.executable]), "-m", "distlstm.cli", *args, "--out", str(out)]
+    where = ["--out", str(out)] if out is not None else []
+    cmd = [*(launcher if processes > 1 else [sys.executable]), "-m", "distlstm.cli", *args, *where]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-2000:]

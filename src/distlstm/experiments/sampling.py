@@ -57,11 +57,17 @@ def sample_text(path: Path, prompt: str, length: int, temperature: float = 0.8, 
     ``temperature=0`` decodes greedily. Prompt symbols outside the vocabulary are an
     error with ``unknown="error"``; ``"replace"`` maps them to the unknown symbol.
     """
+    model, vocab = load_language_model(path)
+    return generate_text(model, vocab, prompt, length, temperature, seed, unknown)
+
+
+def generate_text(model: CharLM | WordLM, vocab: CharVocab | WordVocab, prompt: str, length: int,
+                  temperature: float = 0.8, seed: int = 0, unknown: str = "error") -> str:
+    """``prompt`` followed by ``length`` characters or words that ``model`` generates (see :func:`sample_text`)."""
     if unknown not in UNKNOWN_POLICIES:
         raise ValueError(f"unknown must be one of {UNKNOWN_POLICIES}, got {unknown!r}")
     if not prompt:
         raise ValueError("the prompt must hold at least one character")
-    model, vocab = load_language_model(path)
     words = isinstance(vocab, WordVocab)
     what, stand_in = ("words", UNKNOWN) if words else ("characters", getattr(vocab, "unknown", ""))
     missing = vocab.unknown_symbols(prompt)
