@@ -10,14 +10,17 @@ process group that ``torchrun`` describes (a local one when run alone).
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distlstm.runs.checkpoint import CHECKPOINT, PREVIOUS
 from distlstm.runs.config import LoopConfig, add_section_arguments, config_document, read_config_file, resolve_sections
 from distlstm.runs.folder import stored_config
-from distlstm.runs.loop import RunInterrupted, RunResult, print_interrupted, run
+from distlstm.runs.loop import PeerLost, RunInterrupted, RunResult, print_interrupted, run
 from distlstm.runs.mode import Mode
 from distlstm.runtime.comm import open_comm
 
@@ -59,6 +62,9 @@ def add_run_command(sub: Any, spec: RunCommand) -> argparse.ArgumentParser:
                    "(its files are deleted)")
     g.add_argument("--config", metavar="FILE", default=None,
                    help="read settings from a JSON file shaped like a run's config.json (flags given override it)")
+    g.add_argument("--collective-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="under torchrun: a worker that waits this long for a peer ends the run with an error "
+                        "instead of hanging")
     p.set_defaults(func=lambda args: run_command(spec, args))
     return p
 
@@ -66,6 +72,10 @@ def add_run_command(sub: Any, spec: RunCommand) -> argparse.ArgumentParser:
 def resolve_command(spec: RunCommand, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], Path,
                                                                           bool]:
     """(sections, config document, folder, resume) from the parsed flags."""
+    restarted = elastic_restart(args, spec)
+    if restarted is not None:  # torchrun --max-restarts started this worker again: continue the run
+        args = argparse.Namespace(**{**vars(args), "resume": restarted, "out": None, "config": None,
+                                     "overwrite": False})
     if args.resume is not None and (args.out is not None or args.config is not None or args.overwrite):
         raise ValueError("--resume FOLDER continues a run with its own configuration: leave out --out, --config "
                          "and --overwrite")
@@ -90,15 +100,38 @@ def resolve_command(spec: RunCommand, args: argparse.Namespace) -> tuple[dict[st
     return sections, doc, folder, args.resume is not None
 
 
+def elastic_restart(args: argparse.Namespace, spec: RunCommand) -> str | None:
+    """The run folder to continue when ``torchrun --max-restarts`` restarted this worker, else None.
+
+    torchrun sets TORCHELASTIC_RESTART_COUNT > 0 on a restart, with the first attempt's
+    command line: the folder that attempt filled is resumed instead of refused.
+    """
+    if _restart_count() == 0 or args.resume is not None:
+        return None
+    folder = Path(args.out or spec.default_out)
+    return str(folder) if (folder / CHECKPOINT).exists() or (folder / PREVIOUS).exists() else None
+
+
+def _restart_count() -> int:
+    try:
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    except ValueError:
+        return 0
+
+
 def run_command(spec: RunCommand, args: argparse.Namespace) -> int:
     sections, doc, folder, resume = resolve_command(spec, args)
-    with open_comm() as comm:
+    overwrite = args.overwrite or (_restart_count() > 0 and not resume)  # a restart before any checkpoint: anew
+    with open_comm(timeout_s=args.collective_timeout) as comm:
         mode = spec.make_mode(sections)
         try:
             result = run(mode, sections["loop"], comm=comm, folder=folder, config=doc, resume=resume,
-                         overwrite=args.overwrite)
+                         overwrite=overwrite)
         except RunInterrupted as err:
             return print_interrupted(err) if comm.is_main else 130
+        except PeerLost as err:  # every survivor says so once, with its rank; no traceback
+            print(f"distlstm {spec.name}: error: {err}", file=sys.stderr)
+            return 1
         if comm.is_main:
             line = spec.report(result, folder) if spec.report is not None else \
                 f"{result.summary['metric']} {result.summary[result.summary['metric']]:.5g}"

@@ -59,13 +59,11 @@ def test_tiny_reproduction_and_sampling(tmp_path, capsys):
                  "es_rnn_plain/config.json", "backprop_lstm/metrics.csv"):
         assert (tmp_path / name).is_file(), name
     assert "temperature 0.8" in (tmp_path / "report.md").read_text()
-    assert main(["sample", "--checkpoint", str(tmp_path / "backprop_rnn" / "checkpoint.pt"), "--prompt", "KING",
-                 "--length", "40"]) == 0
+    assert main(["sample", "--run", str(tmp_path / "es_lstm_openai-es"), "--prompt", "KING", "--length", "40"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("KING") and len(out.rstrip("\n")) == 44
     assert set(out) <= set(vocab.chars)
-    checkpoint = str(tmp_path / "backprop_rnn" / "checkpoint.pt")
-    assert main(["sample", "--checkpoint", checkpoint, "--prompt", "KING\u2603", "--length", "5"]) == 2
+    assert main(["sample", "--run", str(tmp_path / "es_rnn_plain"), "--prompt", "KING\u2603", "--length", "5"]) == 2
     err = capsys.readouterr().err
     assert "outside the model's vocabulary: ['\u2603']" in err and "--unknown replace" in err
     # an ES run of the reproduction is an es run folder: distlstm es continues it
@@ -79,7 +77,7 @@ def test_sample_rejects_unknown_characters_and_bad_checkpoints(tmp_path, capsys)
     assert main(["sample", "--checkpoint", str(bad)]) == 2
     assert "not a readable distlstm checkpoint" in capsys.readouterr().err
     assert main(["sample", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
-    assert "no checkpoint at" in capsys.readouterr().err
+    assert "holds no checkpoint.pt: not a distlstm run folder" in capsys.readouterr().err
 
 
 @pytest.mark.slow

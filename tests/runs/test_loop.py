@@ -35,8 +35,39 @@ def test_stopped_and_resumed_equals_uninterrupted(tmp_path):
     assert [r["train_loss"] for r in whole.rows] == [r["train_loss"] for r in rest.rows]
     assert whole.summary["loss"] == rest.summary["loss"]
     assert (tmp_path / "a" / "metrics.png").exists() and (tmp_path / "a" / "toy.txt").exists()
-    header = (tmp_path / "b" / "metrics.csv").read_text().splitlines()
-    assert header[0] == "step,seconds,train_loss,loss" and len(header) == 21
+    lines = (tmp_path / "b" / "metrics.csv").read_text().splitlines()
+    assert lines[0] == "step,seconds,loss,train_loss" and len(lines) == 22  # header, step 0 (untrained), 20 steps
+    assert [(r["step"], r["train_loss"]) for r in rest.rows] == [(r["step"], r["train_loss"]) for r in whole.rows]
+    evaluated = [(r["step"], r["loss"]) for r in whole.rows if r["loss"] == r["loss"]]
+    assert evaluated == [(r["step"], r["loss"]) for r in rest.rows if r["step"] != 7 and r["loss"] == r["loss"]]
+
+
+def test_two_runs_cannot_share_a_folder(tmp_path):
+    from distlstm.runs.folder import run_lock
+
+    with run_lock(tmp_path / "x"), pytest.raises(ValueError, match=r"in use by another run \(process \d+"):
+        go(tmp_path / "x", LoopConfig(steps=2, progress=False))
+    (tmp_path / "x" / ".lock").write_text("999999999 " + __import__("socket").gethostname())  # a dead process
+    go(tmp_path / "x", LoopConfig(steps=2, progress=False))  # a stale lock is taken over
+    assert not (tmp_path / "x" / ".lock").exists()
+
+
+def test_flipped_bits_in_a_checkpoint_are_detected(tmp_path):
+    go(tmp_path / "x", LoopConfig(steps=4, checkpoint_every=2, progress=False))
+    ckpt, _ = load_run_checkpoint(tmp_path / "x")
+    ckpt["state"]["model"]["theta"][0] = 1e37
+    save_checkpoint(tmp_path / "x" / CHECKPOINT, ckpt)
+    with pytest.warns(UserWarning, match="checkpoint.pt is damaged.*going on from the previous checkpoint"):
+        older, path = load_run_checkpoint(tmp_path / "x")
+    assert path.name == PREVIOUS and older["step"] == 2
+
+
+def test_a_file_in_place_of_the_folder_is_an_error_before_any_work(tmp_path):
+    (tmp_path / "f").write_text("x")
+    mode = ToyMode(ToyConfig())
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        run(mode, LoopConfig(steps=2, progress=False), folder=tmp_path / "f")
+    assert not hasattr(mode, "theta")  # nothing ran
 
 
 def test_a_changed_seed_changes_the_numbers(tmp_path):
@@ -50,7 +81,7 @@ def test_sigint_checkpoints_then_resume_finishes(tmp_path):
     with pytest.raises(RunInterrupted, match=r"interrupted at step 4: checkpoint written to .*--resume"):
         go(tmp_path / "r", loop, ToyConfig(interrupt_at=4))
     ckpt, _ = load_run_checkpoint(tmp_path / "r")
-    assert ckpt["step"] == 4 and ckpt["rows"][-1]["loss"] > 0  # the interrupt evaluates too
+    assert ckpt["step"] == 4 and ckpt["last_metric"] > 0  # the interrupt evaluates too
     resumed = go(tmp_path / "r", loop, ToyConfig(interrupt_at=4), resume=True)
     whole = go(None, loop)
     assert resumed.summary["loss"] == whole.summary["loss"]
@@ -82,7 +113,7 @@ def test_unsafe_change_on_resume_lists_differences(tmp_path):
 def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path):
     go(tmp_path / "x", LoopConfig(steps=6, checkpoint_every=2, progress=False))
     (tmp_path / "x" / CHECKPOINT).write_bytes(b"\x00truncated")
-    with pytest.warns(UserWarning, match="checkpoint.pt cannot be read.*previous checkpoint"):
+    with pytest.warns(UserWarning, match=r"checkpoint.pt is not a readable distlstm checkpoint.*going on from"):
         ckpt, path = load_run_checkpoint(tmp_path / "x")
     assert path.name == PREVIOUS and ckpt["step"] == 4
     (tmp_path / "x" / PREVIOUS).write_bytes(b"bad too")

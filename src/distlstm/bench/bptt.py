@@ -22,8 +22,9 @@ from typing import Any
 
 import torch
 
-from distlstm.bench.timing import WORKER_SETTINGS, compare, run_cli
+from distlstm.bench.timing import WORKER_SETTINGS, compare
 from distlstm.bptt.tasks import longlag_model
+from distlstm.runtime.launch import run_cli
 
 
 @dataclass(frozen=True)

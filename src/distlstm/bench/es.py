@@ -15,11 +15,12 @@ from pathlib import Path
 
 import torch
 
-from distlstm.bench.timing import WORKER_SETTINGS, compare, run_cli
+from distlstm.bench.timing import WORKER_SETTINGS, compare
 from distlstm.es.fitness import char_fitness
 from distlstm.es.strategy import ESConfig, ask, init
 from distlstm.es.text import build_model
 from distlstm.models.functional import FunctionalModel
+from distlstm.runtime.launch import run_cli
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import torch
 
 from distlstm.bench.timing import compare
-from distlstm.experiments.flstm_glstm import PAPER, FLSTMGLSTMConfig
+from distlstm.models.lm_variants import TABLE1 as PAPER
+from distlstm.models.lm_variants import VARIANTS, variant_cell
 from distlstm.models.networks import WordLM
 
-MODELS = ("LSTMP", "F-LSTM", "G-2", "G-4", "G-8", "G4-G8")
+MODELS = VARIANTS
 
 
 @dataclass(frozen=True)
@@ -44,13 +45,12 @@ def bench_lm(scales: tuple[tuple[int, int], ...] = ((64, 512), (128, 1024)), *, 
     for proj, hidden in scales:
         if progress:
             progress(f"word LMs: p = {proj}, n = {hidden}")
-        cfg = FLSTMGLSTMConfig(proj=proj, hidden=hidden)
         gen = torch.Generator().manual_seed(0)
         x = torch.randint(0, vocab, (batch, window), generator=gen)
         y = torch.randint(0, vocab, (batch, window), generator=gen)
         lms = {}
         for name in models:
-            cell, options = cfg.cell(name)
+            cell, options = variant_cell(name, proj)
             torch.manual_seed(0)
             lms[name] = WordLM(vocab, proj, hidden, cell=cell, num_sampled=min(samples, vocab), single_bias=True,
                                **options)

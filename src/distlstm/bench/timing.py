@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any
 
 
 def compare(fns: Mapping[str, Callable[[], object]], repeats: int = 10, warmup: int = 3) -> dict[str, float]:
@@ -34,18 +28,3 @@ def compare(fns: Mapping[str, Callable[[], object]], repeats: int = 10, warmup: 
 
 
 WORKER_SETTINGS = {"1 worker × 1 thread": (1, 1), "2 workers × 1 thread": (2, 1), "1 worker × 2 threads": (1, 2)}
-
-
-def run_cli(args: list[str], out: Path, *, workers: int = 1, threads: int = 1) -> dict[str, Any]:
-    """Run ``distlstm ARGS --out OUT`` with ``workers`` processes (torchrun) of ``threads`` threads each.
-
-    Returns the run's ``summary.json`` if it wrote one (an empty dict otherwise).
-    """
-    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}"] if workers > 1 else []
-    cmd = [sys.executable, *launcher, "-m", "distlstm.cli", *args, "--out", str(out)]
-    done = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS=str(threads)), capture_output=True, text=True,
-                          timeout=3600)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr[-2000:]}")
-    summary = Path(out, "summary.json")
-    return json.loads(summary.read_text()) if summary.exists() else {}

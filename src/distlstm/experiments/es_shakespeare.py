@@ -28,10 +28,10 @@ from distlstm.data.text import SHAKESPEARE_TRAGEDIES, CharVocab, load_text, spli
 from distlstm.es.text import build_model
 from distlstm.experiments.backprop_lm import BackpropConfig, train_backprop
 from distlstm.experiments.charlm_demo import entropies
-from distlstm.experiments.sampling import generate_text, load_language_model
+from distlstm.experiments.sampling import sample_text
 from distlstm.models.functional import flatten
-from distlstm.models.networks import CharLM, WordLM
-from distlstm.modes import load_run
+from distlstm.models.networks import CharLM
+from distlstm.modes import LoadedRun
 from distlstm.modes.es import LOOP_DEFAULTS, ESMode, ESRunConfig
 from distlstm.runs import atomic_write_text, plot_curves, save_checkpoint, write_csv, write_json
 from distlstm.runs.config import LoopConfig, config_document
@@ -73,6 +73,7 @@ def run(cfg: ESShakespeareConfig, out: Path, show_progress: bool = True) -> list
     h1, h2 = entropies(train, len(vocab))
     runs: list[dict[str, Any]] = []
     curves: dict[str, list[dict[str, Any]]] = {}
+    models: dict[str, Path | LoadedRun] = {}  # what each sample comes from: an es run folder, a model in memory
     for cell, strategy, lr in (("rnn", "openai-es", cfg.lr), ("rnn", "plain", cfg.plain_lr),
                                ("lstm", "openai-es", cfg.lr)):
         es_cfg = ESRunConfig(cell=cell, hidden=cfg.hidden, strategy=strategy, population=cfg.population,
@@ -83,6 +84,7 @@ def run(cfg: ESShakespeareConfig, out: Path, show_progress: bool = True) -> list
         result = run_loop(ESMode(es_cfg), loop, folder=out / _folder(cell, strategy),
                           config=config_document("es", "es", {"es": es_cfg, "loop": loop}), overwrite=True)
         runs.append({k: result.summary[k] for k in RUN_KEYS})
+        models[f"{cell} {strategy}"] = out / _folder(cell, strategy)
         curves[f"{cell} {strategy}"] = [r for r in result.rows if "val_nats_per_char" in r]
     for cell in ("rnn", "lstm"):
         model = build_model(len(vocab), cell, cfg.hidden, cfg.seed).module  # seeds the initialisation itself
@@ -100,9 +102,13 @@ def run(cfg: ESShakespeareConfig, out: Path, show_progress: bool = True) -> list
                      "seconds": last["seconds"], "evaluations": last["step"] * bp.batch, "generations": last["step"],
                      "parameters": sum(p.numel() for p in model.parameters()), "workers": 1})
         curves[f"{cell} backprop"] = rows
+        models[f"{cell} backprop"] = LoadedRun(folder, mode="backprop", command="reproduce es-shakespeare",
+                                               step=last["step"], config=asdict(cfg), model=model.eval(),
+                                               artifacts={"kind": "char-lm", "vocab": vocab.chars})
     write_json(out / "summary.json", runs)
     _plots(out, curves, h1, h2)
-    samples = _samples(out, runs)
+    samples = {name: {t: sample_text(source, "ROMEO.\n", 240, t, seed=0) for t in (0.8, 1.0)}
+               for name, source in models.items()}
     atomic_write_text(out / "report.md", render_report(cfg, runs, h1, h2, samples))
     return runs
 
@@ -122,25 +128,6 @@ def _plots(out: Path, curves: dict[str, list[dict[str, Any]]], h1: float, h2: fl
 
 def _folder(cell: str, method: str) -> str:
     return f"backprop_{cell}" if method == "backprop" else f"es_{cell}_{method}"
-
-
-def _language_model(folder: Path, method: str) -> tuple[CharLM | WordLM, CharVocab]:
-    if method == "backprop":
-        model, vocab = load_language_model(folder / "checkpoint.pt")
-        assert isinstance(vocab, CharVocab)
-        return model, vocab
-    loaded = load_run(folder)
-    assert isinstance(loaded.model, CharLM)
-    return loaded.model, CharVocab.from_text(loaded.artifacts["vocab"])
-
-
-def _samples(out: Path, runs: list[dict[str, Any]]) -> dict[str, dict[float, str]]:
-    samples = {}
-    for r in runs:
-        model, vocab = _language_model(out / _folder(r["model"], r["method"]), r["method"])
-        samples[f"{r['model']} {r['method']}"] = {t: generate_text(model, vocab, "ROMEO.\n", 240, t, seed=0)
-                                                  for t in (0.8, 1.0)}
-    return samples
 
 
 def render_report(cfg: ESShakespeareConfig, runs: list[dict[str, Any]], h1: float, h2: float,

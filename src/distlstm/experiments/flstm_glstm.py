@@ -34,18 +34,16 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from distlstm.bench.timing import run_cli
 from distlstm.data.words import WordCorpus, load_word_corpus
 from distlstm.experiments.sampling import load_language_model
+from distlstm.models.lm_variants import TABLE1, variant_cell
 from distlstm.models.networks import stream_nats
 from distlstm.models.sequence import LSTM
 from distlstm.runs import atomic_write_text, plot_curves, read_csv_numbers, write_csv, write_json
+from distlstm.runtime.launch import run_cli
 
 BASELINE = "LSTMP"
-# The paper's Table 1: perplexity, steps, RNN parameters, words/s (4 GPUs, one week).
-PAPER = {"LSTMP": (35.1, 990_000, 151_060_480, 33_800), "F-LSTM": (36.3, 1_670_000, 52_494_336, 56_500),
-         "G-2": (36.0, 1_370_000, 83_951_616, 41_700), "G-4": (40.6, 1_128_000, 50_397_184, 56_000),
-         "G-8": (39.4, 850_400, 33_619_968, 58_500)}
+PAPER = TABLE1
 NOTES = """\
 - One Billion Word (0.8 G words, 793 k vocabulary) is replaced by Shakespeare's complete works
   (≈ 1.1 M training tokens, 10 k vocabulary, 4 plays for validation and 4 for test); one week
@@ -101,13 +99,7 @@ class FLSTMGLSTMConfig:
 
     def cell(self, model: str) -> tuple[str, dict[str, Any]]:
         """The cell and its options for a model name."""
-        cells: dict[str, tuple[str, dict[str, Any]]] = {
-            "LSTMP": ("lstmp", {}), "F-LSTM": ("flstm", {"rank": self.proj // 2}),
-            "G-2": ("glstm", {"groups": 2}), "G-4": ("glstm", {"groups": 4}), "G-8": ("glstm", {"groups": 8}),
-            "G4-G8": ("glstm", {"groups": (4, 8)})}
-        if model not in cells:
-            raise ValueError(f"unknown model {model!r}; expected one of {sorted(cells)}")
-        return cells[model]
+        return variant_cell(model, self.proj)
 
     def runs(self) -> list[tuple[str, int, int]]:
         """(model, workers, seed) of every run: all 1-worker runs, then the 2-worker runs."""

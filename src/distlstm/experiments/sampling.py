@@ -1,73 +1,56 @@
-"""Text from a language-model checkpoint: ``distlstm sample``.
+"""Text from a language-model run: ``distlstm sample --run FOLDER``.
 
-Two checkpoint layouts are read:
-
-* ``distlstm train`` (char-lm, word-lm): the model's state dict under ``model`` and
-  ``language_model = {"kind", "vocab", "config", "dtype"}``, the constructor arguments
-  of :class:`CharLM` or :class:`WordLM` and the vocabulary;
-* ``distlstm es`` and the reproductions' character models: a flat ``theta`` with
-  ``config = {"cell", "hidden"}`` and ``vocab`` (the characters).
+Every mode that trains a language model (``distlstm train --task char-lm|word-lm``,
+``distlstm es``, the reproductions' runs) stores, in the one checkpoint format, the
+model's state dict and the artifacts ``{"kind": "char-lm"|"word-lm", "vocab": ...}``;
+:func:`~distlstm.modes.load_run` rebuilds the model, and this module turns a prompt
+into ids, generates, and decodes.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from distlstm.data.text import CharVocab
 from distlstm.data.words import UNKNOWN, WordVocab
-from distlstm.models.functional import assign
 from distlstm.models.networks import CharLM, WordLM
-from distlstm.runs import load_checkpoint
+from distlstm.modes import LoadedRun, load_run
 
 UNKNOWN_POLICIES = ("error", "replace")
 
 
-def load_language_model(path: Path) -> tuple[CharLM | WordLM, CharVocab | WordVocab]:
-    """The model (in eval mode) and vocabulary stored in a checkpoint of either layout."""
-    ckpt = load_checkpoint(path)
-    spec: dict[str, Any] | None = ckpt.get("language_model")
-    if spec is not None:
-        if spec.get("kind") == "char-lm":
-            model: CharLM | WordLM = CharLM(**spec["config"])
-            vocab: CharVocab | WordVocab = CharVocab.from_text(spec["vocab"])
-        elif spec.get("kind") == "word-lm":
-            model, vocab = WordLM(**spec["config"]), WordVocab(tuple(spec["vocab"]))
-        else:
-            raise ValueError(f"{path}: unknown language-model kind {spec.get('kind')!r}")
-        model.to(getattr(torch, spec.get("dtype", "float32"))).load_state_dict(ckpt["model"])
-        return model.eval(), vocab
-    missing = [k for k in ("theta", "config", "vocab") if k not in ckpt]
-    if missing:
-        raise ValueError(f"{path} is not a language-model checkpoint (no 'language_model' entry, and missing "
-                         f"{missing} of the ES layout); sample from a checkpoint of distlstm train --task char-lm "
-                         "or word-lm, distlstm es or a reproduction")
-    chars = CharVocab.from_text(ckpt["vocab"])
-    char_model = CharLM(len(chars), int(ckpt["config"]["hidden"]), cell=str(ckpt["config"]["cell"]))
-    assign(char_model, ckpt["theta"].to(next(char_model.parameters()).dtype))
-    return char_model.eval(), chars
+def language_model(run: LoadedRun) -> tuple[CharLM | WordLM, CharVocab | WordVocab]:
+    """The model (in eval mode) and vocabulary of a language-model run."""
+    kind = run.artifacts.get("kind")
+    vocab = run.artifacts.get("vocab")
+    if kind not in ("char-lm", "word-lm") or vocab is None or not isinstance(run.model, CharLM | WordLM):
+        raise ValueError(f"{run.folder} is a {run.command!r} run ({run.mode} mode) that trained no language model; "
+                         "sample from a run of distlstm train --task char-lm or word-lm, or of distlstm es")
+    if kind == "char-lm":
+        return run.model.eval(), CharVocab.from_text("".join(vocab))
+    return run.model.eval(), WordVocab(tuple(vocab))
 
 
-def sample_text(path: Path, prompt: str, length: int, temperature: float = 0.8, seed: int = 0,
+def load_language_model(folder: str | Path) -> tuple[CharLM | WordLM, CharVocab | WordVocab]:
+    """The model and vocabulary of the language-model run in ``folder`` (or of one of its checkpoint files)."""
+    return language_model(load_run(folder))
+
+
+def sample_text(run: str | Path | LoadedRun, prompt: str, length: int, temperature: float = 0.8, seed: int = 0,
                 unknown: str = "error") -> str:
     """``prompt`` followed by ``length`` generated characters or words.
 
+    ``run`` is a run folder (or a checkpoint file in one) or a loaded run.
     ``temperature=0`` decodes greedily. Prompt symbols outside the vocabulary are an
     error with ``unknown="error"``; ``"replace"`` maps them to the unknown symbol.
     """
-    model, vocab = load_language_model(path)
-    return generate_text(model, vocab, prompt, length, temperature, seed, unknown)
-
-
-def generate_text(model: CharLM | WordLM, vocab: CharVocab | WordVocab, prompt: str, length: int,
-                  temperature: float = 0.8, seed: int = 0, unknown: str = "error") -> str:
-    """``prompt`` followed by ``length`` characters or words that ``model`` generates (see :func:`sample_text`)."""
     if unknown not in UNKNOWN_POLICIES:
         raise ValueError(f"unknown must be one of {UNKNOWN_POLICIES}, got {unknown!r}")
     if not prompt:
         raise ValueError("the prompt must hold at least one character")
+    model, vocab = language_model(run if isinstance(run, LoadedRun) else load_run(run))
     words = isinstance(vocab, WordVocab)
     what, stand_in = ("words", UNKNOWN) if words else ("characters", getattr(vocab, "unknown", ""))
     missing = vocab.unknown_symbols(prompt)

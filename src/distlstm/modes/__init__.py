@@ -18,7 +18,8 @@ from typing import Any
 
 from torch import nn
 
-from distlstm.runs.checkpoint import load_run_checkpoint
+from distlstm.runs.checkpoint import check_checkpoint, load_run_checkpoint
+from distlstm.runs.files import load_checkpoint
 
 MODES = ("online", "es", "ddp", "fullbatch")
 
@@ -44,9 +45,17 @@ class LoadedRun:
 
 
 def load_run(folder: str | Path) -> LoadedRun:
-    """The model of the run in ``folder`` (from its newest readable checkpoint), in eval mode."""
+    """The model of the run in ``folder`` (from its newest readable checkpoint), in eval mode.
+
+    ``folder`` may also name one checkpoint file of a run (``runs/x/checkpoint.prev.pt``).
+    """
     folder = Path(folder)
-    ckpt, _ = load_run_checkpoint(folder)
+    if folder.is_file():
+        ckpt = load_checkpoint(folder)
+        check_checkpoint(ckpt, folder)
+        folder = folder.parent
+    else:
+        ckpt, _ = load_run_checkpoint(folder)
     mode = ckpt.get("mode")
     if mode not in MODES:
         raise ValueError(f"{folder}: unknown mode {mode!r} in the checkpoint; expected one of {MODES}")

@@ -20,11 +20,14 @@ the previous one, with a warning naming the bad file, when the newest is unreada
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from distlstm.runs.files import load_checkpoint, save_checkpoint
 
@@ -37,13 +40,45 @@ PREVIOUS = "checkpoint.prev.pt"
 def save_run_checkpoint(folder: Path, payload: Mapping[str, Any]) -> Path:
     """Write ``payload`` (without format/version, added here) as the folder's newest checkpoint."""
     path = Path(folder) / CHECKPOINT
-    tmp = path.with_name(path.name + ".tmp")
-    save_checkpoint(tmp, {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload})
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    save_checkpoint(tmp, {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload,
+                          "checksum": state_digest(payload.get("state"))})
     if path.exists():
         os.replace(path, path.with_name(PREVIOUS))
     os.replace(tmp, path)
     _fsync_dir(path.parent)
     return path
+
+
+def state_digest(obj: Any) -> str:
+    """A BLAKE2b digest of a nested state (dicts, lists, tensors, numbers, strings) in its stored order.
+
+    Stored in every checkpoint and checked on load: flipped bits in a tensor that the
+    container format does not catch are an error, not a model with θ ≈ 1e37.
+    """
+    h = hashlib.blake2b(digest_size=16)
+
+    def visit(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(x, Mapping):
+            h.update(b"{")
+            for k, v in x.items():
+                h.update(repr(k).encode())
+                visit(v)
+            h.update(b"}")
+        elif isinstance(x, list | tuple):
+            h.update(b"[")
+            for v in x:
+                visit(v)
+            h.update(b"]")
+        else:
+            h.update(repr(x).encode())
+
+    visit(obj)
+    return h.hexdigest()
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -74,6 +109,8 @@ def check_checkpoint(ckpt: Mapping[str, Any], path: Path, mode: str | None = Non
     if version < CHECKPOINT_VERSION:
         raise ValueError(f"{path} has checkpoint version {version}, older than this distlstm reads "
                          f"({CHECKPOINT_VERSION}); start a new run")
+    if "checksum" in ckpt and ckpt["checksum"] != state_digest(ckpt.get("state")):
+        raise ValueError(f"{path} is damaged: its tensors do not match the checksum written with them")
     if mode is not None and ckpt.get("mode") != mode:
         raise ValueError(f"{path} is a checkpoint of a {ckpt.get('mode')!r} run, not of a {mode!r} run; "
                          f"use the command that wrote it")
@@ -94,12 +131,25 @@ def load_run_checkpoint(folder: Path, mode: str | None = None) -> tuple[dict[str
     try:
         ckpt = load_checkpoint(newest)
         path = newest
+        check_checkpoint(ckpt, path, mode)
     except (ValueError, FileNotFoundError) as err:
+        if newest.exists() and _readable_but_foreign(newest):
+            raise
         if not previous.exists():
             raise ValueError(f"{newest} cannot be read ({err}) and there is no {PREVIOUS} to fall back to") from err
         ckpt = load_checkpoint(previous)
         path = previous
-        warnings.warn(f"{newest} cannot be read ({str(err).split(':')[0]}); resuming from the previous checkpoint "
-                      f"{previous} (step {ckpt.get('step')})", stacklevel=2)
-    check_checkpoint(ckpt, path, mode)
+        check_checkpoint(ckpt, path, mode)
+        warnings.warn(f"{err}; going on from the previous checkpoint {previous} (step {ckpt.get('step')})",
+                      stacklevel=2)
     return ckpt, path
+
+
+def _readable_but_foreign(path: Path) -> bool:
+    """A checkpoint that loads but is of another format, version or mode: an error, not a reason to fall back."""
+    try:
+        ckpt = load_checkpoint(path)
+    except (ValueError, FileNotFoundError):
+        return False
+    return ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("version") != CHECKPOINT_VERSION or \
+        ckpt.get("checksum", "") == state_digest(ckpt.get("state"))

@@ -10,8 +10,11 @@ of other files); ``resume`` needs a run folder and accepts only the changes list
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
-from collections.abc import Mapping
+import socket
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from distlstm.runs.config import SAFE_TO_CHANGE, config_differences, read_config
 from distlstm.runs.files import write_json
 
 CONFIG = "config.json"
+LOCK = ".lock"
 
 
 def is_run_folder(folder: Path) -> bool:
@@ -45,12 +49,12 @@ def _overwrite_hint() -> str:
     return "--overwrite" if on_cli() else "overwrite=True"
 
 
-def prepare_new(folder: Path, config: Mapping[str, Any], *, overwrite: bool = False) -> None:
-    """Create ``folder`` for a new run and write its ``config.json``."""
+def check_new(folder: Path, *, overwrite: bool = False) -> None:
+    """Raise unless a new run may start in ``folder`` (absent, empty, or a run to overwrite)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder} exists and is not a folder")
-    if folder.is_dir() and any(folder.iterdir()):
+    if folder.is_dir() and any(p.name != LOCK for p in folder.iterdir()):
         if not overwrite:
             what = "a run" if is_run_folder(folder) else "files"
             raise ValueError(f"{folder} already holds {what}; continue it with {_resume_hint()}, start over with "
@@ -58,9 +62,63 @@ def prepare_new(folder: Path, config: Mapping[str, Any], *, overwrite: bool = Fa
         if not is_run_folder(folder):
             raise ValueError(f"{folder} holds files but is not a distlstm run folder (no {CONFIG} or {CHECKPOINT}); "
                              f"refusing to overwrite it")
-        shutil.rmtree(folder)
+
+
+def prepare_new(folder: Path, config: Mapping[str, Any], *, overwrite: bool = False) -> None:
+    """Make ``folder`` the home of a new run (emptied if ``overwrite``) and write its ``config.json``.
+
+    Call it holding the folder's lock (:func:`run_lock`): the lock file is kept.
+    """
+    folder = Path(folder)
+    check_new(folder, overwrite=overwrite)
     folder.mkdir(parents=True, exist_ok=True)
+    for path in folder.iterdir():
+        if path.name != LOCK:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     write_json(folder / CONFIG, dict(config))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder/.lock`` (this process's PID and host) for the block: two runs never share a folder.
+
+    A lock left by a process of this host that no longer exists is stale and taken over;
+    a live one, or one from another host, is an error naming the holder.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK
+    mine = f"{os.getpid()} {socket.gethostname()}\n"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = lock.read_text(encoding="utf-8", errors="replace").split()
+            pid = int(holder[0]) if holder and holder[0].isdigit() else -1
+            host = holder[1] if len(holder) > 1 else "?"
+            if host == socket.gethostname() and pid > 0 and not _alive(pid):
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            raise ValueError(f"{folder} is in use by another run (process {pid} on {host}; lock file {lock}). Wait "
+                             "for it to end, choose another folder, or delete the lock file if that run is gone") \
+                from None
+        with os.fdopen(fd, "w") as f:
+            f.write(mine)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def check_resume(folder: Path, config: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:

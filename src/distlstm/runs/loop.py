@@ -3,6 +3,7 @@
 ::
 
     state ← checkpoint (resume) or mode.init(comm, seed)
+    evaluate the untrained model (step 0), unless resuming
     while step < steps and time < seconds and metric > stop_at and not interrupted:
         metrics ← mode.step(step)                     timed: the budget counts steps only
         step ← step + 1
@@ -12,19 +13,20 @@
 
 Every worker runs the loop and takes the same decisions: the clock that ends a
 ``seconds`` budget and the interrupt flag are reduced over workers (the maximum) after
-every step, and evaluations are the same everywhere. Only rank 0 writes files and shows
-progress. SIGINT/SIGTERM set a flag; the loop finishes the step, writes a checkpoint
-and raises :class:`RunInterrupted` with the command that resumes it.
+every step, and evaluations are the same everywhere. Only rank 0 writes files (holding
+the folder's lock) and shows progress; metrics.csv grows row by row, so memory stays
+flat. SIGINT/SIGTERM set a flag; the loop finishes the step, writes a checkpoint and
+raises :class:`RunInterrupted` with the command that resumes it. A peer that dies ends
+the run on every survivor with one :class:`PeerLost` message.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,8 +37,8 @@ from tqdm import tqdm
 from distlstm.runs.checkpoint import load_run_checkpoint, save_run_checkpoint
 from distlstm.runs.config import LoopConfig
 from distlstm.runs.files import write_json
-from distlstm.runs.folder import check_resume, prepare_new, record_resume
-from distlstm.runs.metrics import TensorBoardLog, plot_metrics, write_metrics_csv
+from distlstm.runs.folder import check_new, check_resume, prepare_new, record_resume, run_lock
+from distlstm.runs.metrics import METRICS, MetricsStream, TensorBoardLog, plot_metrics, read_metrics
 from distlstm.runs.mode import Mode
 from distlstm.runtime.comm import Communicator, LocalComm
 
@@ -45,10 +47,20 @@ class RunInterrupted(Exception):
     """The run stopped on SIGINT/SIGTERM after writing a checkpoint; ``str()`` says how to resume."""
 
 
+class PeerLost(RuntimeError):
+    """Another worker died or stopped answering; ``str()`` names this rank, the step and how to resume."""
+
+
 @dataclass
 class RunResult:
+    """What a run returns: its summary, and its metrics rows (read back from metrics.csv on demand)."""
+
     summary: dict[str, Any]
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    metrics: MetricsStream = field(repr=False)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return self.metrics.rows()
 
 
 @contextlib.contextmanager
@@ -73,6 +85,21 @@ def _stop_signals(flag: list[bool]) -> Iterator[None]:
             signal.signal(s, h)
 
 
+@contextlib.contextmanager
+def _peers_watched(comm: Communicator, step: Callable[[], int], command: str | None,
+                   out: Path | None) -> Iterator[None]:
+    """Turn torch.distributed's report of a dead or silent peer into one :class:`PeerLost` message."""
+    try:
+        yield
+    except Exception as err:
+        if not comm.is_peer_failure(err):
+            raise
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise PeerLost(f"rank {comm.rank}: another worker stopped answering during step {step() + 1} ({first}). "
+                       f"The last checkpoint is kept; once every worker can run again, continue with "
+                       f"{_resume_command(command, out)} under the same torchrun settings") from None
+
+
 def _resume_command(command: str | None, folder: Path | None) -> str:
     return f"distlstm {command or '<command>'} --resume {folder}" if folder is not None else "resume from a folder"
 
@@ -84,108 +111,124 @@ def run(mode: Mode, loop: LoopConfig, *, comm: Communicator | None = None, folde
     ``folder`` (None: nothing written, for tests and in-process studies) is created
     for a new run (an error if it holds files, unless ``overwrite``) or continued with
     ``resume``; ``config`` is the config document stored as ``config.json`` and in
-    the checkpoints (:func:`~distlstm.runs.config.config_document`).
+    the checkpoints (:func:`~distlstm.runs.config.config_document`). Rank 0 holds the
+    folder's lock for the whole run.
     """
     comm = comm or LocalComm()
     out = Path(folder) if folder is not None else None
-    config = dict(config or {})
+    if out is not None and comm.is_main:
+        if not resume:
+            check_new(out, overwrite=overwrite)  # before the lock creates the folder: a file there is an error
+        with run_lock(out):
+            return _run(mode, loop, comm, out, dict(config or {}), resume, overwrite)
+    return _run(mode, loop, comm, out, dict(config or {}), resume, overwrite)
+
+
+def _run(mode: Mode, loop: LoopConfig, comm: Communicator, out: Path | None, config: dict[str, Any], resume: bool,
+         overwrite: bool) -> RunResult:
     command = config.get("command")
+    main = comm.is_main
+    write = main and out is not None
     ckpt: dict[str, Any] | None = None
     if out is not None and resume:
-        if comm.is_main:
+        if main:
             check_resume(out, config)
         ckpt, _ = load_run_checkpoint(out, mode.name)
-    elif out is not None and comm.is_main:
+    elif write:
+        assert out is not None
         prepare_new(out, config, overwrite=overwrite)
     comm.barrier()
     mode.init(comm, loop.seed)
-    step, seconds, rows = 0, 0.0, []
+    step, seconds, last = 0, 0.0, None
     if ckpt is not None:
         mode.load_state_dict(ckpt["state"])
-        step, seconds, rows = int(ckpt["step"]), float(ckpt["seconds"]), [dict(r) for r in ckpt["rows"]]
-        if out is not None and comm.is_main:
+        step, seconds, last = int(ckpt["step"]), float(ckpt["seconds"]), ckpt["last_metric"]
+        if write:
+            assert out is not None
             record_resume(out, config)
-    main = comm.is_main
-    write = main and out is not None
+    metrics = MetricsStream(out / METRICS if write and out is not None else None,
+                            resume_bytes=ckpt["metrics_bytes"] if ckpt is not None and write else None)
     tensorboard = TensorBoardLog(out, purge_step=step + 1) if loop.tensorboard and write and out else None
-    last = _last_evaluation(rows, mode.metric)
-    cap = loop.steps if mode.max_steps is None else min(loop.steps, mode.max_steps)
-    reached = loop.stop_at is not None and last is not None and last <= loop.stop_at
-    stopped = "steps"
+    evaluated: set[str] = set()
+
+    def record(row: dict[str, Any]) -> None:
+        metrics.append(row)
+        if tensorboard is not None:
+            tensorboard.add(row)
+
+    def evaluate() -> dict[str, Any]:
+        nonlocal last
+        values = dict(mode.evaluate())
+        evaluated.update(values)
+        last = float(values[mode.metric])
+        return values
 
     def checkpoint() -> None:
         state = mode.state_dict()  # on every worker: a mode may gather its state to rank 0
         if write and out is not None:
             save_run_checkpoint(out, {"mode": mode.name, "config": config, "step": step, "seconds": seconds,
-                                      "rows": rows, "world_size": comm.world_size, "state": state})
-            write_metrics_csv(out / "metrics.csv", rows)
+                                      "last_metric": last, "metrics_bytes": metrics.flush(),
+                                      "world_size": comm.world_size, "state": state})
 
+    if ckpt is None:  # the untrained model's evaluation: the curves start where training starts
+        record({"step": 0, "seconds": 0.0, **evaluate()})
+    cap = loop.steps if mode.max_steps is None else min(loop.steps, mode.max_steps)
+    reached = loop.stop_at is not None and last is not None and last <= loop.stop_at
+    stopped = "stop_at" if reached else "steps"
     interrupted = [False]
     bar = tqdm(total=cap, initial=min(step, cap), desc=f"{command or mode.name} ({mode.name})", unit="step",
                disable=not (loop.progress and main), dynamic_ncols=True)
-    with _stop_signals(interrupted):
-        while step < cap and not reached:
-            if loop.seconds is not None and seconds >= loop.seconds:
-                stopped = "seconds"
-                break
-            started = time.perf_counter()
-            metrics = dict(mode.step(step))
-            step += 1
-            seconds += time.perf_counter() - started
-            if comm.world_size > 1:  # one clock and one interrupt flag for all: rank 0 alone could not stop them
-                agreed = comm.all_reduce_(torch.tensor([seconds, float(interrupted[0])], dtype=torch.float64), "max")
-                seconds, interrupted[0] = float(agreed[0]), bool(agreed[1])
-            row: dict[str, Any] = {"step": step, "seconds": round(seconds, 4), **metrics}
-            out_of_time = loop.seconds is not None and seconds >= loop.seconds
-            if step % loop.eval_every == 0 or step == cap or out_of_time or interrupted[0]:
-                row.update(mode.evaluate())
-                last = float(row[mode.metric])
-                reached = loop.stop_at is not None and last <= loop.stop_at
-                bar.set_postfix({mode.metric: f"{last:.4g}"})
-            rows.append(row)
-            if tensorboard is not None:
-                tensorboard.add(row)
-            bar.update()
-            if interrupted[0]:
-                checkpoint()
-                bar.close()
-                if tensorboard is not None:
-                    tensorboard.close()
-                where = f"checkpoint written to {out}" if out is not None else "nothing written (no run folder)"
-                raise RunInterrupted(f"interrupted at step {step}: {where}; continue with "
-                                     f"{_resume_command(command, out)}")
-            if step % loop.checkpoint_every == 0 and step < cap and not reached:
-                checkpoint()
-        else:
-            stopped = "stop_at" if reached else ("max_steps" if cap < loop.steps else "steps")
-    bar.close()
-    if rows and mode.metric not in rows[-1]:  # stopped between evaluations (time budget): evaluate the end
-        rows[-1].update(mode.evaluate())
-        last = float(rows[-1][mode.metric])
-    elif not rows:
-        rows.append({"step": step, "seconds": round(seconds, 4), **mode.evaluate()})
-        last = float(rows[-1][mode.metric])
-    checkpoint()
+    try:
+        with _stop_signals(interrupted), _peers_watched(comm, lambda: step, command, out):
+            while step < cap and not reached:
+                if loop.seconds is not None and seconds >= loop.seconds:
+                    stopped = "seconds"
+                    break
+                started = time.perf_counter()
+                values = dict(mode.step(step))
+                step += 1
+                seconds += time.perf_counter() - started
+                if comm.world_size > 1:  # one clock and one interrupt flag for all: rank 0 alone cannot stop them
+                    agreed = comm.all_reduce_(torch.tensor([seconds, float(interrupted[0])], dtype=torch.float64),
+                                              "max")
+                    seconds, interrupted[0] = float(agreed[0]), bool(agreed[1])
+                row: dict[str, Any] = {"step": step, "seconds": round(seconds, 4), **values}
+                out_of_time = loop.seconds is not None and seconds >= loop.seconds
+                at_end = step == cap or (mode.max_steps is not None and step >= mode.max_steps)
+                if step % loop.eval_every == 0 or at_end or out_of_time or interrupted[0]:
+                    row.update(evaluate())
+                    reached = loop.stop_at is not None and last is not None and last <= loop.stop_at
+                    bar.set_postfix({mode.metric: f"{last:.4g}"})
+                record(row)
+                bar.update()
+                if interrupted[0]:
+                    checkpoint()
+                    where = f"checkpoint written to {out}" if out is not None else "nothing written (no run folder)"
+                    raise RunInterrupted(f"interrupted at step {step}: {where}; continue with "
+                                         f"{_resume_command(command, out)}")
+                if mode.max_steps is not None:
+                    cap = min(cap, mode.max_steps)  # a mode may end early (e.g. a line search found no decrease)
+                if step % loop.checkpoint_every == 0 and step < cap and not reached:
+                    checkpoint()
+            else:
+                stopped = "stop_at" if reached else ("max_steps" if cap < loop.steps else "steps")
+        checkpoint()
+    finally:
+        bar.close()
+        metrics.close()
+        if tensorboard is not None:
+            tensorboard.close()
     summary = {"command": command, "mode": mode.name, "metric": mode.metric, mode.metric: last,
                "stopped_by": stopped, "reached_stop_at": loop.stop_at is not None and last is not None
                and last <= loop.stop_at, "steps": step, "seconds": round(seconds, 3), "workers": comm.world_size,
                **mode.summary()}
     if write and out is not None:
         write_json(out / "summary.json", summary)
-        plot_metrics(out / "metrics.png", rows, mode.plot_columns, f"{command or mode.name}: {mode.name}, "
-                     f"{comm.world_size} worker(s)")
-        mode.write_outputs(out, rows)
-    if tensorboard is not None:
-        tensorboard.close()
-    return RunResult(summary, rows)
-
-
-def _last_evaluation(rows: list[dict[str, Any]], metric: str) -> float | None:
-    for row in reversed(rows):
-        value = row.get(metric)
-        if isinstance(value, int | float) and not (isinstance(value, float) and math.isnan(value)):
-            return float(value)
-    return None
+        plot_metrics(out / "metrics.png", read_metrics(out / METRICS), mode.plot_columns,
+                     f"{command or mode.name}: {mode.name}, {comm.world_size} worker(s)", total=step + 1,
+                     every_point=sorted(evaluated))
+        mode.write_outputs(out, metrics.rows())
+    return RunResult(summary, metrics)
 
 
 def print_interrupted(err: RunInterrupted) -> int:

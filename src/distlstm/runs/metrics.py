@@ -1,9 +1,11 @@
 """The metrics stream of a run: one row per step, evaluations merged in, to CSV, PNG and TensorBoard.
 
-Rows are kept in memory and stored in every checkpoint, so ``metrics.csv`` is
-rewritten (atomically) from them and a resumed run continues the same table. Columns
-are the union of every row's keys in order of first appearance; a step without an
-evaluation leaves the evaluation columns empty.
+A run with a folder appends every row to ``metrics.csv`` as it goes, so memory stays
+flat however long the run; at each checkpoint the file is flushed to disk and its
+size stored in the checkpoint, and a resumed run cuts the file back to that size
+(the rows of the lost steps go, the rest stays). A run without a folder keeps its
+rows in a list. The columns are fixed by the first two rows (the evaluation before
+training and the first step); a later row cannot add columns.
 """
 
 from __future__ import annotations
@@ -11,19 +13,14 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from distlstm.runs.files import plot_curves
 
-
-def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    seen: dict[str, None] = {}
-    for row in rows:
-        for k in row:
-            seen.setdefault(k, None)
-    return list(seen)
+METRICS = "metrics.csv"
 
 
 def _cell(value: Any) -> Any:
@@ -32,24 +29,124 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def write_metrics_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """``rows`` as CSV through a temporary file and an atomic rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=_columns(rows), restval="")
-        writer.writeheader()
-        writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
-    os.replace(tmp, path)
+def _number(text: str) -> float | int | str:
+    if text == "":
+        return math.nan
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
 
 
-def plot_metrics(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str], title: str) -> None:
-    """The chosen columns against the step (each curve only where the column has values)."""
-    curves = {}
-    for name in columns:
-        points = [(r["step"], r[name]) for r in rows if isinstance(r.get(name), int | float)
-                  and math.isfinite(r[name])]
-        if points:
-            curves[name] = ([p[0] for p in points], [p[1] for p in points])
+class MetricsStream:
+    """Rows of one run: appended to ``path`` (CSV) or kept in memory when ``path`` is None."""
+
+    def __init__(self, path: Path | None, *, resume_bytes: int | None = None) -> None:
+        self.path = path
+        self.memory: list[dict[str, Any]] = []
+        self.columns: list[str] | None = None
+        self._pending: list[dict[str, Any]] = []
+        self._file: IO[str] | None = None
+        self._writer: csv.DictWriter[str] | None = None
+        self._warned = False
+        if path is not None and resume_bytes is not None:
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing: the run's metrics cannot continue without it")
+            with path.open("r+b") as f:
+                f.truncate(resume_bytes)
+            with path.open(newline="", encoding="utf-8") as f:
+                self.columns = next(csv.reader(f), None)
+            if not self.columns:
+                raise ValueError(f"{path} has no header row; it is not this run's metrics file")
+            self._open("a")
+
+    def _open(self, how: str) -> None:
+        assert self.path is not None and self.columns is not None
+        self._file = file = self.path.open(how, newline="", encoding="utf-8")
+        self._writer = csv.DictWriter(file, fieldnames=self.columns, restval="", extrasaction="ignore")
+        if how == "w":
+            self._writer.writeheader()
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        if self.path is None:
+            self.memory.append(dict(row))
+            return
+        if self.columns is None:
+            self._pending.append(dict(row))
+            if len(self._pending) < 2:
+                return
+            self._start()
+            return
+        self._write(row)
+
+    def _start(self) -> None:
+        seen: dict[str, None] = {}
+        for row in self._pending:
+            seen.update(dict.fromkeys(row))
+        self.columns = list(seen)
+        self._open("w")
+        pending, self._pending = self._pending, []
+        for row in pending:
+            self._write(row)
+
+    def _write(self, row: Mapping[str, Any]) -> None:
+        assert self._writer is not None and self.columns is not None
+        extra = [k for k in row if k not in self.columns]
+        if extra and not self._warned:
+            warnings.warn(f"metrics {extra} appeared after the columns of {self.path} were fixed; not written",
+                          stacklevel=3)
+            self._warned = True
+        self._writer.writerow({k: _cell(v) for k, v in row.items()})
+
+    def flush(self) -> int:
+        """Write everything to disk (fsync); returns the file's size, which a checkpoint stores."""
+        if self.path is None:
+            return 0
+        if self.columns is None and self._pending:
+            self._start()
+        if self._file is None:
+            return 0
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        return self._file.tell()
+
+    def close(self) -> None:
+        self.flush()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every row so far (read back from the CSV for a run with a folder)."""
+        return list(self.memory) if self.path is None else list(read_metrics(self.path))
+
+
+def read_metrics(path: Path) -> Iterator[dict[str, Any]]:
+    """The rows of a ``metrics.csv``, numbers parsed (empty cells: NaN), one at a time."""
+    with Path(path).open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            yield {k: _number(v) for k, v in row.items()}
+
+
+def plot_metrics(path: Path, rows: Sequence[Mapping[str, Any]] | Iterator[dict[str, Any]], columns: Sequence[str],
+                 title: str, *, total: int = 0, every_point: Sequence[str] = (), max_points: int = 2000) -> None:
+    """The chosen columns against the step, each curve only where it has values.
+
+    Dense curves are thinned to about ``max_points`` of ``total`` rows; the columns in
+    ``every_point`` (evaluations, a few rows only) keep all their points.
+    """
+    stride = max(1, math.ceil(total / max_points))
+    curves: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in columns}
+    for i, r in enumerate(rows):
+        for name in columns:
+            value = r.get(name)
+            if (i % stride == 0 or name in every_point) and isinstance(value, int | float) and math.isfinite(value):
+                curves[name][0].append(float(r["step"]))
+                curves[name][1].append(float(value))
+    curves = {k: v for k, v in curves.items() if v[0]}
     if curves:
         positive = all(y > 0 for _, ys in curves.values() for y in ys)
         spread = [max(ys) / min(ys) for _, ys in curves.values() if positive and min(ys) > 0]

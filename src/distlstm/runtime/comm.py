@@ -74,6 +74,10 @@ class Communicator:
     def barrier(self) -> None:
         """Wait until every worker gets here."""
 
+    def is_peer_failure(self, err: BaseException) -> bool:
+        """Whether ``err`` means another worker died or stopped answering (never, alone)."""
+        return False
+
 
 LocalComm = Communicator
 
@@ -110,19 +114,25 @@ class TorchDistComm(Communicator):
     def barrier(self) -> None:
         _dist.dist.barrier()
 
+    def is_peer_failure(self, err: BaseException) -> bool:
+        return _dist.is_peer_failure(err)
+
 
 @contextlib.contextmanager
-def open_comm(env: _dist.DistEnv | None = None) -> Iterator[Communicator]:
+def open_comm(env: _dist.DistEnv | None = None, timeout_s: float = 120.0) -> Iterator[Communicator]:
     """The communicator of this process: local when alone, else join (and finally leave) the process group.
 
-    ``env`` defaults to the launcher's environment (``torchrun`` sets RANK and WORLD_SIZE).
+    ``env`` defaults to the launcher's environment (``torchrun`` sets RANK and WORLD_SIZE);
+    a collective that waits longer than ``timeout_s`` for a peer fails instead of hanging.
     """
     env = env or _dist.worker_env()
     if env.world_size == 1:
         yield LocalComm()
         return
-    _dist.init_distributed()
+    _dist.init_distributed(timeout_s)
+    clean = False
     try:
         yield TorchDistComm(env)
+        clean = True
     finally:
-        _dist.shutdown_distributed()
+        _dist.shutdown_distributed(clean)

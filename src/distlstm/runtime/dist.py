@@ -2,10 +2,13 @@
 
 ``torchrun`` (or any launcher) sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; this
 module reads them once. The backend is NCCL when this process has a GPU and gloo
-otherwise. The rendezvous address defaults to 127.0.0.1 — a run binds to loopback
-unless the user sets ``MASTER_ADDR`` (or torchrun's ``--master-addr``) to another
-host. A peer that does not answer within ``timeout_s`` ends the run with an error
-instead of hanging.
+otherwise. ``MASTER_ADDR`` defaults to 127.0.0.1, so the workers' gloo connections
+listen on loopback unless the user names another host. torchrun's own rendezvous
+store is not ours to bind: measured with ``ss -ltnp`` under torch 2.13, it listens on
+all interfaces (``*:PORT``) even with ``--standalone`` or ``--rdzv-endpoint
+127.0.0.1:PORT``, so on a machine reachable from an untrusted network firewall that
+port (docs/DESIGN.md, "Distribution"). A peer that does not answer within
+``timeout_s`` ends the run with an error instead of hanging.
 
 NCCL moves only CUDA tensors, gloo moves CPU tensors: every collective here goes
 through :func:`collective_device`, so callers hand in tensors wherever they live
@@ -15,13 +18,18 @@ through :func:`collective_device`, so callers hand in tensors wherever they live
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import signal
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,13 @@ class DistEnv:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+def available_backends() -> dict[str, bool]:
+    """Which ``torch.distributed`` backends this build offers (gloo, nccl, mpi)."""
+    if not dist.is_available():
+        return {}
+    return {"gloo": dist.is_gloo_available(), "nccl": dist.is_nccl_available(), "mpi": dist.is_mpi_available()}
 
 
 def launched_env() -> DistEnv | None:
@@ -55,6 +70,21 @@ def worker_env() -> DistEnv:
     return launched_env() or DistEnv(0, 1, 0)
 
 
+def die_with_parent() -> None:
+    """Ask Linux to send this worker SIGTERM when its launcher dies (no orphans training on after kill -9).
+
+    SIGTERM reaches the run loop's handler, which checkpoints and stops. A no-op where
+    ``prctl`` is not available.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        return
+
+
 def init_distributed(timeout_s: float = 120.0) -> DistEnv:
     """Join the process group described by the environment (idempotent)."""
     env = launched_env()
@@ -62,6 +92,7 @@ def init_distributed(timeout_s: float = 120.0) -> DistEnv:
         raise RuntimeError("not launched by torchrun: RANK and WORLD_SIZE are not set "
                            "(run under `torchrun --nproc-per-node N ...`)")
     if not dist.is_initialized():
+        die_with_parent()
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         use_nccl = torch.cuda.is_available() and dist.is_nccl_available()
         if use_nccl:
@@ -123,11 +154,25 @@ def check_same_across_ranks(theta: torch.Tensor, when: str) -> None:
                            "run every worker with the same version and threads")
 
 
-def shutdown_distributed() -> None:
-    """Leave the process group once every rank is done (no rank tears it down under a peer)."""
+def shutdown_distributed(clean: bool = True) -> None:
+    """Leave the process group once every rank is done (no rank tears it down under a peer).
+
+    ``clean=False`` (after a failure) leaves without the final barrier: a dead peer would
+    only add a second error to the first.
+    """
     if dist.is_initialized():
-        dist.barrier()
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+def is_peer_failure(err: BaseException) -> bool:
+    """Whether ``err`` is torch.distributed reporting a peer that died, hung or closed its connection."""
+    if isinstance(err, dist.DistError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and any(s in text for s in (
+        "connection closed by peer", "connection reset by peer", "timed out", "gloo", "nccl", "broken pipe"))
 
 
 @contextlib.contextmanager
