@@ -148,6 +148,8 @@ def test_bad_input(tmp_path, capsys):
         ESRunConfig(sigma=float("nan"))
     with pytest.raises(ValueError, match="window must be positive, got 0"):
         ESRunConfig(window=0)
+    with pytest.raises(TypeError, match=r"lr must be a number, got '0\.1'"):
+        ESRunConfig(lr="0.1")  # type: ignore[arg-type]
     assert main(["es", "--text", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "x"), "--no-progress"]) == 2
     assert "no text file at" in capsys.readouterr().err
     assert main(["es", "--population", "1", "--out", str(tmp_path / "y")]) == 2

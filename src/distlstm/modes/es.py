@@ -74,6 +74,10 @@ class ESRunConfig:
             raise ValueError(f"unknown strategy {self.strategy!r}; expected one of {sorted(STRATEGIES)}")
         for name in ("hidden", "windows", "window", "eval_chars"):
             check_positive_int(getattr(self, name), name)
+        for name in ("sigma", "lr", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float | None):
+                raise TypeError(f"{name} must be a number, got {value!r}")
         self.strategy_config(seed=0)  # population, sigma, lr and weight decay checked by the strategy
 
     def strategy_config(self, seed: int) -> ESConfig:
