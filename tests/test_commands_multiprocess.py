@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from distlstm.es.train import load_es_checkpoint
 from distlstm.runs import load_checkpoint
+from distlstm.runs.checkpoint import load_run_checkpoint
 from tests.launch import launch
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
@@ -52,10 +52,10 @@ def test_train_char_lm_command_two_workers_equal_one(tmp_path):
 
 
 def test_es_plain_rule_with_the_lstm_two_workers_equal_one(tmp_path):
-    args = ["es", "--cell", "lstm", "--strategy", "plain", "--generations", "3", "--hidden", "8", "--population", "8",
+    args = ["es", "--cell", "lstm", "--strategy", "plain", "--steps", "3", "--hidden", "8", "--population", "8",
             "--windows", "2", "--window", "8", "--eval-every", "3", "--eval-chars", "300", "--no-progress"]
     launch(args, tmp_path / "one", 1)
     launch(args, tmp_path / "two", 2)
-    a, b = (load_es_checkpoint(tmp_path / d / "checkpoint.pt") for d in ("one", "two"))
+    a, b = (load_run_checkpoint(tmp_path / d)[0]["state"]["algorithm"] for d in ("one", "two"))
     assert a["generation"] == b["generation"] == 3
     assert torch.equal(a["theta"], b["theta"])

@@ -21,6 +21,7 @@ from distlstm._argtypes import positive_int
 from distlstm._flags import cli_spelling
 from distlstm.cli_runs import RunCommand, add_run_command
 from distlstm.experiments.charlm_demo import DemoConfig
+from distlstm.modes import es as es_mode
 from distlstm.runs.loop import RunResult
 
 
@@ -156,25 +157,24 @@ def _g(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.5g}"
 
 
-def cmd_es(args: argparse.Namespace) -> int:
-    """Train a character model with evolution strategies, alone or under torchrun."""
-    from distlstm.es.train import ESRunConfig, train_es
-    from distlstm.runtime.dist import process_group, worker_env
+def _es_report(result: RunResult, folder: Path) -> str:
+    s = result.summary
+    return (f"{s['method']} {s['model']}: validation {s['val_nats_per_char']:.3f} nats/char after "
+            f"{s['generations']} generations ({s['evaluations']:,} evaluations, {s['seconds']:.0f} s, "
+            f"{s['workers']} worker(s))")
 
-    cfg = ESRunConfig(text=args.text, cell=args.cell, hidden=args.hidden, strategy=args.strategy,
-                      population=args.population, sigma=args.sigma, lr=args.lr, weight_decay=args.weight_decay,
-                      windows=args.windows, window=args.window, generations=args.generations, seconds=args.seconds,
-                      eval_every=args.eval_every, eval_chars=args.eval_chars,
-                      checkpoint_every=args.checkpoint_every, seed=args.seed)
-    env = worker_env()
-    with process_group(env):
-        summary = train_es(cfg, Path(args.out), resume=args.resume, show_progress=not args.no_progress,
-                           rank=env.rank, world_size=env.world_size)
-    if env.is_main:
-        print(f"{summary['method']} {summary['model']}: validation {summary['val_nats_per_char']:.3f} nats/char "
-              f"after {summary['generations']} generations ({summary['evaluations']:,} evaluations, "
-              f"{summary['seconds']:.0f} s, {env.world_size} worker(s)); checkpoint {Path(args.out) / 'checkpoint.pt'}")
-    return 0
+
+ES_COMMAND = RunCommand(
+    name="es", help="train a character model with evolution strategies (alone or under torchrun)",
+    description="Evolution strategies on a character RNN/LSTM: every generation (one --steps step), each worker "
+                "evaluates its share of the population on text windows that every member shares, only scalar "
+                "fitnesses are exchanged (all_gather), and every worker applies the same update. Writes a run "
+                "folder (config.json, metrics.csv, metrics.png, summary.json, checkpoint.pt); --resume FOLDER "
+                "continues a run, distlstm sample --run FOLDER generates text from it.\n\n"
+                "example: distlstm es --cell lstm --population 128 --seconds 300 --out runs/es-lstm",
+    sections={"es": es_mode.ESRunConfig}, make_mode=lambda s: es_mode.ESMode(s["es"]), mode_name=lambda s: "es",
+    default_out="runs/es", loop_defaults=es_mode.LOOP_DEFAULTS,
+    titles={"es": "evolution strategies (text, model, strategy)"}, report=_es_report)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -316,36 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_reproduce)
 
-    from distlstm.es.train import ESRunConfig
-
-    d = ESRunConfig()
-    p = sub.add_parser("es", help="train a character model with evolution strategies (alone or under torchrun)",
-                       description="Evolution strategies on a character RNN/LSTM: every generation, each worker "
-                                   "evaluates its share of the population on shared text windows and only scalar "
-                                   "fitnesses are exchanged (all_gather); every worker applies the same update. "
-                                   "Writes metrics.csv and checkpoint.pt into --out; --resume continues a run.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--text", default=d.text, help="UTF-8 training text (default: the shipped tragedies)")
-    p.add_argument("--cell", choices=["rnn", "lstm"], default=d.cell, help="recurrent cell (one-hot input)")
-    p.add_argument("--hidden", type=positive_int, default=d.hidden, help="hidden units")
-    p.add_argument("--strategy", choices=["openai-es", "plain"], default=d.strategy,
-                   help="openai-es: mirrored, centred ranks, Adam, weight decay; plain: the source's rule")
-    p.add_argument("--population", type=positive_int, default=d.population, help="members per generation")
-    p.add_argument("--sigma", type=float, default=d.sigma, help="perturbation standard deviation σ")
-    p.add_argument("--lr", type=float, default=d.lr, help="step size α")
-    p.add_argument("--weight-decay", type=float, default=None, help="L2 weight decay λ (default per strategy)")
-    p.add_argument("--windows", type=positive_int, default=d.windows, help="text windows per generation")
-    p.add_argument("--window", type=positive_int, default=d.window, help="characters per window")
-    p.add_argument("--generations", type=positive_int, default=d.generations, help="generations to run")
-    p.add_argument("--seconds", type=float, default=None, help="stop after this much wall time")
-    p.add_argument("--eval-every", type=positive_int, default=d.eval_every, help="validate every N generations")
-    p.add_argument("--eval-chars", type=positive_int, default=d.eval_chars, help="validation characters")
-    p.add_argument("--checkpoint-every", type=positive_int, default=d.checkpoint_every, help="checkpoint period")
-    p.add_argument("--seed", type=int, default=d.seed, help="run seed (noise, windows, initial θ)")
-    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
-    p.add_argument("--out", default="runs/es", help="run folder")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_es)
+    add_run_command(sub, ES_COMMAND)
 
     from distlstm.cli_train import TRAIN
 

@@ -14,7 +14,7 @@ from torch.func import functional_call
 from distlstm.es import ESConfig, ask, es_gradient, init, population_noise, tell
 from distlstm.es.fitness import char_fitness
 from distlstm.es.shaping import shape
-from distlstm.es.train import build_model
+from distlstm.es.text import build_model
 
 D = torch.float64
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
+import torch
 
 from distlstm.cli import main
 from distlstm.data.text import CharVocab, load_text, split_ids
-from distlstm.es.fitness import char_loss
-from distlstm.es.train import build_model
+from distlstm.es.fitness import char_fitness, char_loss
+from distlstm.es.strategy import STRATEGIES, ask, init, tell
+from distlstm.es.text import build_model, generation_windows
 from distlstm.experiments.charlm_demo import entropies
 from distlstm.experiments.es_shakespeare import ESShakespeareConfig, run
 from distlstm.models.functional import flatten
@@ -19,38 +22,53 @@ from distlstm.runs import load_checkpoint
 KEYS = {"model", "method", "val_nats_per_char", "seconds", "evaluations"}
 
 
+def ask_tell_theta(cfg: ESShakespeareConfig, cell: str, strategy: str, train: torch.Tensor, vocab_size: int,
+                   generations: int) -> torch.Tensor:
+    """θ after ``generations`` of a bare ask/tell loop: the ES runs of the reproduction before the run loop."""
+    fm = build_model(vocab_size, cell, cfg.hidden, cfg.seed)
+    lr = cfg.plain_lr if strategy == "plain" else cfg.lr
+    es = replace(STRATEGIES[strategy], population=cfg.population, sigma=cfg.sigma, lr=lr, seed=cfg.seed)
+    state = init(fm.flatten())
+    for g in range(generations):
+        x, y = generation_windows(train, cfg.seed, g, windows=8, window=32)
+        state, _ = tell(es, state, char_fitness(fm, ask(es, state), x, y))
+    return state.theta
+
+
 def test_tiny_reproduction_and_sampling(tmp_path, capsys):
-    cfg = ESShakespeareConfig(seconds=1.0, hidden=16, population=32, eval_every=5, eval_chars=1000)
+    cfg = ESShakespeareConfig(seconds=1.0, hidden=16, population=32, eval_every=3, eval_chars=1000, generations=3)
     rows = run(cfg, tmp_path, show_progress=False)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert all(set(r) >= KEYS for r in summary)
     # every reported loss is the loss of the checkpoint beside it, recomputed here on the validation text
     text = load_text()
     vocab = CharVocab.from_text(text)
-    _, val = split_ids(vocab.encode(text))
+    train, val = split_ids(vocab.encode(text))
     for r in summary:
-        folder = f"es_{r['model']}_{r['method']}" if r["method"] != "backprop" else f"backprop_{r['model']}"
         if r["method"] == "backprop":  # a train run: the model's state dict, flattened in parameter order
-            theta = flatten(load_run(tmp_path / folder).model)
-        else:
-            theta = load_checkpoint(tmp_path / folder / "checkpoint.pt")["theta"]
+            theta = flatten(load_run(tmp_path / f"backprop_{r['model']}").model)
+        else:  # an es run folder: the same numbers as a bare ask/tell loop
+            theta = flatten(load_run(tmp_path / f"es_{r['model']}_{r['method']}").model)
+            assert r["generations"] == 3 and r["evaluations"] == 3 * 32
+            assert torch.equal(theta, ask_tell_theta(cfg, r["model"], r["method"], train, len(vocab), 3)), r
         fm = build_model(len(vocab), r["model"], cfg.hidden, cfg.seed)
         assert r["val_nats_per_char"] == pytest.approx(char_loss(fm, theta, val[: cfg.eval_chars + 1]), abs=1e-3), r
     assert {(r["model"], r["method"]) for r in rows} == {
         ("rnn", "openai-es"), ("rnn", "plain"), ("lstm", "openai-es"), ("rnn", "backprop"), ("lstm", "backprop")}
     for name in ("report.md", "val_vs_seconds.png", "val_vs_generations.png", "es_rnn_openai-es/checkpoint.pt",
-                 "backprop_lstm/metrics.csv"):
+                 "es_rnn_plain/config.json", "backprop_lstm/metrics.csv"):
         assert (tmp_path / name).is_file(), name
     assert "temperature 0.8" in (tmp_path / "report.md").read_text()
-    assert main(["sample", "--checkpoint", str(tmp_path / "backprop_rnn" / "checkpoint.pt"), "--prompt", "KING",
-                 "--length", "40"]) == 0
+    assert main(["sample", "--run", str(tmp_path / "es_lstm_openai-es"), "--prompt", "KING", "--length", "40"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("KING") and len(out.rstrip("\n")) == 44
     assert set(out) <= set(vocab.chars)
-    checkpoint = str(tmp_path / "backprop_rnn" / "checkpoint.pt")
-    assert main(["sample", "--checkpoint", checkpoint, "--prompt", "KING\u2603", "--length", "5"]) == 2
+    assert main(["sample", "--run", str(tmp_path / "es_rnn_plain"), "--prompt", "KING\u2603", "--length", "5"]) == 2
     err = capsys.readouterr().err
     assert "outside the model's vocabulary: ['\u2603']" in err and "--unknown replace" in err
+    # an ES run of the reproduction is an es run folder: distlstm es continues it
+    assert main(["es", "--resume", str(tmp_path / "es_rnn_plain"), "--steps", "4"]) == 0
+    assert load_run(tmp_path / "es_rnn_plain").step == 4
 
 
 def test_sample_rejects_unknown_characters_and_bad_checkpoints(tmp_path, capsys):
@@ -59,7 +77,7 @@ def test_sample_rejects_unknown_characters_and_bad_checkpoints(tmp_path, capsys)
     assert main(["sample", "--checkpoint", str(bad)]) == 2
     assert "not a readable distlstm checkpoint" in capsys.readouterr().err
     assert main(["sample", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
-    assert "no checkpoint at" in capsys.readouterr().err
+    assert "holds no checkpoint.pt: not a distlstm run folder" in capsys.readouterr().err
 
 
 @pytest.mark.slow

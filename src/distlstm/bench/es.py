@@ -17,9 +17,8 @@ import torch
 
 from distlstm.es.fitness import char_fitness
 from distlstm.es.strategy import ESConfig, ask, init
-from distlstm.es.train import build_model
+from distlstm.es.text import build_model
 from distlstm.models.functional import FunctionalModel
-from distlstm.runs import read_csv_numbers
 from distlstm.runtime.launch import run_cli
 from distlstm.timing import WORKER_SETTINGS, compare
 
@@ -63,15 +62,15 @@ def bench_es_batched(cells: tuple[str, ...] = ("rnn", "lstm"), population: int =
 
 
 def bench_es_workers(generations: int = 40, progress: Callable[[str], None] | None = None) -> list[ESWorkersRow]:
-    """Wall time of ``distlstm es`` (RNN, population 256) by worker setting, start-up excluded."""
-    es_args = ["es", "--generations", str(generations), "--eval-every", str(generations), "--eval-chars", "2000",
+    """Training time of ``distlstm es`` (RNN, population 256) by worker setting: the run loop's step time,
+    start-up and the one evaluation excluded."""
+    es_args = ["es", "--steps", str(generations), "--eval-every", str(generations), "--eval-chars", "2000",
                "--checkpoint-every", str(generations), "--no-progress"]
     rows = []
     for name, (workers, threads) in WORKER_SETTINGS.items():
         if progress:
             progress(f"ES workers: {name}")
         with tempfile.TemporaryDirectory() as out:
-            run_cli(es_args, Path(out), workers=workers, threads=threads)
-            seconds = read_csv_numbers(Path(out) / "metrics.csv")[-1]["seconds"]  # the loop, start-up excluded
+            seconds = run_cli(es_args, Path(out), workers=workers, threads=threads)["seconds"]
         rows.append(ESWorkersRow(name, seconds, generations * 256 / seconds))
     return rows

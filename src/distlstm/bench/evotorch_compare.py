@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from distlstm.es.fitness import char_fitness
 from distlstm.es.strategy import ESConfig, ask, init, tell
-from distlstm.es.train import build_model
+from distlstm.es.text import build_model
 from distlstm.models.networks import CharLM
 
 

@@ -110,8 +110,8 @@ Fitness of a population of 256 members (one-hot input, hidden 64, 8 shared windo
 
 ES_WORKERS_TEXT = """
 `distlstm es` (RNN, population 256), training-loop time for {generations} generations by
-worker setting (start-up excluded). Workers exchange only fitnesses (256 × 4 bytes per
-generation) and a θ checksum.
+worker setting (start-up and evaluation excluded). Workers exchange only fitnesses
+(256 × 4 bytes per generation) and a θ checksum.
 
 | setting | seconds | evaluations/s | × 1 worker × 1 thread |
 |---|---:|---:|---:|

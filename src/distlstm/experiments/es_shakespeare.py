@@ -2,7 +2,7 @@
 
 The federated-ES source trained a one-hot character RNN with θ ← θ + α/(nσ) Σ F_i ε_i
 (z-scored fitness) and plateaued near 3.35 nats/char from 4.33. Here, on the shipped
-tragedies with a contiguous validation split, on one wall-clock budget per run:
+tragedies with a contiguous validation split, on one training-time budget per run:
 
 * OpenAI-ES (mirrored sampling, centred ranks, Adam, weight decay) for the tanh RNN
   and an LSTM of the same width;
@@ -10,36 +10,41 @@ tragedies with a contiguous validation split, on one wall-clock budget per run:
 * backprop for both models: ``distlstm train --task char-lm`` (Adam, 32 stateful
   streams of 64 characters, one-hot input; the ``ddp`` mode on one worker).
 
-Writes per-run CSVs, learning curves against generations and wall time (PNG), text
-samples at temperatures 0.8 and 1.0, a checkpoint per model (``distlstm sample``),
-``summary.json`` and ``report.md``.
+Every ES run is a run of the ``es`` mode in its own run folder (``es_<cell>_<strategy>``:
+``distlstm es --resume`` continues it, ``distlstm sample --run`` samples from it); the
+backprop runs are ``train`` run folders (``backprop_<cell>``). Also writes learning curves
+against generations and training time (PNG), text samples at temperatures 0.8 and
+1.0, ``summary.json`` and ``report.md``.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from distlstm.data.text import SHAKESPEARE_TRAGEDIES, CharVocab, load_text, split_ids
-from distlstm.es.train import ESRunConfig, train_es
 from distlstm.experiments.charlm_demo import DemoConfig, entropies
 from distlstm.experiments.sampling import sample_text
 from distlstm.modes.ddp import DDPMode
+from distlstm.modes.es import LOOP_DEFAULTS, ESMode, ESRunConfig
 from distlstm.modes.train_tasks import build_task
-from distlstm.runs import atomic_write_text, plot_curves, read_csv_numbers, write_json
-from distlstm.runs import loop as run_loop
-from distlstm.runs.config import config_document
+from distlstm.runs import atomic_write_text, plot_curves, write_json
+from distlstm.runs.config import LoopConfig, config_document
+from distlstm.runs.loop import run as run_loop
 
 SOURCE_PLATEAU = 3.35
+RUN_KEYS = ("model", "method", "val_nats_per_char", "seconds", "evaluations", "generations", "parameters", "workers",
+            "fitness_bytes_per_generation")
 
 
 @dataclass(frozen=True)
 class ESShakespeareConfig:
     quick: bool = False
     seed: int = 0
-    seconds: float = 240.0  # wall-clock budget of every run
+    seconds: float = 240.0  # training-time budget of every run
     hidden: int = 64
     population: int = 256
     sigma: float = 0.02
@@ -47,6 +52,7 @@ class ESShakespeareConfig:
     eval_every: int = 50
     eval_chars: int = 20_000
     plain_lr: float = 0.01
+    generations: int | None = None  # ES runs take this many generations instead of the time budget (comparisons)
 
     @classmethod
     def preset(cls, quick: bool, seed: int = 0) -> ESShakespeareConfig:
@@ -65,33 +71,37 @@ def run(cfg: ESShakespeareConfig, out: Path, show_progress: bool = True) -> list
     h1, h2 = entropies(train, len(vocab))
     runs: list[dict[str, Any]] = []
     curves: dict[str, list[dict[str, Any]]] = {}
+    models: dict[str, Path] = {}  # the run folder each sample comes from
     for cell, strategy, lr in (("rnn", "openai-es", cfg.lr), ("rnn", "plain", cfg.plain_lr),
                                ("lstm", "openai-es", cfg.lr)):
-        name = f"{cell} {strategy}"
-        folder = out / f"es_{cell}_{strategy}"
         es_cfg = ESRunConfig(cell=cell, hidden=cfg.hidden, strategy=strategy, population=cfg.population,
-                             sigma=cfg.sigma, lr=lr, generations=10**9, seconds=cfg.seconds,
-                             eval_every=cfg.eval_every, eval_chars=cfg.eval_chars, seed=cfg.seed)
-        summary = train_es(es_cfg, folder, show_progress=show_progress)
-        summary.pop("theta")
-        runs.append(summary)
-        curves[name] = list(read_csv_numbers(folder / "metrics.csv"))
+                             sigma=cfg.sigma, lr=lr, eval_chars=cfg.eval_chars)
+        loop = LoopConfig(steps=cfg.generations or 10**9, seconds=None if cfg.generations else cfg.seconds,
+                          eval_every=cfg.eval_every, checkpoint_every=LOOP_DEFAULTS["checkpoint_every"],
+                          seed=cfg.seed, progress=show_progress)
+        result = run_loop(ESMode(es_cfg), loop, folder=out / _folder(cell, strategy),
+                          config=config_document("es", "es", {"es": es_cfg, "loop": loop}), overwrite=True)
+        runs.append({k: result.summary[k] for k in RUN_KEYS})
+        models[f"{cell} {strategy}"] = out / _folder(cell, strategy)
+        curves[f"{cell} {strategy}"] = evaluated(result.rows)
     for cell in ("rnn", "lstm"):  # backprop: distlstm train --task char-lm, one-hot, on the same time budget
         demo = DemoConfig(cell=cell, hidden=cfg.hidden, embedding=0, steps=10**9, seconds=cfg.seconds,
                           eval_every=100, eval_chars=cfg.eval_chars, seed=cfg.seed)
         sections = demo.sections(show_progress)
         mode = DDPMode(functools.partial(build_task, sections["task"]), sections["optim"])
-        result = run_loop.run(mode, sections["loop"], folder=out / f"backprop_{cell}", overwrite=True,
-                              config=config_document("train", "ddp", sections))
-        rows = [r for r in result.rows if "val_nats_per_char" in r]
+        result = run_loop(mode, sections["loop"], folder=out / _folder(cell, "backprop"), overwrite=True,
+                          config=config_document("train", "ddp", sections))
+        rows = evaluated(result.rows)
         runs.append({"model": cell, "method": "backprop", "val_nats_per_char": rows[-1]["val_nats_per_char"],
                      "seconds": result.summary["seconds"], "evaluations": result.summary["samples"] // demo.window,
                      "generations": result.summary["steps"], "parameters": result.summary["parameters"],
                      "workers": 1})
         curves[f"{cell} backprop"] = rows
+        models[f"{cell} backprop"] = out / _folder(cell, "backprop")
     write_json(out / "summary.json", runs)
     _plots(out, curves, h1, h2)
-    samples = _samples(out, runs)
+    samples = {name: {t: sample_text(source, "ROMEO.\n", 240, t, seed=0) for t in (0.8, 1.0)}
+               for name, source in models.items()}
     atomic_write_text(out / "report.md", render_report(cfg, runs, h1, h2, samples))
     return runs
 
@@ -102,20 +112,20 @@ def _plots(out: Path, curves: dict[str, list[dict[str, Any]]], h1: float, h2: fl
         return [r[x] for r in rows], [r["val_nats_per_char"] for r in rows]
 
     plot_curves(out / "val_vs_seconds.png", {n: series(rows, "seconds") for n, rows in curves.items()},
-                xlabel="wall time (s, 2 cores)", ylabel="validation nats / char",
+                xlabel="training time (s, 2 cores)", ylabel="validation nats / char",
                 title="ES vs backprop on Shakespeare", hlines=ref)
     plot_curves(out / "val_vs_generations.png",
-                {n: series(rows, "generation") for n, rows in curves.items() if "backprop" not in n},
+                {n: series(rows, "step") for n, rows in curves.items() if "backprop" not in n},
                 xlabel="generation", ylabel="validation nats / char", title="ES on Shakespeare", hlines=ref)
 
 
-def _samples(out: Path, runs: list[dict[str, Any]]) -> dict[str, dict[float, str]]:
-    samples = {}
-    for r in runs:
-        folder = out / (f"backprop_{r['model']}" if r["method"] == "backprop" else f"es_{r['model']}_{r['method']}")
-        samples[f"{r['model']} {r['method']}"] = {t: sample_text(folder / "checkpoint.pt", "ROMEO.\n", 240, t, seed=0)
-                                                  for t in (0.8, 1.0)}
-    return samples
+def evaluated(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The metrics rows with a validation figure (the loop evaluates every --eval-every steps)."""
+    return [r for r in rows if math.isfinite(r.get("val_nats_per_char", math.nan))]
+
+
+def _folder(cell: str, method: str) -> str:
+    return f"backprop_{cell}" if method == "backprop" else f"es_{cell}_{method}"
 
 
 def render_report(cfg: ESShakespeareConfig, runs: list[dict[str, Any]], h1: float, h2: float,
@@ -125,7 +135,8 @@ def render_report(cfg: ESShakespeareConfig, runs: list[dict[str, Any]], h1: floa
         "# Evolution strategies for a character RNN/LSTM on Shakespeare",
         "",
         f"Shipped tragedies (1.18 M characters, 73 symbols), last 10% held out. Every run had {cfg.seconds:.0f} s "
-        f"of wall time on this machine{' (quick preset)' if cfg.quick else ''}; one-hot input, hidden {cfg.hidden}. "
+        f"of training time on this machine{' (quick preset)' if cfg.quick else ''}; one-hot input, hidden "
+        f"{cfg.hidden}. "
         f"ES: population {cfg.population}, σ = {cfg.sigma}, fitness = −mean cross-entropy on 8 shared windows "
         "of 32 characters per generation. References: unigram entropy "
         f"{h1:.3f} and bigram conditional entropy {h2:.3f} nats/char of the training text; the source's ES "
