@@ -17,11 +17,24 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ["README.md", "docs/online.md", "docs/es.md", "docs/bptt.md", "docs/lm.md"]
+DOCS = ["README.md", "docs/runs.md", "docs/online.md", "docs/es.md", "docs/bptt.md", "docs/lm.md"]
 EXAMPLES = [(doc, i, block) for doc in DOCS
             for i, block in enumerate(re.findall(r"```python\n(.*?)```", (ROOT / doc).read_text(), re.S))]
 
 CHECKS = {
+    ("docs/runs.md", "first = run(ESMode(es), LoopConfig(steps=4"): """
+import torch
+from distlstm.models.networks import CharLM
+assert [r["step"] for r in rows] == list(range(9)) and first.summary["steps"] == 4
+assert isinstance(loaded.model, CharLM) and not loaded.model.training and loaded.step == 8
+assert text.startswith("ROMEO.") and len(text) == 46
+with tempfile.TemporaryDirectory() as other:                          # uninterrupted: the same θ and numbers
+    whole = run(ESMode(es), LoopConfig(steps=8, eval_every=2, progress=False), folder=other)
+    again = distlstm.load_run(other)
+    for k, v in loaded.model.state_dict().items():
+        assert torch.equal(v, again.model.state_dict()[k]), k
+assert whole.summary["val_nats_per_char"] == more.summary["val_nats_per_char"]
+""",
     ("README.md", "ref = torch.nn.LSTM(8, 32, num_layers=2"): """
 assert output.shape == (4, 10, 32) and h_n.shape == c_n.shape == (2, 4, 32)
 torch.testing.assert_close(lstm(x)[0], ref(x)[0])                      # the nn.LSTM weights really moved
@@ -65,7 +78,7 @@ import math
 from distlstm.data.text import load_text
 from distlstm.models.networks import CharLM
 assert summary["samples"] == 40 * 8 * 32 and summary["steps"] == 40
-assert isinstance(lm, CharLM) and not lm.training and len(result.rows) == 40
+assert isinstance(lm, CharLM) and not lm.training and result.summary["steps"] == 40
 assert summary["val_nats_per_char"] < math.log(len(set(load_text()))) - 0.5   # well below a uniform guess
 """,
     ("docs/bptt.md", "first = run(mode, LoopConfig("): """

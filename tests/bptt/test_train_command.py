@@ -14,6 +14,7 @@ from distlstm.models.networks import CharLM
 from distlstm.modes import load_run
 from distlstm.modes.train_tasks import TaskConfig, build_task
 from distlstm.runs.checkpoint import load_run_checkpoint
+from distlstm.runs.metrics import read_metrics
 from tests.bptt.test_ddp import assert_same, table_file, text_file, without_time
 
 CHAR = ["train", "--task", "char-lm", "--hidden", "12", "--window", "8", "--batch", "4", "--dtype", "float64",
@@ -21,7 +22,7 @@ CHAR = ["train", "--task", "char-lm", "--hidden", "12", "--window", "8", "--batc
 
 
 def rows(folder: Path) -> list[dict]:
-    return without_time(load_run_checkpoint(folder)[0]["rows"])
+    return without_time(list(read_metrics(folder / "metrics.csv")))
 
 
 def test_flags_config_and_resume_give_the_same_run(tmp_path, capsys):

@@ -17,7 +17,6 @@ from distlstm.experiments.charlm_demo import entropies
 from distlstm.experiments.es_shakespeare import ESShakespeareConfig, run
 from distlstm.models.functional import flatten
 from distlstm.modes import load_run
-from distlstm.runs import load_checkpoint
 
 KEYS = {"model", "method", "val_nats_per_char", "seconds", "evaluations"}
 

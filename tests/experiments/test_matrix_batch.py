@@ -14,7 +14,6 @@ from distlstm.bptt.tasks import LongLagTask, mean_absolute_error
 from distlstm.cli import main
 from distlstm.experiments.matrix_batch import MatrixBatchConfig, aggregate, run, run_fullbatch
 from distlstm.modes import load_run
-from distlstm.runs import load_checkpoint
 
 KEYS = {"optimizer", "alpha", "runs", "successes", "median_seconds_to_success", "final_test_mae"}
 
@@ -82,8 +81,7 @@ def test_a_tiny_reproduction_writes_its_run_folder(tmp_path):
                        alpha=1.0, data_seed=0)
     lbfgs = load_run(tmp_path / "runs/lbfgs_alpha1_seed0").model
     assert summary[2]["final_test_mae"] == mean_absolute_error(lbfgs, task.test)
-    momentum = task.build_model(0)
-    momentum.load_state_dict(load_checkpoint(tmp_path / "runs/momentum_alpha1_seed0/checkpoint.pt")["model"])
+    momentum = load_run(tmp_path / "runs/momentum_alpha1_seed0").model
     assert summary[3]["final_test_mae"] == pytest.approx(mean_absolute_error(momentum, task.test), abs=1e-6)
     assert [(r["optimizer"], r["alpha"]) for r in summary] == [("lbfgs", 3.75), ("momentum", 3.75), ("lbfgs", 1.0),
                                                                 ("momentum", 1.0)]

@@ -185,3 +185,13 @@ def test_tensorboard_events(tmp_path):
     pytest.importorskip("tensorboard")
     go(tmp_path / "t", LoopConfig(steps=3, progress=False, tensorboard=True))
     assert list((tmp_path / "t" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_a_run_that_fails_to_start_leaves_its_folder_reusable(tmp_path):
+    class Broken(ToyMode):
+        def init(self, comm, seed):
+            raise ValueError("bad data")
+
+    with pytest.raises(ValueError, match="bad data"):
+        run(Broken(ToyConfig()), LoopConfig(steps=2, progress=False), folder=tmp_path / "x")
+    go(tmp_path / "x", LoopConfig(steps=2, progress=False))  # no --overwrite needed

@@ -58,7 +58,7 @@ class LoopConfig:
     eval_every: int = flag(100, "evaluate (and write a metrics row with the evaluation) every N steps")
     checkpoint_every: int = flag(100, "write checkpoint.pt every N steps (and always at the end)")
     seed: int = flag(0, "run seed: initial weights, data order, noise; the same seed gives the same numbers")
-    progress: bool = flag(True, "show a progress bar", negate="--no-progress")
+    progress: bool = flag(True, "hide the progress bar", negate="--no-progress")
     tensorboard: bool = flag(False, "also write TensorBoard event files into the run folder (needs the "
                                     "tensorboard package: pip install 'distlstm[tensorboard]')")
 

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from distlstm.runs.checkpoint import load_run_checkpoint, save_run_checkpoint
 from distlstm.runs.config import LoopConfig
 from distlstm.runs.files import write_json
-from distlstm.runs.folder import check_new, check_resume, prepare_new, record_resume, run_lock
+from distlstm.runs.folder import CONFIG, check_new, check_resume, prepare_new, record_resume, run_lock
 from distlstm.runs.metrics import METRICS, MetricsStream, TensorBoardLog, plot_metrics, read_metrics
 from distlstm.runs.mode import Mode
 from distlstm.runtime.comm import Communicator, LocalComm
@@ -138,7 +138,12 @@ def _run(mode: Mode, loop: LoopConfig, comm: Communicator, out: Path | None, con
         assert out is not None
         prepare_new(out, config, overwrite=overwrite)
     comm.barrier()
-    mode.init(comm, loop.seed)
+    try:
+        mode.init(comm, loop.seed)
+    except Exception:
+        if write and ckpt is None and out is not None:  # a new run that never started leaves its folder reusable
+            (out / CONFIG).unlink(missing_ok=True)
+        raise
     step, seconds, last = 0, 0.0, None
     if ckpt is not None:
         mode.load_state_dict(ckpt["state"])
