@@ -30,7 +30,7 @@ def bench_ddp_workers(steps: int = 40, global_batch: int = 32, hidden: int = 256
                 "--batch", str(global_batch // workers), "--eval-every", str(steps), "--eval-chars", "1000",
                 "--checkpoint-every", str(steps), "--no-progress"]
 
-    return [WorkersRow(name, s["seconds"], s["samples_per_second"])
+    return [WorkersRow(name, s["seconds"], s["samples"] / max(s["seconds"], 1e-9))  # training time only
             for name, s in by_worker_setting("DDP workers", args, progress)]
 
 
