@@ -20,7 +20,7 @@ from typing import Any
 from distlstm.runs.checkpoint import CHECKPOINT, PREVIOUS
 from distlstm.runs.config import LoopConfig, add_section_arguments, config_document, read_config_file, resolve_sections
 from distlstm.runs.folder import stored_config
-from distlstm.runs.loop import PeerLost, RunInterrupted, RunResult, print_interrupted, run
+from distlstm.runs.loop import PeerLost, RunInterrupted, RunResult, print_interrupted, resolve_device, run
 from distlstm.runs.mode import Mode
 from distlstm.runtime.comm import open_comm
 
@@ -122,8 +122,9 @@ def _restart_count() -> int:
 def run_command(spec: RunCommand, args: argparse.Namespace) -> int:
     sections, doc, folder, resume = resolve_command(spec, args)
     overwrite = args.overwrite or (_restart_count() > 0 and not resume)  # a restart before any checkpoint: anew
-    with open_comm(timeout_s=args.collective_timeout) as comm:
-        mode = spec.make_mode(sections)
+    mode = spec.make_mode(sections)
+    device = resolve_device(sections["loop"].device, mode)  # before any process group: the backend follows it
+    with open_comm(timeout_s=args.collective_timeout, device=device) as comm:
         try:
             result = run(mode, sections["loop"], comm=comm, folder=folder, config=doc, resume=resume,
                          overwrite=overwrite)

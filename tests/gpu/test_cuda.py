@@ -127,3 +127,20 @@ def test_the_cell_benchmark_runs_against_cudnn():
     rows = bench_cells((32,), batch=4, steps=5, repeats=1, device="cuda")
     names = {r.name for r in rows}
     assert "nn.LSTM (baseline)" in names and all(r.ms > 0 for r in rows)
+
+
+def test_device_flag_trains_on_the_gpu_and_on_the_cpu_alike(tmp_path):
+    """`--device cuda` and `--device cpu` of one float64 run end with the same weights (up to rounding)."""
+    from distlstm.cli import main
+    from distlstm.modes import load_run
+
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question. " * 40)
+    args = ["train", "--task", "char-lm", "--text", str(text), "--hidden", "16", "--window", "8", "--batch", "4",
+            "--dtype", "float64", "--steps", "6", "--eval-chars", "200", "--no-progress"]
+    assert main([*args, "--device", "cuda", "--out", str(tmp_path / "gpu")]) == 0
+    assert main([*args, "--device", "cpu", "--out", str(tmp_path / "cpu")]) == 0
+    gpu, cpu = load_run(tmp_path / "gpu").model.state_dict(), load_run(tmp_path / "cpu").model.state_dict()
+    for k, v in cpu.items():
+        torch.testing.assert_close(gpu[k].cpu(), v, rtol=1e-9, atol=1e-9)
+    assert main(["es", "--device", "cuda", "--out", str(tmp_path / "es")]) == 2  # ES keeps θ on the CPU: refused

@@ -195,3 +195,30 @@ def test_a_run_that_fails_to_start_leaves_its_folder_reusable(tmp_path):
     with pytest.raises(ValueError, match="bad data"):
         run(Broken(ToyConfig()), LoopConfig(steps=2, progress=False), folder=tmp_path / "x")
     go(tmp_path / "x", LoopConfig(steps=2, progress=False))  # no --overwrite needed
+
+
+def test_device_choice_within_what_the_mode_runs_on(tmp_path):
+    from distlstm.runs.loop import resolve_device
+
+    cpu_only, anywhere = ToyMode(ToyConfig()), ToyMode(ToyConfig())
+    anywhere.devices = ("cpu", "cuda")
+    assert resolve_device("cpu", anywhere).type == "cpu" and resolve_device("auto", cpu_only).type == "cpu"
+    assert resolve_device("auto", anywhere).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="the online mode runs on the CPU only; use device= cpu"):
+        resolve_device("cuda", cpu_only)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device= cuda: this machine has no CUDA GPU"):
+            resolve_device("cuda", anywhere)
+    with pytest.raises(SystemExit):
+        parse(["--device", "tpu"])  # argparse refuses it (exit 2) listing the choices
+
+
+def test_device_flag_on_a_command(tmp_path, capsys):
+    assert run_command(TOY, parse(["--device", "cpu", "--out", str(tmp_path / "d"), "--no-progress"])) == 0
+    assert json.loads((tmp_path / "d" / "config.json").read_text())["loop"]["device"] == "cpu"
+    from distlstm._flags import cli_spelling
+
+    # the toy mode, like the filters and ES, runs on the CPU only: refused before anything is written
+    with pytest.raises(ValueError, match="runs on the CPU only; use --device cpu"), cli_spelling():
+        run_command(TOY, parse(["--device", "cuda", "--out", str(tmp_path / "e")]))
+    assert not (tmp_path / "e").exists()

@@ -84,6 +84,7 @@ class DDPMode:
     """
 
     name = "ddp"
+    devices = ("cpu", "cuda")  # the model, batches and carried state live on comm.device
     max_steps: int | None = None
 
     def __init__(self, make_task: Callable[[int, int], Task], cfg: OptimConfig) -> None:

@@ -59,6 +59,8 @@ class LoopConfig:
     checkpoint_every: int = flag(100, "write checkpoint.pt every N steps (and always at the end)")
     seed: int = flag(0, "run seed: initial weights, data order, noise; the same seed gives the same numbers")
     progress: bool = flag(True, "hide the progress bar", negate="--no-progress")
+    device: str = flag("auto", "where the run computes: auto (the GPU where there is one and the mode can use it), "
+                               "cpu, or cuda (an error without a GPU)", choices=("auto", "cpu", "cuda"))
     tensorboard: bool = flag(False, "also write TensorBoard event files into the run folder (needs the "
                                     "tensorboard package: pip install 'distlstm[tensorboard]')")
 
@@ -72,7 +74,7 @@ class LoopConfig:
 
 # What a resumed run may change: budgets and how it reports, never what it computes.
 SAFE_TO_CHANGE = frozenset({"loop.steps", "loop.seconds", "loop.stop_at", "loop.eval_every",
-                            "loop.checkpoint_every", "loop.progress", "loop.tensorboard"})
+                            "loop.checkpoint_every", "loop.progress", "loop.tensorboard", "loop.device"})
 
 
 def _hints(cls: type) -> dict[str, Any]:

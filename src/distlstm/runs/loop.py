@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from distlstm._flags import option
 from distlstm.runs.checkpoint import load_run_checkpoint, save_run_checkpoint
 from distlstm.runs.config import LoopConfig
 from distlstm.runs.files import write_json
@@ -100,6 +101,29 @@ def _peers_watched(comm: Communicator, step: Callable[[], int], command: str | N
                        f"{_resume_command(command, out)} under the same torchrun settings") from None
 
 
+def resolve_device(requested: str, mode: Mode) -> torch.device:
+    """The device a run computes on: ``requested`` (auto, cpu, cuda) within what the mode can use.
+
+    A mode lists the device types it runs on in ``devices`` (the CPU only when absent):
+    the filters, ES and the full-batch optimizers keep θ on the CPU, the data-parallel
+    mode runs anywhere. ``auto`` takes the GPU when there is one and the mode can use it.
+    """
+    supported = tuple(getattr(mode, "devices", ("cpu",)))
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"{option('device', '--device')} must be auto, cpu or cuda, got {requested!r}")
+    if requested == "cuda":
+        if "cuda" not in supported:
+            raise ValueError(f"the {mode.name} mode runs on the CPU only; use {option('device', '--device')} cpu "
+                             "(or auto)")
+        if not torch.cuda.is_available():
+            raise ValueError(f"{option('device', '--device')} cuda: this machine has no CUDA GPU that torch "
+                             f"{torch.__version__} can use; use cpu or auto")
+        return torch.device("cuda")
+    if requested == "auto" and "cuda" in supported and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
 def _resume_command(command: str | None, folder: Path | None) -> str:
     return f"distlstm {command or '<command>'} --resume {folder}" if folder is not None else "resume from a folder"
 
@@ -138,6 +162,7 @@ def _run(mode: Mode, loop: LoopConfig, comm: Communicator, out: Path | None, con
         assert out is not None
         prepare_new(out, config, overwrite=overwrite)
     comm.barrier()
+    comm.use_device(resolve_device(loop.device, mode))
     try:
         mode.init(comm, loop.seed)
     except Exception:

@@ -14,10 +14,12 @@ then calls, on every worker::
     mode.write_outputs(folder, rows)      rank 0 only: files of its own (plots, samples)
 
 Metrics of ``step`` must be the same on every worker (reduce them first); the loop
-records rank 0's. ``max_steps`` caps the run (an online stream's length) or is None;
-a step may lower it to end the run after that step (a full-batch optimizer whose line
-search finds no decrease sets it to the step just taken): the loop then evaluates,
-checkpoints and reports ``stopped_by: "max_steps"``.
+records rank 0's. An optional ``devices`` tuple names the device types the mode
+runs on (``("cpu", "cuda")``); without it the loop runs the mode on the CPU.
+``max_steps`` caps the run (an online stream's length) or is None; a step may lower
+it to end the run after that step (a full-batch optimizer whose line search finds no
+decrease sets it to the step just taken): the loop then evaluates, checkpoints and
+reports ``stopped_by: "max_steps"``.
 """
 
 from __future__ import annotations

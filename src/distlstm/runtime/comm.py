@@ -42,11 +42,21 @@ class Communicator:
         """Rank 0: the process that writes files and shows progress."""
         return self.rank == 0
 
+    _device: torch.device | None = None
+
     @property
     def device(self) -> torch.device:
-        """Where this process computes: its GPU when it has one, else the CPU."""
+        """Where this process computes: the device set with :meth:`use_device`, else its GPU if any, else the CPU."""
+        if self._device is not None:
+            return self._device
         return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
             else torch.device("cpu")
+
+    def use_device(self, device: torch.device) -> None:
+        """Compute on ``device`` (``cuda`` means this process's GPU)."""
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        self._device = device
 
     def all_reduce_(self, tensor: Tensor, op: Op = "sum") -> Tensor:
         """Reduce ``tensor`` over all workers, in place; returns it."""
@@ -119,20 +129,31 @@ class TorchDistComm(Communicator):
 
 
 @contextlib.contextmanager
-def open_comm(env: _dist.DistEnv | None = None, timeout_s: float = 120.0) -> Iterator[Communicator]:
+def open_comm(env: _dist.DistEnv | None = None, timeout_s: float = 120.0,
+              device: torch.device | None = None) -> Iterator[Communicator]:
     """The communicator of this process: local when alone, else join (and finally leave) the process group.
 
     ``env`` defaults to the launcher's environment (``torchrun`` sets RANK and WORLD_SIZE);
     a collective that waits longer than ``timeout_s`` for a peer fails instead of hanging.
+    ``device`` (default: the GPU when there is one) is where the run computes; the
+    backend follows it: NCCL for CUDA, gloo for the CPU.
     """
     env = env or _dist.worker_env()
     if env.world_size == 1:
-        yield LocalComm()
+        comm = LocalComm()
+        if device is not None:
+            comm.use_device(device)
+        yield comm
         return
-    _dist.init_distributed(timeout_s)
+    backend = None if device is None else ("nccl" if device.type == "cuda" and _dist.dist.is_nccl_available()
+                                           else "gloo")
+    _dist.init_distributed(timeout_s, backend)
     clean = False
     try:
-        yield TorchDistComm(env)
+        comm = TorchDistComm(env)
+        if device is not None:
+            comm.use_device(device)
+        yield comm
         clean = True
     finally:
         _dist.shutdown_distributed(clean)

@@ -85,8 +85,11 @@ def die_with_parent() -> None:
         return
 
 
-def init_distributed(timeout_s: float = 120.0) -> DistEnv:
-    """Join the process group described by the environment (idempotent)."""
+def init_distributed(timeout_s: float = 120.0, backend: str | None = None) -> DistEnv:
+    """Join the process group described by the environment (idempotent).
+
+    ``backend`` defaults to NCCL when this process has a GPU, gloo otherwise.
+    """
     env = launched_env()
     if env is None:
         raise RuntimeError("not launched by torchrun: RANK and WORLD_SIZE are not set "
@@ -94,7 +97,8 @@ def init_distributed(timeout_s: float = 120.0) -> DistEnv:
     if not dist.is_initialized():
         die_with_parent()
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        use_nccl = torch.cuda.is_available() and dist.is_nccl_available()
+        use_nccl = backend == "nccl" if backend is not None else \
+            torch.cuda.is_available() and dist.is_nccl_available()
         if use_nccl:
             torch.cuda.set_device(env.local_rank)
         dist.init_process_group("nccl" if use_nccl else "gloo", timeout=timedelta(seconds=timeout_s))
