@@ -10,14 +10,14 @@ process group that ``torchrun`` describes (a local one when run alone).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distlstm.runs.checkpoint import CHECKPOINT, PREVIOUS
+import torch
+
 from distlstm.runs.config import LoopConfig, add_section_arguments, config_document, read_config_file, resolve_sections
 from distlstm.runs.folder import stored_config
 from distlstm.runs.loop import PeerLost, RunInterrupted, RunResult, print_interrupted, resolve_device, run
@@ -72,10 +72,6 @@ def add_run_command(sub: Any, spec: RunCommand) -> argparse.ArgumentParser:
 def resolve_command(spec: RunCommand, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], Path,
                                                                           bool]:
     """(sections, config document, folder, resume) from the parsed flags."""
-    restarted = elastic_restart(args, spec)
-    if restarted is not None:  # torchrun --max-restarts started this worker again: continue the run
-        args = argparse.Namespace(**{**vars(args), "resume": restarted, "out": None, "config": None,
-                                     "overwrite": False})
     if args.resume is not None and (args.out is not None or args.config is not None or args.overwrite):
         raise ValueError("--resume FOLDER continues a run with its own configuration: leave out --out, --config "
                          "and --overwrite")
@@ -100,39 +96,25 @@ def resolve_command(spec: RunCommand, args: argparse.Namespace) -> tuple[dict[st
     return sections, doc, folder, args.resume is not None
 
 
-def elastic_restart(args: argparse.Namespace, spec: RunCommand) -> str | None:
-    """The run folder to continue when ``torchrun --max-restarts`` restarted this worker, else None.
-
-    torchrun sets TORCHELASTIC_RESTART_COUNT > 0 on a restart, with the first attempt's
-    command line: the folder that attempt filled is resumed instead of refused.
-    """
-    if _restart_count() == 0 or args.resume is not None:
-        return None
-    folder = Path(args.out or spec.default_out)
-    return str(folder) if (folder / CHECKPOINT).exists() or (folder / PREVIOUS).exists() else None
-
-
-def _restart_count() -> int:
-    try:
-        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
-    except ValueError:
-        return 0
-
-
 def run_command(spec: RunCommand, args: argparse.Namespace) -> int:
     sections, doc, folder, resume = resolve_command(spec, args)
-    overwrite = args.overwrite or (_restart_count() > 0 and not resume)  # a restart before any checkpoint: anew
     mode = spec.make_mode(sections)
     device = resolve_device(sections["loop"].device, mode)  # before any process group: the backend follows it
+    try:
+        return _run_in_group(spec, args, mode, sections, doc, folder, resume, device)
+    except PeerLost as err:  # every survivor says so once, with its rank; the group is left without a barrier
+        print(f"distlstm {spec.name}: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _run_in_group(spec: RunCommand, args: argparse.Namespace, mode: Mode, sections: Mapping[str, Any],
+                  doc: dict[str, Any], folder: Path, resume: bool, device: torch.device) -> int:
     with open_comm(timeout_s=args.collective_timeout, device=device) as comm:
         try:
             result = run(mode, sections["loop"], comm=comm, folder=folder, config=doc, resume=resume,
-                         overwrite=overwrite)
+                         overwrite=args.overwrite)
         except RunInterrupted as err:
             return print_interrupted(err) if comm.is_main else 130
-        except PeerLost as err:  # every survivor says so once, with its rank; no traceback
-            print(f"distlstm {spec.name}: error: {err}", file=sys.stderr)
-            return 1
         if comm.is_main:
             line = spec.report(result, folder) if spec.report is not None else \
                 f"{result.summary['metric']} {result.summary[result.summary['metric']]:.5g}"
