@@ -18,23 +18,12 @@ from distlstm.modes.ddp import OptimConfig
 from distlstm.runs import load_checkpoint
 from distlstm.runs.config import LoopConfig
 from distlstm.runtime.comm import open_comm
+from tests.bptt.test_ddp import table_file as table
 from tests.bptt.test_ddp import train
 
 OPTIM = OptimConfig(optimizer="adam", lr=0.02, clip=1.0)
 LOOP = LoopConfig(steps=6, eval_every=3, checkpoint_every=100, seed=2, progress=False)
 
-
-
-def table(path: Path, n: int = 240) -> str:
-    """y[t] = 0.7 y[t−1] + 0.8 a[t−1] − 0.6 a[t−1] b[t−1] + noise, in units around 100 ± 5."""
-    g = torch.Generator().manual_seed(1)
-    a, b, noise = (torch.randn(n, generator=g, dtype=torch.float64) for _ in range(3))
-    y = torch.zeros(n, dtype=torch.float64)
-    for t in range(1, n):
-        y[t] = 0.7 * y[t - 1] + 0.8 * a[t - 1] - 0.6 * a[t - 1] * b[t - 1] + 0.05 * noise[t]
-    y = 100 + 5 * y
-    path.write_text("a,b,y\n" + "\n".join(f"{a[i]:.6f},{b[i]:.6f},{y[i]:.6f}" for i in range(n)) + "\n")
-    return str(path)
 
 
 def task(data: str, rank: int = 0, world: int = 1, batch: int = 16, **kw) -> TableTask:
