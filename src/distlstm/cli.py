@@ -287,11 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Load the newest checkpoint of --run and forecast every window of --data, a CSV "
                                    "with the run's columns (scaled as the run scaled its own file: causal scaling "
                                    "with the new file's earlier rows, a fitted scaling with the run's maps). Each "
-                                   "row: the label's line, the target, the prediction and a 95%% interval where the "
+                                   "row: the label's line, the target, the prediction and a 95% interval where the "
                                    "algorithm has a predictive variance (EKF/DEKF, PF/DPF), in the target's units.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--run", required=True, metavar="FOLDER", help="the run folder (holding checkpoint.pt)")
-    p.add_argument("--data", required=True, help="CSV to forecast, with the columns the run was trained on")
+    p.add_argument("--run", required=True, metavar="FOLDER", default=argparse.SUPPRESS,
+                   help="the run folder (holding checkpoint.pt)")
+    p.add_argument("--data", required=True, metavar="CSV", default=argparse.SUPPRESS,
+                   help="CSV to forecast, with the columns the run was trained on")
     p.add_argument("--out", default=None, help="write every forecast to this CSV (row,target,prediction,lower,upper) "
                    "instead of printing a table")
     p.add_argument("--rows", type=positive_int, default=20, help="forecasts shown without --out (the last ones)")

@@ -56,8 +56,9 @@ def add_run_command(sub: Any, spec: RunCommand) -> argparse.ArgumentParser:
                    "or absent, unless --overwrite")
     g.add_argument("--resume", metavar="FOLDER", default=None,
                    help="continue the run in FOLDER with its stored configuration; flags given may change only "
-                        "the budget and reporting (--steps, --seconds, --stop-at, --eval-every, "
-                        "--checkpoint-every, --no-progress, --tensorboard)")
+                        "the budget and reporting (--steps and --seconds are totals: give more than the run has "
+                        "done; --stop-at, --eval-every, --checkpoint-every, --no-progress, --tensorboard, "
+                        "--device)")
     g.add_argument("--overwrite", action="store_true", help="start a new run in --out even if it holds a run "
                    "(its files are deleted)")
     g.add_argument("--config", metavar="FILE", default=None,

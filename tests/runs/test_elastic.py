@@ -55,7 +55,7 @@ def test_a_killed_worker_ends_the_run_with_one_message_and_it_resumes_exactly(tm
         proc.kill()
     assert proc.returncode != 0
     assert err.count("distlstm es: error: rank 0: another worker stopped answering during step") == 1, err[-3000:]
-    assert "[rank0]: Traceback" not in err and f"distlstm es --resume {out}" in err
+    assert "[rank0]: Traceback" not in err and f"torchrun --nproc-per-node 2 -m distlstm.cli es --resume {out}" in err
     assert not (out / ".lock").exists()
     stopped = load_run_checkpoint(out)[0]["step"]
     steps = stopped + 4

@@ -222,3 +222,13 @@ def test_device_flag_on_a_command(tmp_path, capsys):
     with pytest.raises(ValueError, match="runs on the CPU only; use --device cpu"), cli_spelling():
         run_command(TOY, parse(["--device", "cuda", "--out", str(tmp_path / "e")]))
     assert not (tmp_path / "e").exists()
+
+
+def test_file_names_are_stored_absolute_so_a_run_resumes_from_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_command(TOY, parse(["--notes", "data/x.csv", "--steps", "2", "--out", "r", "--no-progress"])) == 0
+    stored = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert stored["toy"]["notes"] == str(tmp_path / "data" / "x.csv")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert run_command(TOY, parse(["--resume", str(tmp_path / "r"), "--steps", "3"])) == 0

@@ -21,6 +21,7 @@ class ToyConfig:
     lr: float = flag(0.1, "step size")
     noise: float = flag(0.5, "noise scale")
     interrupt_at: int = flag(0, "send SIGINT to this process after this step (0: never)")
+    notes: str | None = flag(None, "a file name (not read): stored absolute", path=True)
 
 
 class ToyMode:

@@ -49,7 +49,7 @@ class ESRunConfig:
     """
 
     text: str | None = flag(None, "UTF-8 training text; the last 10%% is held out for validation (default: the "
-                                  "shipped Shakespeare tragedies)", metavar="FILE")
+                                  "shipped Shakespeare tragedies)", metavar="FILE", path=True)
     cell: str = flag("rnn", "recurrent cell of the one-hot character model (rnn: the ES source's model)",
                      choices=CELLS)
     hidden: int = flag(64, "hidden units", metavar="N")

@@ -63,7 +63,7 @@ class OnlineDataConfig:
     """Which series an online run forecasts, and how windows are cut and scaled (``data/forecast.py``)."""
 
     data: str = flag(str(EXCHANGE_RATES), "CSV, one row per time step, optional header; default: the shipped "
-                                          "USD/DEM rates")
+                                          "USD/DEM rates", path=True)
     column: str | None = flag(None, "the one series to forecast from its own past (name or 0-based index) when the "
                                     "CSV has several columns")
     inputs: str | None = flag(None, "comma-separated input series (names or indices), e.g. 'temp,load'; needs "

@@ -60,7 +60,7 @@ class TaskConfig:
                                      metavar="KEY=VALUE")
     # char-lm and word-lm
     text: str | None = flag(None, "UTF-8 text (default: the shipped tragedies for char-lm, the complete works for "
-                                  "word-lm)")
+                                  "word-lm)", path=True)
     embedding: int = flag(0, "char-lm embedding width; 0 feeds one-hot characters (--cell glstm needs a multiple of "
                              "groups)")
     eval_chars: int = flag(20_000, "char-lm: validation characters per evaluation", type=positive_int)
@@ -85,7 +85,7 @@ class TaskConfig:
     data_seed: int = flag(0, "long-lag: seed of the generated data set")
     # csv
     data: str | None = flag(None, "csv: the CSV file (one row per time step, optional header); empty target cells "
-                                  "are missing labels")
+                                  "are missing labels", path=True)
     target: str | None = flag(None, "csv: the column to forecast (name or 0-based index)")
     inputs: str | None = flag(None, "csv: comma-separated input columns (default: none, the target's past only)")
     horizon: int = flag(1, "csv: forecast the target this many rows after the window's last row", type=positive_int)

@@ -31,16 +31,17 @@ CONFIG_FORMAT = 1
 def flag(default: Any = dataclasses.MISSING, help: str = "", *, cli: str | None = None,
          type: Callable[[str], Any] | None = None, choices: Iterable[Any] | None = None,
          metavar: str | None = None, default_factory: Callable[[], Any] | None = None,
-         negate: str | None = None, repeat: bool = False) -> Any:
+         negate: str | None = None, repeat: bool = False, path: bool = False) -> Any:
     """A dataclass field with its command-line flag.
 
     ``cli`` overrides the flag's name (default ``--field-name``); ``type`` parses the
     text (default: from the annotation); a ``bool`` field defaulting to True becomes
     ``--no-NAME`` (or ``negate``). ``cli=""`` keeps a field off the command line.
     ``repeat`` makes a tuple field's flag repeatable, each use adding one item.
+    ``path`` marks a file name: stored absolute, so a run resumes from any directory.
     """
     meta = {"help": help, "cli": cli, "type": type, "choices": tuple(choices) if choices is not None else None,
-            "metavar": metavar, "negate": negate, "repeat": repeat}
+            "metavar": metavar, "negate": negate, "repeat": repeat, "path": path}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -60,7 +61,9 @@ class LoopConfig:
     seed: int = flag(0, "run seed: initial weights, data order, noise; the same seed gives the same numbers")
     progress: bool = flag(True, "hide the progress bar", negate="--no-progress")
     device: str = flag("auto", "where the run computes: auto (the GPU where there is one and the mode can use it), "
-                               "cpu, or cuda (an error without a GPU)", choices=("auto", "cpu", "cuda"))
+                               "cpu, or cuda (train's minibatch optimizers only: online, es and the full-batch "
+                               "optimizers keep θ on the CPU; an error without a GPU)",
+                       choices=("auto", "cpu", "cuda"))
     tensorboard: bool = flag(False, "also write TensorBoard event files into the run folder (needs the "
                                     "tensorboard package: pip install 'distlstm[tensorboard]')")
 
@@ -211,9 +214,16 @@ def resolve_sections(sections: Mapping[str, type], args: argparse.Namespace, *,
     out = {}
     for name, cls in sections.items():
         out[name] = build_section(cls, (mode_defaults or {}).get(name, {}),
-                                  from_jsonable(cls, stored.get(name, {}), f"{where} [{name}]"),
-                                  given_values(args, name))
+                                  _absolute(cls, from_jsonable(cls, stored.get(name, {}), f"{where} [{name}]")),
+                                  _absolute(cls, given_values(args, name)))
     return out
+
+
+def _absolute(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """File names of ``path`` fields made absolute (relative to the working directory)."""
+    paths = {f.name for f in fields(cls) if f.metadata.get("path")}
+    return {k: str(Path(v).expanduser().resolve()) if k in paths and isinstance(v, str) and v else v
+            for k, v in values.items()}
 
 
 def config_document(command: str, mode: str, sections: Mapping[str, Any]) -> dict[str, Any]:

@@ -98,7 +98,7 @@ def _peers_watched(comm: Communicator, step: Callable[[], int], command: str | N
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise PeerLost(f"rank {comm.rank}: another worker stopped answering during step {step() + 1} ({first}). "
                        f"The last checkpoint is kept; once every worker can run again, continue with "
-                       f"{_resume_command(command, out)} under the same torchrun settings") from None
+                       f"{_resume_command(command, out, comm.world_size)}") from None
 
 
 def resolve_device(requested: str, mode: Mode) -> torch.device:
@@ -124,8 +124,12 @@ def resolve_device(requested: str, mode: Mode) -> torch.device:
     return torch.device("cpu")
 
 
-def _resume_command(command: str | None, folder: Path | None) -> str:
-    return f"distlstm {command or '<command>'} --resume {folder}" if folder is not None else "resume from a folder"
+def _resume_command(command: str | None, folder: Path | None, world_size: int = 1) -> str:
+    """The command that continues the run (under torchrun with as many workers when it had several)."""
+    if folder is None:
+        return "resume from a folder"
+    launcher = f"torchrun --nproc-per-node {world_size} -m distlstm.cli" if world_size > 1 else "distlstm"
+    return f"{launcher} {command or '<command>'} --resume {folder}"
 
 
 def run(mode: Mode, loop: LoopConfig, *, comm: Communicator | None = None, folder: Path | str | None = None,
@@ -235,7 +239,7 @@ def _run(mode: Mode, loop: LoopConfig, comm: Communicator, out: Path | None, con
                     checkpoint()
                     where = f"checkpoint written to {out}" if out is not None else "nothing written (no run folder)"
                     raise RunInterrupted(f"interrupted at step {step}: {where}; continue with "
-                                         f"{_resume_command(command, out)}")
+                                         f"{_resume_command(command, out, comm.world_size)}")
                 if mode.max_steps is not None:
                     cap = min(cap, mode.max_steps)  # a mode may end early (e.g. a line search found no decrease)
                 if step % loop.checkpoint_every == 0 and step < cap and not reached:
