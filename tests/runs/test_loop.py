@@ -232,3 +232,13 @@ def test_file_names_are_stored_absolute_so_a_run_resumes_from_anywhere(tmp_path,
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     assert run_command(TOY, parse(["--resume", str(tmp_path / "r"), "--steps", "3"])) == 0
+
+
+def test_evaluated_rows_are_the_rows_with_the_metric(tmp_path):
+    from distlstm.runs.metrics import evaluated_rows
+
+    result = go(tmp_path / "x", LoopConfig(steps=7, eval_every=3, progress=False))
+    assert len(result.rows) == 8  # read back from metrics.csv: every row has every column, NaN where empty
+    assert [r["step"] for r in evaluated_rows(result.rows, "loss")] == [0, 3, 6, 7]
+    assert [r["step"] for r in evaluated_rows(go(None, LoopConfig(steps=4, eval_every=2, progress=False)).rows,
+                                              "loss")] == [0, 2, 4]  # in memory: rows without the key

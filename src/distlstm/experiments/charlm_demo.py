@@ -28,6 +28,7 @@ from distlstm.modes.train_tasks import TaskConfig, build_task
 from distlstm.runs import atomic_write_text, plot_curves
 from distlstm.runs.config import LoopConfig, config_document
 from distlstm.runs.loop import run
+from distlstm.runs.metrics import evaluated_rows
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ class DemoMode(DDPMode):
         (task, model), cfg = self._char(), self.demo
         vocab = task.vocab
         h1, h2 = self._entropies()
-        evaluated = [r for r in rows if "val_nats_per_char" in r]
+        evaluated = evaluated_rows(rows, "val_nats_per_char")  # every other row leaves it empty (NaN)
         plot_curves(folder / "loss.png",
                     {"training (per step)": ([r["step"] for r in rows], [r["train_loss"] for r in rows]),
                      "validation": ([r["step"] for r in evaluated], [r["val_nats_per_char"] for r in evaluated])},

@@ -20,7 +20,6 @@ against generations and training time (PNG), text samples at temperatures 0.8 an
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from distlstm.modes.train_tasks import build_task
 from distlstm.runs import atomic_write_text, plot_curves, write_json
 from distlstm.runs.config import LoopConfig, config_document
 from distlstm.runs.loop import run as run_loop
+from distlstm.runs.metrics import evaluated_rows
 
 SOURCE_PLATEAU = 3.35
 RUN_KEYS = ("model", "method", "val_nats_per_char", "seconds", "evaluations", "generations", "parameters", "workers",
@@ -83,7 +83,7 @@ def run(cfg: ESShakespeareConfig, out: Path, show_progress: bool = True) -> list
                           config=config_document("es", "es", {"es": es_cfg, "loop": loop}), overwrite=True)
         runs.append({k: result.summary[k] for k in RUN_KEYS})
         models[f"{cell} {strategy}"] = out / _folder(cell, strategy)
-        curves[f"{cell} {strategy}"] = evaluated(result.rows)
+        curves[f"{cell} {strategy}"] = evaluated_rows(result.rows, "val_nats_per_char")
     for cell in ("rnn", "lstm"):  # backprop: distlstm train --task char-lm, one-hot, on the same time budget
         demo = DemoConfig(cell=cell, hidden=cfg.hidden, embedding=0, steps=10**9, seconds=cfg.seconds,
                           eval_every=100, eval_chars=cfg.eval_chars, seed=cfg.seed)
@@ -91,7 +91,7 @@ def run(cfg: ESShakespeareConfig, out: Path, show_progress: bool = True) -> list
         mode = DDPMode(functools.partial(build_task, sections["task"]), sections["optim"])
         result = run_loop(mode, sections["loop"], folder=out / _folder(cell, "backprop"), overwrite=True,
                           config=config_document("train", "ddp", sections))
-        rows = evaluated(result.rows)
+        rows = evaluated_rows(result.rows, "val_nats_per_char")
         runs.append({"model": cell, "method": "backprop", "val_nats_per_char": rows[-1]["val_nats_per_char"],
                      "seconds": result.summary["seconds"], "evaluations": result.summary["samples"] // demo.window,
                      "generations": result.summary["steps"], "parameters": result.summary["parameters"],
@@ -117,11 +117,6 @@ def _plots(out: Path, curves: dict[str, list[dict[str, Any]]], h1: float, h2: fl
     plot_curves(out / "val_vs_generations.png",
                 {n: series(rows, "step") for n, rows in curves.items() if "backprop" not in n},
                 xlabel="generation", ylabel="validation nats / char", title="ES on Shakespeare", hlines=ref)
-
-
-def evaluated(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The metrics rows with a validation figure (the loop evaluates every --eval-every steps)."""
-    return [r for r in rows if math.isfinite(r.get("val_nats_per_char", math.nan))]
 
 
 def _folder(cell: str, method: str) -> str:

@@ -19,7 +19,6 @@ weights. Writes ``report.md``, ``summary.json`` (one row per optimizer × α),
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 import statistics
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -34,9 +33,10 @@ from distlstm.bptt.tasks import LongLagTask, longlag_splits
 from distlstm.experiments.matrix_batch_timing import WorkersRow, bench_lbfgs_workers, bench_vectorization
 from distlstm.modes.ddp import DDPMode, OptimConfig
 from distlstm.modes.fullbatch import METHODS, FullBatchConfig, FullBatchMode
-from distlstm.runs import atomic_write_text, plot_curves, read_csv_numbers, write_json
+from distlstm.runs import atomic_write_text, plot_curves, write_json
 from distlstm.runs.config import LoopConfig, config_document
 from distlstm.runs.loop import run as run_loop
+from distlstm.runs.metrics import evaluated_rows
 
 NOTES = """\
 - The paper reports success without a time limit; here every run has the same training-time
@@ -102,16 +102,16 @@ def run_one(cfg: MatrixBatchConfig, optimizer: str, alpha: float, seed: int, out
                                                                  momentum=cfg.sgd_momentum, clip=0.0))
         loop = LoopConfig(steps=10**9, seconds=cfg.seconds, stop_at=cfg.target, eval_every=task.steps_per_epoch(),
                           checkpoint_every=10**9, seed=seed, progress=False)
-        summary = run_loop(mode, loop, folder=out, overwrite=True).summary
-        rows = read_csv_numbers(out / "metrics.csv")
-    rows = [r for r in rows if math.isfinite(r.get("test_mae", math.nan))]  # the evaluated rows
+        result = run_loop(mode, loop, folder=out, overwrite=True)
+        summary, rows = result.summary, result.rows
+    rows = evaluated_rows(rows, "test_mae")
     first = next((r for r in rows if r["test_mae"] <= cfg.target), None)
     return {"optimizer": optimizer, "alpha": alpha, "seed": seed, "success": first is not None,
             "seconds_to_success": None if first is None else first["seconds"],
             "samples_to_success": None if first is None else int(first["samples"]),
             "final_test_mae": summary["test_mae"], "seconds": summary["seconds"], "samples": summary["samples"],
             "status": summary.get("status", "target reached" if first else "time budget used"),
-            "curve": [(r["seconds"], r["test_mae"]) for r in rows if "test_mae" in r]}
+            "curve": [(r["seconds"], r["test_mae"]) for r in rows]}
 
 
 def run_fullbatch(cfg: MatrixBatchConfig, task: LongLagTask, optimizer: str, seed: int, out: Path | None,

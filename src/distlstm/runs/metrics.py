@@ -14,7 +14,7 @@ import csv
 import math
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -129,6 +129,16 @@ def read_metrics(path: Path) -> Iterator[dict[str, Any]]:
     with Path(path).open(newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             yield {k: _number(v) for k, v in row.items()}
+
+
+def evaluated_rows(rows: Iterable[Mapping[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """The rows that carry an evaluation of ``metric`` (the others leave its cell empty: NaN when read back)."""
+    out = []
+    for r in rows:
+        value = r.get(metric)
+        if isinstance(value, int | float) and math.isfinite(value):
+            out.append(dict(r))
+    return out
 
 
 def plot_metrics(path: Path, rows: Sequence[Mapping[str, Any]] | Iterator[dict[str, Any]], columns: Sequence[str],
