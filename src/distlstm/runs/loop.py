@@ -204,10 +204,13 @@ def _run(mode: Mode, loop: LoopConfig, comm: Communicator, out: Path | None, con
                                       "last_metric": last, "metrics_bytes": metrics.flush(),
                                       "world_size": comm.world_size, "state": state})
 
+    def reached_stop_at() -> bool:
+        return loop.stop_at is not None and last is not None and last <= loop.stop_at
+
     if ckpt is None:  # the untrained model's evaluation: the curves start where training starts
         record({"step": 0, "seconds": 0.0, **evaluate()})
     cap = loop.steps if mode.max_steps is None else min(loop.steps, mode.max_steps)
-    reached = loop.stop_at is not None and last is not None and last <= loop.stop_at
+    reached = reached_stop_at()
     stopped = "stop_at" if reached else "steps"
     interrupted = [False]
     bar = tqdm(total=cap, initial=min(step, cap), desc=f"{command or mode.name} ({mode.name})", unit="step",
@@ -231,7 +234,7 @@ def _run(mode: Mode, loop: LoopConfig, comm: Communicator, out: Path | None, con
                 at_end = step == cap or (mode.max_steps is not None and step >= mode.max_steps)
                 if step % loop.eval_every == 0 or at_end or out_of_time or interrupted[0]:
                     row.update(evaluate())
-                    reached = loop.stop_at is not None and last is not None and last <= loop.stop_at
+                    reached = reached_stop_at()
                     bar.set_postfix({mode.metric: f"{last:.4g}"})
                 record(row)
                 bar.update()
@@ -253,8 +256,8 @@ def _run(mode: Mode, loop: LoopConfig, comm: Communicator, out: Path | None, con
         if tensorboard is not None:
             tensorboard.close()
     summary = {"command": command, "mode": mode.name, "metric": mode.metric, mode.metric: last,
-               "stopped_by": stopped, "reached_stop_at": loop.stop_at is not None and last is not None
-               and last <= loop.stop_at, "steps": step, "seconds": round(seconds, 3), "workers": comm.world_size,
+               "stopped_by": stopped, "reached_stop_at": reached_stop_at(), "steps": step,
+               "seconds": round(seconds, 3), "workers": comm.world_size,
                **mode.summary()}
     if write and out is not None:
         write_json(out / "summary.json", summary)
