@@ -213,7 +213,8 @@ def _run(mode: Mode, loop: LoopConfig, comm: Communicator, out: Path | None, con
     reached = reached_stop_at()
     stopped = "stop_at" if reached else "steps"
     interrupted = [False]
-    bar = tqdm(total=cap, initial=min(step, cap), desc=f"{command or mode.name} ({mode.name})", unit="step",
+    label = mode.name if command in (None, mode.name) else f"{command} ({mode.name})"
+    bar = tqdm(total=cap, initial=min(step, cap), desc=label, unit="step",
                disable=not (loop.progress and main), dynamic_ncols=True)
     try:
         with _stop_signals(interrupted), _peers_watched(comm, lambda: step, command, out):
