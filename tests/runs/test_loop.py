@@ -82,6 +82,9 @@ def test_sigint_checkpoints_then_resume_finishes(tmp_path):
         go(tmp_path / "r", loop, ToyConfig(interrupt_at=4))
     ckpt, _ = load_run_checkpoint(tmp_path / "r")
     assert ckpt["step"] == 4 and ckpt["last_metric"] > 0  # the interrupt evaluates too
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())  # the folder reads like a finished run's
+    assert summary["stopped_by"] == "interrupted" and summary["steps"] == 4
+    assert (tmp_path / "r" / "metrics.png").stat().st_size > 0
     resumed = go(tmp_path / "r", loop, ToyConfig(interrupt_at=4), resume=True)
     whole = go(None, loop)
     assert resumed.summary["loss"] == whole.summary["loss"]

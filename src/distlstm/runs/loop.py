@@ -240,10 +240,8 @@ def _run(mode: Mode, loop: LoopConfig, comm: Communicator, out: Path | None, con
                 record(row)
                 bar.update()
                 if interrupted[0]:
-                    checkpoint()
-                    where = f"checkpoint written to {out}" if out is not None else "nothing written (no run folder)"
-                    raise RunInterrupted(f"interrupted at step {step}: {where}; continue with "
-                                         f"{_resume_command(command, out, comm.world_size)}")
+                    stopped = "interrupted"
+                    break
                 if mode.max_steps is not None:
                     cap = min(cap, mode.max_steps)  # a mode may end early (e.g. a line search found no decrease)
                 if step % loop.checkpoint_every == 0 and step < cap and not reached:
@@ -266,6 +264,10 @@ def _run(mode: Mode, loop: LoopConfig, comm: Communicator, out: Path | None, con
                      f"{command or mode.name}: {mode.name}, {comm.world_size} worker(s)", total=step + 1,
                      every_point=sorted(evaluated))
         mode.write_outputs(out, metrics.rows())
+    if stopped == "interrupted":  # after the outputs: an interrupted run's folder is as readable as a finished one's
+        where = f"checkpoint written to {out}" if out is not None else "nothing written (no run folder)"
+        raise RunInterrupted(f"interrupted at step {step}: {where}; continue with "
+                             f"{_resume_command(command, out, comm.world_size)}")
     return RunResult(summary, metrics)
 
 
