@@ -212,6 +212,8 @@ def _run(mode: Mode, loop: LoopConfig, comm: Communicator, out: Path | None, con
     cap = loop.steps if mode.max_steps is None else min(loop.steps, mode.max_steps)
     reached = reached_stop_at()
     stopped = "stop_at" if reached else "steps"
+    if ckpt is not None and main:
+        _say_if_nothing_left(step, seconds, cap, loop)
     interrupted = [False]
     label = mode.name if command in (None, mode.name) else f"{command} ({mode.name})"
     bar = tqdm(total=cap, initial=min(step, cap), desc=label, unit="step",
@@ -269,6 +271,19 @@ def _run(mode: Mode, loop: LoopConfig, comm: Communicator, out: Path | None, con
         raise RunInterrupted(f"interrupted at step {step}: {where}; continue with "
                              f"{_resume_command(command, out, comm.world_size)}")
     return RunResult(summary, metrics)
+
+
+def _say_if_nothing_left(step: int, seconds: float, cap: int, loop: LoopConfig) -> None:
+    """A resumed run whose budget is already spent says so (budgets are totals, not more on top)."""
+    if step >= cap and cap < loop.steps:
+        print(f"nothing left to run: the method ended this run at step {step} (it could go no further)",
+              file=sys.stderr)
+    elif step >= cap:
+        print(f"nothing left to run: this run already took {step} step(s) and --steps is {cap}; "
+              "give a larger --steps (a total, not more on top) to go on", file=sys.stderr)
+    elif loop.seconds is not None and seconds >= loop.seconds:
+        print(f"nothing left to run: this run already took {seconds:.1f} s of steps and --seconds is "
+              f"{loop.seconds:g}; give a larger --seconds (a total) to go on", file=sys.stderr)
 
 
 def print_interrupted(err: RunInterrupted) -> int:
