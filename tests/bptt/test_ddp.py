@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -12,7 +10,6 @@ from typing import Any
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from distlstm.bptt.table_task import TableTask
 from distlstm.bptt.tasks import CharStreamTask, LongLagTask, WordStreamTask
@@ -23,7 +20,8 @@ from distlstm.runs.checkpoint import load_run_checkpoint
 from distlstm.runs.config import LoopConfig, config_document
 from distlstm.runs.loop import RunResult, run
 from distlstm.runs.metrics import read_metrics
-from distlstm.runtime.comm import Communicator, open_comm
+from distlstm.runtime.comm import Communicator
+from tests.launch import launch_module
 
 OPTIM = OptimConfig(optimizer="adam", lr=0.01, clip=0.5)
 LOOP = LoopConfig(steps=8, eval_every=4, checkpoint_every=3, seed=1, progress=False)
@@ -144,23 +142,6 @@ def test_stopped_and_resumed_equals_uninterrupted_bit_for_bit(tmp_path, kind):
         assert b["state"]["generators"]["dropout"].shape[0] == 1
 
 
-def _worker(rank: int, world: int, port: int, kind: str, data: str, out: str, steps: int, resume: bool) -> None:
-    """One of ``world`` processes as torchrun starts them: the communicator joins the group from the environment."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    make = MULTI[kind][1]
-    with open_comm() as comm:
-        train(lambda r, w: make(data, r, w, streams=2), Path(out), loop=replace(LOOP, steps=steps), resume=resume,
-              comm=comm)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("kind", ["char", "word"])
 def test_two_workers_stopped_and_resumed_equal_one_process_with_the_global_batch(tmp_path, kind):
@@ -168,8 +149,9 @@ def test_two_workers_stopped_and_resumed_equal_one_process_with_the_global_batch
     data = make_data(tmp_path)
     single = train(lambda r, w: make(data, r, w, streams=4), tmp_path / "single")
     out = str(tmp_path / "ddp")
-    mp.spawn(_worker, args=(2, free_port(), kind, data, out, 5, False), nprocs=2, join=True)
-    mp.spawn(_worker, args=(2, free_port(), kind, data, out, 8, True), nprocs=2, join=True)
+    # under torchrun, as users launch it (tests/bptt/ddp_worker.py is one worker)
+    launch_module("tests.bptt.ddp_worker", [kind, data, out, "5"], processes=2)
+    launch_module("tests.bptt.ddp_worker", [kind, data, out, "8", "--resume"], processes=2)
     torch.testing.assert_close(theta(tmp_path / "ddp"), theta(tmp_path / "single"), atol=1e-9, rtol=0)
     two, _ = load_run_checkpoint(tmp_path / "ddp")
     # every worker saw the global mean loss (the same sampled candidates for the word LM)
