@@ -146,9 +146,9 @@ class TorchDistComm(Communicator):
         there. A worker that the decision left out raises (it came too late).
         """
         self._regroups += 1
+        wait_s = self.timeout_s + max(5.0, self.timeout_s / 4)  # the slowest survivor notices after timeout_s
         self.members, agreed = _dist.regroup(self._store, f"distlstm/regroup/{self._regroups}", self.launch_rank,
-                                             self.members, position, wait_s=self.timeout_s + 5.0,
-                                             timeout_s=self.timeout_s)
+                                             self.members, position, wait_s=wait_s, timeout_s=self.timeout_s)
         self.rank, self.world_size = self.members.index(self.launch_rank), len(self.members)
         return list(self.members), agreed
 

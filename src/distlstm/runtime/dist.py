@@ -210,7 +210,7 @@ def regroup(store: dist.Store | None, key: str, rank: int, members: list[int], p
     decided = store.compare_set(f"{key}/decision", "", seen).decode()
     positions = {int(r): int(p) for r, p in (part.split(":") for part in decided.split(";"))}
     if rank not in positions:
-        raise RuntimeError(f"rank {rank}: the other workers went on without this one (it reported after "
+        raise dist.DistError(f"rank {rank}: the other workers went on without this one (it reported after "
                            f"{wait_s:.0f} s); its nodes are counted as lost")
     survivors = sorted(positions)
     dist.init_process_group(backend, store=dist.PrefixStore(f"{key}/pg", store), rank=survivors.index(rank),
