@@ -10,19 +10,23 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
+from distlstm.cli import main
 from distlstm.modes.node_loss import NodeLeft, parse_drops, survivors_final_mse
 from distlstm.modes.online import OnlineConfig, OnlineMode, OnlineProblem
-from distlstm.network import make_topology
+from distlstm.network import InProcessTransport, make_topology
 from distlstm.network.graphs import Topology
 from distlstm.online import algorithm_settings
 from distlstm.online.dpf import walk_exponents
 from distlstm.runs.config import LoopConfig
 from distlstm.runs.loop import run
+from distlstm.runs.metrics import read_metrics
+from distlstm.runtime.comm import LocalComm
 from tests.network.test_node_loss_graphs import fresh
 
 from .conftest import linear_streams
@@ -146,3 +150,98 @@ def test_dpf_exponents_on_a_reduced_graph_by_hand():
             for j in part:
                 pi = topo.degree(j) / (2 * topo.component_edges(j))
                 assert 4 * pi * walk_exponents(topo, 4, [j])[j] == pytest.approx(1.0)
+
+
+def test_the_command_reports_who_left_and_the_parts_that_went_on(tmp_path, capsys):
+    args = ["online", "--algorithm", "dsgd", "--nodes", "3", "--topology", "line", "--steps", "12",
+            "--drop-node", "1@4", "--no-progress"]
+    assert main([*args, "--on-node-loss", "continue", "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "node 1 left at step 4; the survivors fell apart into 2 parts that go on alone: {0} {2}; " \
+           "survivors' final MSE (scaled)" in out
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["components"] == [[0], [2]] and summary["survivors"] == [0, 2]
+    rows = list(read_metrics(tmp_path / "r" / "metrics.csv"))[1:]  # the line 0-1-2, then no edges left
+    assert [r["messages_per_node"] for r in rows] == pytest.approx([4 / 3] * 4 + [0.0] * 8, rel=1e-6)
+    assert main([*args, "--out", str(tmp_path / "s")]) == 1  # the default policy: stop, with the flag to change it
+    assert "node 1 left before step 4 and --on-node-loss is stop" in capsys.readouterr().err
+
+
+class Failure(RuntimeError):
+    """What a dead peer raises in a collective."""
+
+
+class RankedTransport(InProcessTransport):
+    """All nodes in this process, but owned by two ranks of two nodes each; one round fails once."""
+
+    def __init__(self, topology: Topology, fail_at_round: int | None) -> None:
+        super().__init__(topology)
+        self.rounds, self.fail_at_round = 0, fail_at_round
+
+    def owner(self, node: int) -> int:
+        return node // 2
+
+    def regroup(self, ranks: list[int]) -> list[int]:
+        return [k for k in self.topology.survivors if self.owner(k) not in ranks]
+
+    def neighbour_exchange(self, values):
+        self._count()
+        return super().neighbour_exchange(values)
+
+    def route(self, outgoing):
+        self._count()
+        return super().route(outgoing)
+
+    def _count(self) -> None:
+        self.rounds += 1
+        if self.rounds == self.fail_at_round:
+            raise Failure("connection closed by peer")
+
+
+class TwoRanks(LocalComm):
+    """Rank 0 of two, until rank 1 dies: collectives are local, ``fail_reduce`` breaks one loop reduction,
+    and the survivors agree on ``agreed`` (the steps the slowest survivor completed)."""
+
+    def __init__(self, agreed: int, fail_at_round: int | None = None, fail_reduce: int | None = None) -> None:
+        self.world_size, self.agreed, self.reduces = 2, agreed, 0
+        self.fail_at_round, self.fail_reduce = fail_at_round, fail_reduce
+        self.positions: list[int] = []
+
+    def transport(self, topology: Topology) -> RankedTransport:
+        return RankedTransport(topology, self.fail_at_round)
+
+    def all_reduce_(self, tensor, op="sum"):
+        self.reduces += 1
+        if self.reduces == self.fail_reduce:
+            raise Failure("connection closed by peer")
+        return tensor
+
+    def is_peer_failure(self, err: BaseException) -> bool:
+        return isinstance(err, Failure)
+
+    def regroup(self, position: int) -> tuple[list[int], int]:
+        self.positions.append(position)
+        self.world_size = 1
+        return [0], self.agreed
+
+
+@pytest.mark.parametrize(("algorithm", "where"), [("dpf", "in the step"), ("dpf", "after the step"),
+                                                  ("dekf", "after the step")])
+def test_a_survivor_rolls_back_to_the_step_the_others_failed_in(linear_fm, algorithm, where):
+    """Rank 1 (nodes 2, 3) dies during step 6: this survivor failed inside step 6 (its state half-updated,
+    its generators drawn from), or finished step 6 and failed in the loop's reduction after it. Either
+    way it repeats step 6 without nodes 2 and 3 — the simulator's run with both dropped before step 6."""
+    streams, _ = linear_streams(4, STEPS, 3, sigma=0.1, seed=5)
+    ring = make_topology("ring", 4)
+    settings = {"num_particles": 20, "walk_steps": 2} if algorithm == "dpf" else None
+    rounds_per_step = 2  # DPF: K = 2 walk rounds; DEKF: the data, then ψ
+    comm = TwoRanks(agreed=6, fail_at_round=6 * rounds_per_step + 2 if where == "in the step" else None,
+                    fail_reduce=7 if where == "after the step" else None)
+    mode = OnlineMode(OnlineProblem(streams), algorithm, algorithm_settings(algorithm, settings), ring,
+                      model=lambda _seed: (linear_fm, torch.zeros(3, dtype=D)), on_node_loss="continue")
+    run(mode, LoopConfig(steps=STEPS, seed=3, progress=False), comm=comm, folder=None)
+    assert comm.positions == [6 if where == "in the step" else 7]
+    simulated = records_of(linear_fm, streams, algorithm, ring, settings, drops={2: 6, 3: 6})
+    got, want = torch.tensor(mode.records.sq_errors), torch.tensor(simulated.records.sq_errors)
+    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
+    assert mode.summary()["node_loss"] == simulated.summary()["node_loss"]

@@ -289,7 +289,8 @@ class OnlineMode:
         started = time.perf_counter()
         alg, transport, nodes = self.algorithm, self.transport, self.transport.local_nodes
         if self.on_node_loss == "continue" and self.comm.world_size > 1:  # what recover() rolls back to
-            self._start = (step, dict(self.states), {k: self.gens[k].get_state() for k in nodes})
+            self._start = (step, {k: _copy(s) for k, s in self.states.items()},
+                           {k: self.gens[k].get_state() for k in nodes})
         obs = {k: self.problem.streams[k][step] for k in nodes}
         preds: dict[int, Prediction] = {k: alg.predict(self.states[k], obs[k].x) for k in nodes}
         errors = [self._squared_error(obs[k], preds[k], f"{alg.name} at node {k}, step {step}") for k in nodes]
@@ -510,6 +511,11 @@ class OnlineMode:
 def _nanmean(values: Sequence[float]) -> float:
     vals = [v for v in values if not math.isnan(v)]
     return sum(vals) / len(vals) if vals else math.nan
+
+
+def _copy(state: State) -> State:
+    """A node state whose tensors an update cannot change in place (what a rolled-back step starts from)."""
+    return type(state)(*(t.clone() if isinstance(t, Tensor) else t for t in state))
 
 
 def write_curves(out: Path, stem: str, results: Mapping[str, OnlineRecords], title: str,
