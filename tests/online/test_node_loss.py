@@ -23,6 +23,7 @@ from distlstm.network import InProcessTransport, make_topology
 from distlstm.network.graphs import Topology
 from distlstm.online import algorithm_settings
 from distlstm.online.dpf import walk_exponents
+from distlstm.runs.checkpoint import load_run_checkpoint
 from distlstm.runs.config import LoopConfig
 from distlstm.runs.loop import run
 from distlstm.runs.metrics import read_metrics
@@ -245,3 +246,14 @@ def test_a_survivor_rolls_back_to_the_step_the_others_failed_in(linear_fm, algor
     got, want = torch.tensor(mode.records.sq_errors), torch.tensor(simulated.records.sq_errors)
     assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
     assert mode.summary()["node_loss"] == simulated.summary()["node_loss"]
+
+
+def test_a_run_that_lost_node_0_keeps_the_first_survivors_model(tmp_path):
+    assert main(["online", "--algorithm", "dsgd", "--nodes", "3", "--steps", "8", "--drop-node", "0@3",
+                 "--on-node-loss", "continue", "--no-progress", "--out", str(tmp_path / "r")]) == 0
+    ckpt, _ = load_run_checkpoint(tmp_path / "r", "online")
+    theta = ckpt["state"]["algorithm"]["states"]["theta"]
+    assert bool(theta[0].isnan().all()) and bool(theta[1:].isfinite().all())  # node 0's row: gone
+    model = torch.cat([v.reshape(-1) for v in ckpt["state"]["model"].values()])
+    assert torch.equal(model, theta[1])
+    assert ckpt["state"]["algorithm"]["node_loss"][0]["nodes"] == [0]
