@@ -20,6 +20,11 @@ a forecaster needs (scaling, feature names, window, horizon, target). Its ``mode
 node 0's estimate as a :class:`~distlstm.models.networks.SequenceRegressor` state dict:
 one node's model is a coherent model with its own predictive variance, where an
 average of the nodes' θ (which need not agree without communication) is not.
+
+Nodes may leave a run (``--on-node-loss continue``; ``--drop-node`` injects the fault):
+the survivors go on over the reduced graph, a lost node's records are NaN, and the
+summary names who left when and the survivors' final error (``modes/node_loss.py``).
+Under torchrun, :meth:`OnlineMode.recover` is what the loop calls when a peer died.
 """
 
 from __future__ import annotations
