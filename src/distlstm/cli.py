@@ -99,7 +99,9 @@ def _online_report(result: RunResult, folder: Path) -> str:
     return (f"{s['algorithm']}: final MSE {_g(s.get('final_mse_data_units'))} in {s['target']}'s units squared "
             f"(last-value forecast {_g(s.get('mse_naive_data_units'))}; scaled: {_g(s['final_mse'])} vs "
             f"{_g(s['mse_naive'])}), {s['skipped_labels']} missing labels, {s['seconds_per_step'] * 1e3:.1f} ms/step, "
-            f"{s['bytes_per_node_per_step']:,.0f} bytes/node/step, {s['processes']} process(es)")
+            f"{s['bytes_per_node_per_step']:,.0f} bytes/node/step, {s['processes']} process(es)"
+            + (f"\n{s['node_loss_report']}; survivors' final MSE (scaled) {_g(s['survivors_final_mse'])}"
+               if "node_loss" in s else ""))
 
 
 def _online_command() -> RunCommand:

@@ -20,11 +20,18 @@ a forecaster needs (scaling, feature names, window, horizon, target). Its ``mode
 node 0's estimate as a :class:`~distlstm.models.networks.SequenceRegressor` state dict:
 one node's model is a coherent model with its own predictive variance, where an
 average of the nodes' θ (which need not agree without communication) is not.
+
+Nodes may leave a run (``--on-node-loss continue``; ``--drop-node`` injects the fault):
+the survivors go on over the reduced graph, a lost node's records are NaN, and the
+summary names who left when and the survivors' final error (``modes/node_loss.py``).
+Under torchrun, :meth:`OnlineMode.recover` is what the loop calls when a peer died.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -40,6 +47,15 @@ from distlstm.data.observation import Observation
 from distlstm.data.series import EXCHANGE_RATES, series_column, split_round_robin
 from distlstm.data.table import read_table
 from distlstm.models.functional import FunctionalModel
+from distlstm.modes.node_loss import (
+    POLICIES,
+    NodeLeft,
+    NodeLoss,
+    check_policy,
+    lost_slots,
+    parse_drops,
+    survivors_final_mse,
+)
 from distlstm.network.graphs import TOPOLOGIES, Topology, make_topology, parse_edges
 from distlstm.network.transport import Transport
 from distlstm.online import ALGORITHMS, DEFAULT_SETTINGS, algorithm_settings, make_algorithm, regressor
@@ -128,10 +144,20 @@ class OnlineConfig:
     s0_carry: float | None = flag(None, "initial variance of the carried state (ekf --stateful); default 0")
     joseph: bool = flag(False, "Joseph-form covariance update (ekf, dekf)")
     stateful: bool = flag(False, "ekf only: carry the LSTM state from each window to the next and filter [carry; θ]")
+    on_node_loss: str = flag("stop", "when a node leaves the run (its worker process died, or --drop-node): stop "
+                                     "(the last checkpoint is kept and the message says how to resume) or continue: "
+                                     "the survivors agree on the reduced graph within --collective-timeout and go on "
+                                     "over it (Metropolis weights and the DPF's walk recomputed; each part of a graph "
+                                     "that fell apart goes on alone)", choices=POLICIES)
+    drop_node: str | None = flag(None, "fault injection: NODE@STEP[,NODE@STEP…] removes NODE before its 0-based step "
+                                       "STEP (NODE@0: a run that never had it); under torchrun the worker that runs "
+                                       "NODE kills itself there, taking all its nodes along", metavar="NODE@STEP")
 
     def __post_init__(self) -> None:
         _positive("nodes", self.nodes, "--nodes")
         _positive("hidden", self.hidden, "--hidden")
+        check_policy(self.on_node_loss)
+        parse_drops(self.drop_node, self.nodes)
         self.settings()  # a setting that does not apply to the algorithm is an error now, not at init
 
     def settings(self) -> dict[str, Any]:
@@ -236,7 +262,8 @@ class OnlineMode:
     plot_columns: Sequence[str] = ("mse", "running_mse")
 
     def __init__(self, problem: OnlineProblem, algorithm: str, settings: Mapping[str, Any], topology: Topology, *,
-                 hidden: int = 4, model: ModelBuilder | None = None, topology_name: str = "") -> None:
+                 hidden: int = 4, model: ModelBuilder | None = None, topology_name: str = "",
+                 on_node_loss: str = "stop", drops: Mapping[int, int] | None = None) -> None:
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {list(ALGORITHMS)}")
         self.problem, self.algorithm_name, self.settings = problem, algorithm, dict(settings)
@@ -245,6 +272,8 @@ class OnlineMode:
         self.model = model or (lambda seed: regressor(problem.input_size, hidden, seed))
         self.seed = 0
         self.comm: Communicator = LocalComm()
+        self.on_node_loss, self.drops = check_policy(on_node_loss), dict(drops or {})
+        self.losses: list[NodeLoss] = []
 
     # -- the loop's interface -------------------------------------------------------------------------------------
 
@@ -257,10 +286,16 @@ class OnlineMode:
         self.gens = {k: node_generator(seed, k) for k in nodes}
         self.states: dict[int, State] = {k: self.algorithm.init(theta0, k, self.gens[k]) for k in nodes}
         self.records = OnlineRecords(self.algorithm_name, self.topology.num_nodes)
+        self.losses = []
+        self._start: tuple[int, dict[int, State], dict[int, Tensor]] | None = None
 
     def step(self, step: int) -> Mapping[str, float]:
+        self._drop_due(step)
         started = time.perf_counter()
         alg, transport, nodes = self.algorithm, self.transport, self.transport.local_nodes
+        if self.on_node_loss == "continue" and self.comm.world_size > 1:  # what recover() rolls back to
+            self._start = (step, {k: _copy(s) for k, s in self.states.items()},
+                           {k: self.gens[k].get_state() for k in nodes})
         obs = {k: self.problem.streams[k][step] for k in nodes}
         preds: dict[int, Prediction] = {k: alg.predict(self.states[k], obs[k].x) for k in nodes}
         errors = [self._squared_error(obs[k], preds[k], f"{alg.name} at node {k}, step {step}") for k in nodes]
@@ -270,12 +305,70 @@ class OnlineMode:
                                transport.stats.messages[k] - before[1][i], time.perf_counter() - started]
                               for i, k in enumerate(nodes)], dtype=torch.float64)
         every = self.comm.all_gather_cat(local).tolist()  # (K, 5): nodes are contiguous blocks in rank order
-        k_all = self.topology.num_nodes
-        self.records.append([r[0] for r in every], [r[1] for r in every], sum(r[2] for r in every) / k_all,
-                            sum(r[3] for r in every) / k_all, max(r[4] for r in every))
+        live = self.transport.topology.survivors  # all K nodes unless some left the run
+        by_node = dict(zip(live, every, strict=True))
+        rows = [by_node.get(k, [math.nan] * 5) for k in range(self.topology.num_nodes)]
+        self.records.append([r[0] for r in rows], [r[1] for r in rows], sum(r[2] for r in every) / len(live),
+                            sum(r[3] for r in every) / len(live), max(r[4] for r in every))
         rec = self.records
         return {"mse": _nanmean(rec.sq_errors[-1]), "running_mse": rec.running_mse_now,
                 "bytes_per_node": rec.bytes_per_step[-1], "messages_per_node": rec.messages_per_step[-1]}
+
+    # -- nodes that leave the run (modes/node_loss.py) -------------------------------------------------------------
+
+    def _drop_due(self, step: int) -> None:
+        """--drop-node: remove the nodes due before ``step`` (in one process), or die with them (under torchrun)."""
+        due = sorted(k for k, at in self.drops.items() if at == step and k not in self.transport.topology.lost)
+        if not due:
+            return
+        if self.comm.world_size > 1:
+            if set(due) & set(self.transport.local_nodes):
+                os.kill(os.getpid(), signal.SIGKILL)  # a crash, not a goodbye: the survivors must notice alone
+            return
+        if self.on_node_loss != "continue":
+            raise NodeLeft(f"node{'s' if len(due) > 1 else ''} {', '.join(map(str, due))} left before step {step} "
+                           f"and {option('on_node_loss', '--on-node-loss')} is stop; give continue to go on with "
+                           "the survivors")
+        self.lose_nodes(due, step)
+
+    def lose_nodes(self, nodes: Sequence[int], step: int) -> None:
+        """Go on without ``nodes`` from ``step`` on: the reduced graph, their states dropped, the event recorded."""
+        reduced = self.transport.topology.without(nodes)
+        self.transport.lose(reduced)
+        for k in nodes:
+            self.states.pop(k, None)
+            self.gens.pop(k, None)
+        self.losses.append(NodeLoss.of(step, nodes, reduced))
+
+    def recover(self) -> int | None:
+        """After a worker died (under torchrun): agree with the survivors and return the step to go on from.
+
+        Every survivor reports the steps it completed; a peer can be at most one step
+        ahead (it cannot pass a gather the others did not reach), so the agreed step is
+        the smallest, and a survivor that is ahead, or failed inside a step, rolls back
+        to the step's start. None: the policy is stop, or the worker that writes the
+        run folder (rank 0) is gone.
+        """
+        if self.on_node_loss != "continue":
+            return None
+        done = self.records.steps
+        members, agreed = self.comm.regroup(done)
+        regroup = getattr(self.transport, "regroup", None)
+        if regroup is None or members[0] != 0:
+            return None
+        gone = regroup(members)
+        if self._start is not None and self._start[0] == agreed:
+            _, states, gens = self._start
+            self.states = dict(states)
+            for k, g in gens.items():
+                self.gens[k].set_state(g)
+        if done > agreed:
+            self.records = OnlineRecords.from_tensors(
+                self.algorithm_name, self.topology.num_nodes,
+                {k: v[:agreed] if v.dim() else v for k, v in self.records.to_tensors().items()})
+        if gone:
+            self.lose_nodes(gone, agreed)
+        return agreed
 
     @staticmethod
     def _squared_error(ob: Observation, pred: Prediction, where: str) -> float:
@@ -300,10 +393,16 @@ class OnlineMode:
         node_states = {f: self._gather(torch.stack([getattr(self.states[k], f) for k in nodes]))
                        for f in first._fields}
         gens = self._gather(torch.stack([self.gens[k].get_state() for k in nodes]))
-        theta0 = self.algorithm.estimate(type(first)(*(node_states[f][0] for f in first._fields)))
+        if self.losses:  # rows by node id: NaN states and zero generators where a node left
+            live = self.transport.topology.survivors
+            node_states = {f: self._by_node(v, live, math.nan) for f, v in node_states.items()}
+            gens = self._by_node(gens, live, 0)
+        shown = self.transport.topology.survivors[0]  # node 0, or the first survivor
+        theta0 = self.algorithm.estimate(type(first)(*(node_states[f][shown] for f in first._fields)))
         return {"model": {k: v.clone() for k, v in self.fm.spec.unflatten(theta0).items()},
                 "algorithm": {"name": self.algorithm_name, "settings": dict(self.settings), "states": node_states,
-                              "records": self.records.to_tensors()},
+                              "records": self.records.to_tensors(),
+                              "node_loss": [e.as_dict() for e in self.losses]},
                 "generators": {"nodes": gens},
                 "artifacts": {**self.problem.artifacts, "input_size": self.problem.input_size, "hidden": self.hidden,
                               "algorithm": self.algorithm_name, "settings": dict(self.settings)}}
@@ -311,10 +410,22 @@ class OnlineMode:
     def _gather(self, local: Tensor) -> Tensor:
         return self.comm.all_gather_cat(local) if self.comm.world_size > 1 else local
 
+    def _by_node(self, rows: Tensor, live: Sequence[int], fill: float) -> Tensor:
+        """``rows`` of the nodes ``live`` placed at their ids among all K, ``fill`` elsewhere."""
+        out = rows.new_full((self.topology.num_nodes, *rows.shape[1:]), fill)
+        out[list(live)] = rows
+        return out
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         algo = state["algorithm"]
         if algo["name"] != self.algorithm_name:
             raise ValueError(f"the checkpoint is of a {algo['name']} run, not {self.algorithm_name}")
+        losses = [NodeLoss.from_dict(d) for d in algo.get("node_loss", [])]
+        if losses and self.comm.world_size > 1:
+            raise ValueError("this run lost nodes; continue it in one process (distlstm online --resume FOLDER): "
+                             "the lost workers' nodes cannot be given back to a process group")
+        for event in losses:
+            self.lose_nodes(event.nodes, event.step)
         nodes = self.transport.local_nodes
         kind = type(self.states[nodes[0]])
         saved = algo["states"]
@@ -337,13 +448,14 @@ class OnlineMode:
             mse_naive=self._naive(scaled=True), running_mse_end=running[-1] if running else math.nan,
             mean_running_mse=sum(running) / len(running) if running else math.nan, coverage95=rec.coverage95(),
             seconds_per_step=rec.seconds_per_step, bytes_per_node_per_step=rec.bytes_per_node_per_step,
-            messages_per_node_per_step=sum(rec.messages_per_step) / steps, skipped_labels=rec.skipped_labels,
+            messages_per_node_per_step=sum(rec.messages_per_step) / steps,
+            skipped_labels=rec.skipped_labels - lost_slots(self.losses, rec.steps),
             steps=rec.steps, n_theta=self.fm.numel, settings=dict(self.settings))
 
     def summary(self) -> dict[str, Any]:
         out = self.run_summary().as_dict() | {"nodes": self.topology.num_nodes, "topology": self.topology_name,
                                               "hidden": self.hidden, "seed": self.seed,
-                                              "processes": self.comm.world_size}
+                                              "processes": self.comm.world_size} | self._loss_summary()
         fc, art = self.problem.forecasts, self.problem.artifacts
         if fc is None:
             return out
@@ -353,6 +465,16 @@ class OnlineMode:
             "target": fc.target, "features": fc.features, "horizon": art["horizon"],
             "missing_labels": int(torch.isnan(fc.d).sum()), "observations": len(fc), "window": art["window"],
             "scaling": art["scaling"], "warmup": art["warmup"] if art["scaling"] == "causal" else 0}
+
+    def _loss_summary(self) -> dict[str, Any]:
+        """Which nodes left at which step, the parts that went on, and the survivors' final error."""
+        if not self.losses:
+            return {}
+        reduced = self.transport.topology
+        return {"node_loss": [e.as_dict() for e in self.losses], "survivors": reduced.survivors,
+                "components": reduced.components(),
+                "survivors_final_mse": _none_if_nan(survivors_final_mse(self.records.sq_errors, reduced.survivors)),
+                "node_loss_report": "; ".join(e.describe() for e in self.losses)}
 
     def write_outputs(self, folder: Path, rows: Sequence[Mapping[str, Any]]) -> None:
         """``mse.csv`` (per-step node-averaged and running MSE, scaled units) and ``mse.png``."""
@@ -394,6 +516,11 @@ class OnlineMode:
 def _nanmean(values: Sequence[float]) -> float:
     vals = [v for v in values if not math.isnan(v)]
     return sum(vals) / len(vals) if vals else math.nan
+
+
+def _copy(state: State) -> State:
+    """A node state whose tensors an update cannot change in place (what a rolled-back step starts from)."""
+    return type(state)(*(t.clone() if isinstance(t, Tensor) else t for t in state))
 
 
 def write_curves(out: Path, stem: str, results: Mapping[str, OnlineRecords], title: str,
@@ -451,7 +578,8 @@ def make_online_mode(sections: Mapping[str, Any]) -> OnlineMode:
     topology = make_topology(cfg.topology, cfg.nodes, seed=loop.seed,
                              edges=parse_edges(cfg.edges) if cfg.edges else None)
     return OnlineMode(problem, cfg.algorithm, algorithm_settings(cfg.algorithm, cfg.settings()), topology,
-                      hidden=cfg.hidden, topology_name=cfg.topology)
+                      hidden=cfg.hidden, topology_name=cfg.topology, on_node_loss=cfg.on_node_loss,
+                      drops=parse_drops(cfg.drop_node, cfg.nodes))
 
 
 def load(ckpt: Mapping[str, Any], folder: Path) -> Any:

@@ -13,11 +13,15 @@ A :class:`Topology` is a connected undirected graph on nodes ``0 … K-1``. It g
   particle filter, and its second-largest eigenvalue modulus (SLEM), which governs
   how fast the walk mixes.
 
-A disconnected graph is an error: no algorithm here can reach consensus on one.
+A disconnected graph is an error: no algorithm here can reach consensus on one. The
+one exception is a graph that lost nodes during a run (:meth:`Topology.without`): the
+lost nodes stay as isolated ids (so node k keeps its stream and generator), and the
+survivors may fall apart into components, each of which goes on alone.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -29,10 +33,15 @@ import torch
 
 @dataclass(frozen=True)
 class Topology:
-    """A connected undirected graph on nodes 0 … K-1 (no self-loops)."""
+    """A connected undirected graph on nodes 0 … K-1 (no self-loops).
+
+    ``lost`` names nodes that left the run (:meth:`without`): they have no edges, and
+    the survivors need not be connected.
+    """
 
     graph: nx.Graph
     name: str = "custom"
+    lost: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         g = self.graph
@@ -43,7 +52,10 @@ class Topology:
             raise ValueError(f"nodes must be 0 … {k - 1}, got {sorted(g.nodes)}")
         if nx.number_of_selfloops(g):
             raise ValueError("self-loops are not allowed (a node is always its own neighbour)")
-        if not nx.is_connected(g):
+        stray = sorted(j for j in self.lost if j not in g or g.degree[j])
+        if stray:
+            raise ValueError(f"lost nodes must be graph nodes without edges, got {stray}")
+        if not self.lost and not nx.is_connected(g):
             parts = [sorted(c) for c in nx.connected_components(g)]
             raise ValueError(f"the graph is disconnected (components {parts}); every node must reach every other")
 
@@ -54,6 +66,37 @@ class Topology:
     @property
     def num_edges(self) -> int:
         return self.graph.number_of_edges()
+
+    @property
+    def survivors(self) -> list[int]:
+        """The nodes still in the run (all of them unless :meth:`without` removed some), sorted."""
+        return [j for j in range(self.num_nodes) if j not in self.lost]
+
+    def without(self, nodes: Iterable[int]) -> Topology:
+        """The reduced graph after ``nodes`` left: their edges removed, the other nodes keep their ids."""
+        gone = set(nodes)
+        bad = sorted(j for j in gone if not (isinstance(j, int) and 0 <= j < self.num_nodes))
+        if bad:
+            raise ValueError(f"nodes {bad} are not in this {self.num_nodes}-node graph")
+        g = self.graph.copy()
+        g.remove_edges_from([e for e in self.graph.edges if e[0] in gone or e[1] in gone])
+        return Topology(g, self.name, self.lost | gone)
+
+    def components(self) -> list[list[int]]:
+        """The survivors' connected components, each sorted, in order of their smallest node."""
+        return sorted(sorted(c) for c in nx.connected_components(self.graph.subgraph(self.survivors)))
+
+    def component_edges(self, k: int) -> int:
+        """|E_C|: the number of edges of the component that holds node k."""
+        return self._edges_by_node[k]
+
+    @functools.cached_property
+    def _edges_by_node(self) -> dict[int, int]:
+        out = {}
+        for part in nx.connected_components(self.graph):
+            edges = self.graph.subgraph(part).number_of_edges()
+            out.update(dict.fromkeys(part, edges))
+        return out
 
     def neighbours(self, k: int) -> list[int]:
         """Neighbours of k, excluding k, sorted."""
@@ -81,9 +124,10 @@ class Topology:
         return c
 
     def random_walk_matrix(self) -> torch.Tensor:
-        """(K, K) transition matrix of the simple random walk, rows A_j· / deg(j)."""
+        """(K, K) transition matrix of the simple random walk, rows A_j· / deg(j); an isolated node stays put."""
         a = self.adjacency()
-        return a / a.sum(1, keepdim=True)
+        deg = a.sum(1, keepdim=True)
+        return torch.where(deg > 0, a / deg.clamp(min=1), torch.eye(self.num_nodes, dtype=a.dtype))
 
     def slem(self, of: str = "walk") -> float:
         """Second-largest eigenvalue modulus of the random-walk (``of="walk"``) or Metropolis matrix.

@@ -58,13 +58,24 @@ class TorchDistTransport(Transport):
                              f"use a node count that is a multiple of the world size")
         self.rank, self.world_size, self.dtype = rank, world_size, dtype
         self.per_rank = k // world_size
+        self.group_rank = {r: r for r in range(world_size)}  # launch rank → rank in the current process group
 
     def owner(self, node: int) -> int:
+        """The launch rank of the process that runs ``node``."""
         return node // self.per_rank
+
+    def regroup(self, ranks: list[int]) -> list[int]:
+        """The process group now holds the launch ranks ``ranks`` (ascending), renumbered 0, 1, …
+
+        Returns the nodes that left with the other processes (the caller reduces the graph).
+        """
+        self.group_rank = {r: i for i, r in enumerate(ranks)}
+        return [k for k in self.topology.survivors if self.owner(k) not in self.group_rank]
 
     @property
     def local_nodes(self) -> list[int]:
-        return list(range(self.rank * self.per_rank, (self.rank + 1) * self.per_rank))
+        return [k for k in range(self.rank * self.per_rank, (self.rank + 1) * self.per_rank)
+                if k not in self.topology.lost]
 
     def _tag(self, src: int, dst: int, phase: int) -> int:
         return (src * self.topology.num_nodes + dst) * 2 + phase
@@ -82,8 +93,9 @@ class TorchDistTransport(Transport):
         remote_in = [key for key in incoming if self.owner(key[0]) != self.rank]
         headers_out = {key: _header(t, device) for key, t in remote_out.items()}
         headers_in = {key: torch.empty(2, dtype=torch.int64, device=device) for key in remote_in}
-        reqs = [dist.isend(h, self.owner(key[1]), tag=self._tag(*key, 0)) for key, h in headers_out.items()]
-        reqs += [dist.irecv(h, self.owner(key[0]), tag=self._tag(*key, 0)) for key, h in headers_in.items()]
+        to = self.group_rank
+        reqs = [dist.isend(h, to[self.owner(key[1])], tag=self._tag(*key, 0)) for key, h in headers_out.items()]
+        reqs += [dist.irecv(h, to[self.owner(key[0])], tag=self._tag(*key, 0)) for key, h in headers_in.items()]
         peers = sorted({self.owner(k[1]) for k in remote_out} | {self.owner(k[0]) for k in remote_in})
         what = f"rank {self.rank}, exchange with ranks {peers}"
         _wait_all(reqs, what)
@@ -92,9 +104,9 @@ class TorchDistTransport(Transport):
             rows, cols = int(h[0]), int(h[1])
             if rows > 0:
                 payloads[key] = torch.empty((rows, cols) if cols else (rows,), dtype=self.dtype, device=device)
-        reqs = [dist.isend(t, self.owner(key[1]), tag=self._tag(*key, 1))
+        reqs = [dist.isend(t, to[self.owner(key[1])], tag=self._tag(*key, 1))
                 for key, t in remote_out.items() if t.numel()]
-        reqs += [dist.irecv(buf, self.owner(key[0]), tag=self._tag(*key, 1)) for key, buf in payloads.items()]
+        reqs += [dist.irecv(buf, to[self.owner(key[0])], tag=self._tag(*key, 1)) for key, buf in payloads.items()]
         _wait_all(reqs, what)
         delivered.update({key: buf.cpu() for key, buf in payloads.items()})
         return delivered

@@ -62,6 +62,12 @@ class Transport(ABC):
         self.topology = topology
         self.stats = CommStats(topology.num_nodes)
 
+    def lose(self, reduced: Topology) -> None:
+        """Go on over ``reduced`` (the graph without nodes that left the run; same node ids)."""
+        if reduced.num_nodes != self.topology.num_nodes:
+            raise ValueError(f"the reduced graph has {reduced.num_nodes} node ids, the run {self.topology.num_nodes}")
+        self.topology = reduced
+
     @property
     @abstractmethod
     def local_nodes(self) -> list[int]:
@@ -94,7 +100,7 @@ class InProcessTransport(Transport):
 
     @property
     def local_nodes(self) -> list[int]:
-        return list(range(self.topology.num_nodes))
+        return self.topology.survivors
 
     def neighbour_exchange(self, values: Mapping[int, Tensor]) -> dict[int, dict[int, Tensor]]:
         missing = [k for k in self.local_nodes if k not in values]

@@ -15,6 +15,13 @@ Every node holds N particles. At every time step:
    the node resamples to N. If no particle ended at a node it keeps its own
    propagated set (the note's choice).
 
+After nodes leave a run (:meth:`~distlstm.network.graphs.Topology.without`), the walk
+and the exponents are those of the reduced graph, component by component: in a
+component C the stationary law is deg(j)/2|E_C|, so the exponent is 2|E_C| / (K deg j)
+(:func:`walk_exponents`), and each component's particles estimate the likelihood of
+that component's data. A survivor with no neighbour left keeps its particles and
+weighs them K times by the power 1/K: its own particle filter.
+
 Data never travels: a particle is weighted by the node it visits. Each move sends one
 particle (n_θ numbers and its log-weight) to a neighbour. Cost O(K · N · n_θ) per node.
 The error to the centralized posterior vanishes as N, K → ∞, at a rate set by the
@@ -23,18 +30,19 @@ walk's second-largest eigenvalue modulus.
 | symbol | variable |
 |---|---|
 | K, N | ``cfg.walk_steps``, ``cfg.pf.num_particles`` |
-| 2\\|E\\| / (K deg j) | ``exponent[j]`` |
+| 2\\|E_C\\| / (K deg j) | ``exponent[j]`` (:func:`walk_exponents`) |
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from distlstm.models.functional import FunctionalModel
+from distlstm.network.graphs import Topology
 from distlstm.network.transport import Transport
 from distlstm.online.base import NetworkAlgorithm, Observation, Prediction
 from distlstm.online.pf import (
@@ -57,6 +65,19 @@ class DPFConfig:
             raise ValueError(f"walk_steps (K) must be an int ≥ 1, got {self.walk_steps!r}")
 
 
+def walk_exponents(topology: Topology, walk_steps: int, nodes: Iterable[int]) -> dict[int, float]:
+    """The likelihood power 2|E_C| / (K deg j) of every node j in ``nodes`` (1/K where j has no neighbour).
+
+    |E_C| counts the edges of j's component: the whole graph's |E| while no node has
+    left, a part's own edges once the graph fell apart.
+    """
+    out = {}
+    for j in nodes:
+        deg = topology.degree(j)
+        out[j] = 2 * topology.component_edges(j) / (walk_steps * deg) if deg else 1.0 / walk_steps
+    return out
+
+
 class DPF(NetworkAlgorithm):
     """Markov-chain distributed particle filter (state, prediction and estimate as the PF)."""
 
@@ -72,14 +93,13 @@ class DPF(NetworkAlgorithm):
                gens: Mapping[int, torch.Generator], step: int) -> dict[int, ParticleState]:
         topo, pf = transport.topology, self.cfg.pf
         K = self.cfg.walk_steps
-        exponent = {j: 2 * topo.num_edges / (K * topo.degree(j)) if topo.num_edges else 1.0 / K
-                    for j in transport.local_nodes}
+        exponent = walk_exponents(topo, K, transport.local_nodes)
         propagated = {k: ParticleState(jitter(states[k].particles, pf.q, gens[k]), states[k].logw)
                       for k in transport.local_nodes}
         here = dict(propagated)
         for _ in range(K):
             here = {j: self._weigh(here[j], obs[j], exponent[j]) for j in transport.local_nodes}
-            if topo.num_nodes > 1:
+            if topo.num_edges:
                 here = self._walk(here, transport, gens)
         out = {}
         for k in transport.local_nodes:
@@ -97,11 +117,17 @@ class DPF(NetworkAlgorithm):
 
     def _walk(self, here: Mapping[int, ParticleState], transport: Transport,
               gens: Mapping[int, torch.Generator]) -> dict[int, ParticleState]:
-        """Every particle moves to a uniformly chosen neighbour; blocks [θ | log ω] travel."""
+        """Every particle moves to a uniformly chosen neighbour; blocks [θ | log ω] travel.
+
+        A node without neighbours (its neighbours left the run) keeps its particles.
+        """
         topo = transport.topology
         outgoing: dict[int, dict[int, Tensor]] = {}
+        alone = [j for j in transport.local_nodes if not topo.degree(j)]
         for j in transport.local_nodes:
             nbs = topo.neighbours(j)
+            if not nbs:
+                continue
             m = here[j].particles.shape[0]
             choice = torch.randint(len(nbs), (m,), generator=gens[j])
             block = torch.cat([here[j].particles, here[j].logw[:, None]], 1)
@@ -113,4 +139,4 @@ class DPF(NetworkAlgorithm):
             blocks = [received[k][src] for src in sorted(received[k])]
             rows = torch.cat(blocks) if blocks else here[k].particles.new_zeros(0, n + 1)
             result[k] = ParticleState(rows[:, :n], rows[:, n])
-        return result
+        return result | {j: here[j] for j in alone}

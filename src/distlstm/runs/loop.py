@@ -17,7 +17,9 @@ every step, and evaluations are the same everywhere. Only rank 0 writes files (h
 the folder's lock) and shows progress; metrics.csv grows row by row, so memory stays
 flat. SIGINT/SIGTERM set a flag; the loop finishes the step, writes a checkpoint and
 raises :class:`RunInterrupted` with the command that resumes it. A peer that dies ends
-the run on every survivor with one :class:`PeerLost` message.
+the run on every survivor with one :class:`PeerLost` message, unless the mode goes on
+without it: a mode with ``recover()`` (online, ``--on-node-loss continue``) agrees with
+the survivors on a new process group and returns the step to repeat.
 """
 
 from __future__ import annotations
@@ -99,6 +101,15 @@ def _peers_watched(comm: Communicator, step: Callable[[], int], command: str | N
         raise PeerLost(f"rank {comm.rank}: another worker stopped answering during step {step() + 1} ({first}). "
                        f"The last checkpoint is kept; once every worker can run again, continue with "
                        f"{_resume_command(command, out, comm.world_size)}") from None
+
+
+def _recover(mode: Mode, comm: Communicator, err: Exception) -> int | None:
+    """The step to go on from after a peer failure, if the mode goes on without the dead (``mode.recover``)."""
+    recover = getattr(mode, "recover", None)
+    if recover is None or not comm.is_peer_failure(err):
+        return None
+    again: int | None = recover()
+    return again
 
 
 def resolve_device(requested: str, mode: Mode) -> torch.device:
@@ -225,13 +236,20 @@ def _run(mode: Mode, loop: LoopConfig, comm: Communicator, out: Path | None, con
                     stopped = "seconds"
                     break
                 started = time.perf_counter()
-                values = dict(mode.step(step))
-                step += 1
-                seconds += time.perf_counter() - started
-                if comm.world_size > 1:  # one clock and one interrupt flag for all: rank 0 alone cannot stop them
-                    agreed = comm.all_reduce_(torch.tensor([seconds, float(interrupted[0])], dtype=torch.float64),
-                                              "max")
-                    seconds, interrupted[0] = float(agreed[0]), bool(agreed[1])
+                try:
+                    values = dict(mode.step(step))
+                    step += 1
+                    seconds += time.perf_counter() - started
+                    if comm.world_size > 1:  # one clock and one interrupt flag for all: rank 0 alone cannot stop them
+                        agreed = comm.all_reduce_(torch.tensor([seconds, float(interrupted[0])],
+                                                               dtype=torch.float64), "max")
+                        seconds, interrupted[0] = float(agreed[0]), bool(agreed[1])
+                except Exception as err:
+                    again = _recover(mode, comm, err)
+                    if again is None:
+                        raise
+                    step = again
+                    continue
                 row: dict[str, Any] = {"step": step, "seconds": round(seconds, 4), **values}
                 out_of_time = loop.seconds is not None and seconds >= loop.seconds
                 at_end = step == cap or (mode.max_steps is not None and step >= mode.max_steps)

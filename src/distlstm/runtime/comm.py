@@ -88,6 +88,10 @@ class Communicator:
         """Whether ``err`` means another worker died or stopped answering (never, alone)."""
         return False
 
+    def regroup(self, position: int) -> tuple[list[int], int]:
+        """After a peer failure: go on with the workers still alive (see :meth:`TorchDistComm.regroup`)."""
+        raise RuntimeError("one process has no peers to lose")
+
 
 LocalComm = Communicator
 
@@ -95,8 +99,11 @@ LocalComm = Communicator
 class TorchDistComm(Communicator):
     """One process of an initialised ``torch.distributed`` group (gloo on CPU, NCCL on GPU)."""
 
-    def __init__(self, env: _dist.DistEnv) -> None:
+    def __init__(self, env: _dist.DistEnv, timeout_s: float = 120.0) -> None:
         self.rank, self.world_size, self.local_rank = env.rank, env.world_size, env.local_rank
+        self.launch_rank, self.members, self.timeout_s = env.rank, list(range(env.world_size)), timeout_s
+        self._store = _dist.default_store()  # the launcher's store outlives a dead worker's process group
+        self._regroups = 0
 
     def all_reduce_(self, tensor: Tensor, op: Op = "sum") -> Tensor:
         red = {"sum": _dist.dist.ReduceOp.SUM, "max": _dist.dist.ReduceOp.MAX, "min": _dist.dist.ReduceOp.MIN}[op]
@@ -127,6 +134,24 @@ class TorchDistComm(Communicator):
     def is_peer_failure(self, err: BaseException) -> bool:
         return _dist.is_peer_failure(err)
 
+    def regroup(self, position: int) -> tuple[list[int], int]:
+        """After a peer failure: agree with the live workers on who is left, and form a new group with them.
+
+        Every survivor reports ``position`` (the steps it completed) on the launcher's
+        store and waits up to the collective timeout (plus a margin) for the others:
+        a survivor blocked in a collective notices only when that times out. The
+        first to stop waiting writes the decision (an atomic compare-and-set), so all
+        survivors read the same one. Returns the launch ranks that go on (ascending)
+        and the smallest position among them; this worker's rank becomes its index
+        there. A worker that the decision left out raises (it came too late).
+        """
+        self._regroups += 1
+        wait_s = self.timeout_s + max(5.0, self.timeout_s / 4)  # the slowest survivor notices after timeout_s
+        self.members, agreed = _dist.regroup(self._store, f"distlstm/regroup/{self._regroups}", self.launch_rank,
+                                             self.members, position, wait_s=wait_s, timeout_s=self.timeout_s)
+        self.rank, self.world_size = self.members.index(self.launch_rank), len(self.members)
+        return list(self.members), agreed
+
 
 @contextlib.contextmanager
 def open_comm(env: _dist.DistEnv | None = None, timeout_s: float = 120.0,
@@ -150,7 +175,7 @@ def open_comm(env: _dist.DistEnv | None = None, timeout_s: float = 120.0,
     _dist.init_distributed(timeout_s, backend)
     clean = False
     try:
-        comm = TorchDistComm(env)
+        comm = TorchDistComm(env, timeout_s)
         if device is not None:
             comm.use_device(device)
         yield comm

@@ -22,6 +22,7 @@ import ctypes
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -168,6 +169,53 @@ def shutdown_distributed(clean: bool = True) -> None:
         if clean:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def default_store() -> dist.Store | None:
+    """The store of the default process group (under torchrun: a client of the launcher's store), or None."""
+    if not dist.is_initialized():
+        return None
+    from torch.distributed.distributed_c10d import _get_default_store
+
+    return _get_default_store()
+
+
+def regroup(store: dist.Store | None, key: str, rank: int, members: list[int], position: int, *, wait_s: float,
+            timeout_s: float) -> tuple[list[int], int]:
+    """Leave the broken process group and form a new one with the members that report within ``wait_s``.
+
+    ``rank`` and ``members`` are launch ranks. Each survivor writes ``key/in/RANK`` =
+    ``position``; once all members reported, or ``wait_s`` passed, it proposes the
+    ones it saw with ``compare_set`` on ``key/decision``: the first proposal wins and
+    every survivor reads it. The new group (same backend) lives under the prefix
+    ``key/pg`` of the same store, ranks renumbered in ascending launch-rank order.
+    Returns (the launch ranks of the new group, the smallest position reported).
+    A gloo group cannot shrink, and ``new_group`` needs the dead ranks too: hence a
+    fresh default group. The store must outlive the dead worker (under torchrun it
+    is the launcher's; a worker that hosts it must not be the one that dies).
+    """
+    if store is None:
+        raise RuntimeError("no store to agree on through (the process group was not initialised)")
+    backend = dist.get_backend() if dist.is_initialized() else "gloo"
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    keys = {r: f"{key}/in/{r}" for r in members}
+    store.set(keys[rank], str(position))
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and not store.check(list(keys.values())):
+        if store.check([f"{key}/decision"]):
+            break
+        time.sleep(0.05)
+    seen = ";".join(f"{r}:{int(store.get(keys[r]))}" for r in members if store.check([keys[r]]))
+    decided = store.compare_set(f"{key}/decision", "", seen).decode()
+    positions = {int(r): int(p) for r, p in (part.split(":") for part in decided.split(";"))}
+    if rank not in positions:
+        raise dist.DistError(f"rank {rank}: the other workers went on without this one (it reported after "
+                           f"{wait_s:.0f} s); its nodes are counted as lost")
+    survivors = sorted(positions)
+    dist.init_process_group(backend, store=dist.PrefixStore(f"{key}/pg", store), rank=survivors.index(rank),
+                            world_size=len(survivors), timeout=timedelta(seconds=timeout_s))
+    return survivors, min(positions.values())
 
 
 def is_peer_failure(err: BaseException) -> bool:
