@@ -18,11 +18,13 @@ from typing import Any
 
 import torch
 
+from distlstm.runs.checkpoint import CHECKPOINT, PREVIOUS
 from distlstm.runs.config import LoopConfig, add_section_arguments, config_document, read_config_file, resolve_sections
-from distlstm.runs.folder import stored_config
+from distlstm.runs.folder import started_by_this_job, stored_config
 from distlstm.runs.loop import PeerLost, RunInterrupted, RunResult, print_interrupted, resolve_device, run
 from distlstm.runs.mode import Mode
 from distlstm.runtime.comm import open_comm
+from distlstm.runtime.dist import restart_count, restarts_left, worker_env
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ def add_run_command(sub: Any, spec: RunCommand) -> argparse.ArgumentParser:
 def resolve_command(spec: RunCommand, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], Path,
                                                                           bool]:
     """(sections, config document, folder, resume) from the parsed flags."""
+    args = elastic_restart(spec, args)
     if args.resume is not None and (args.out is not None or args.config is not None or args.overwrite):
         raise ValueError("--resume FOLDER continues a run with its own configuration: leave out --out, --config "
                          "and --overwrite")
@@ -97,6 +100,31 @@ def resolve_command(spec: RunCommand, args: argparse.Namespace) -> tuple[dict[st
     return sections, doc, folder, args.resume is not None
 
 
+def elastic_restart(spec: RunCommand, args: argparse.Namespace) -> argparse.Namespace:
+    """The flags of a worker that ``torchrun --max-restarts`` started again: continue the job's own run.
+
+    torchrun restarts every worker with the first attempt's command line. When the
+    ``--out`` folder holds a run this torchrun job started (:func:`started_by_this_job`),
+    the worker resumes it from its last checkpoint — or starts it over if it died before
+    writing one. Any other folder keeps the usual rules (a new run refuses a folder that
+    holds one), and a ``--resume`` command resumes anyway.
+    """
+    if restart_count() == 0 or args.resume is not None:
+        return args
+    folder = Path(args.out or spec.default_out)
+    if not started_by_this_job(folder):
+        return args
+    saved = (folder / CHECKPOINT).is_file() or (folder / PREVIOUS).is_file()
+    if worker_env().is_main:
+        print(f"distlstm {spec.name}: torchrun restarted the workers (restart {restart_count()}); "
+              + (f"continuing {folder} from its last checkpoint" if saved else
+                 f"starting {folder} over (it had no checkpoint yet)"), file=sys.stderr)
+    if saved:
+        return argparse.Namespace(**{**vars(args), "resume": str(folder), "out": None, "config": None,
+                                     "overwrite": False})
+    return argparse.Namespace(**{**vars(args), "overwrite": True})
+
+
 def run_command(spec: RunCommand, args: argparse.Namespace) -> int:
     sections, doc, folder, resume = resolve_command(spec, args)
     mode = spec.make_mode(sections)
@@ -104,7 +132,10 @@ def run_command(spec: RunCommand, args: argparse.Namespace) -> int:
     try:
         return _run_in_group(spec, args, mode, sections, doc, folder, resume, device)
     except PeerLost as err:  # every survivor says so once, with its rank; the group is left without a barrier
-        print(f"distlstm {spec.name}: error: {err}", file=sys.stderr)
+        left = restarts_left()  # exit non-zero either way: torchrun restarts the group only after a failure
+        restarting = f"; under torchrun --max-restarts ({left} restart(s) left) the workers are restarted and " \
+            "continue from it by themselves" if left else ""
+        print(f"distlstm {spec.name}: error: {err}{restarting}", file=sys.stderr)
         return 1
 
 

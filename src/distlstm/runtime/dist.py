@@ -101,8 +101,56 @@ def init_distributed(timeout_s: float = 120.0, backend: str | None = None) -> Di
             torch.cuda.is_available() and dist.is_nccl_available()
         if use_nccl:
             torch.cuda.set_device(env.local_rank)
-        dist.init_process_group("nccl" if use_nccl else "gloo", timeout=timedelta(seconds=timeout_s))
+        timeout = timedelta(seconds=timeout_s)
+        dist.init_process_group("nccl" if use_nccl else "gloo", store=attempt_store(timeout), rank=env.rank,
+                                world_size=env.world_size, timeout=timeout)
     return env
+
+
+def restart_count() -> int:
+    """How many times ``torchrun --max-restarts`` has restarted this worker group (0: the first attempt)."""
+    text = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or "0"
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"TORCHELASTIC_RESTART_COUNT must be an integer, got {text!r}") from None
+
+
+def restarts_left() -> int:
+    """How many more times ``torchrun --max-restarts`` will restart the workers if this attempt fails."""
+    text = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or "0"
+    try:
+        return max(0, int(text) - restart_count())
+    except ValueError:
+        raise ValueError(f"TORCHELASTIC_MAX_RESTARTS must be an integer, got {text!r}") from None
+
+
+def launcher_job() -> str | None:
+    """Who launched this worker: torchrun's job (rendezvous id and store address), None outside torchrun.
+
+    The same on every worker and every restart attempt of one ``torchrun`` job, and
+    different for the next job: ``--standalone`` draws a fresh rendezvous id, and the
+    c10d rendezvous store listens on a port chosen when the job starts (a fixed
+    ``--rdzv-id`` alone would not tell two jobs apart).
+    """
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_id is None:
+        return None
+    return f"{run_id} {os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+
+
+def attempt_store(timeout: timedelta) -> dist.Store:
+    """The launcher's key-value store (``env://``), with a key space of this restart attempt's own.
+
+    torchrun's c10d rendezvous keeps one store for the whole job, and every attempt's
+    workers connect to it at the same MASTER_ADDR:MASTER_PORT without a per-attempt
+    prefix. After a restart, the workers of the new attempt would read the gloo
+    addresses the previous attempt's (now dead) workers published there and fail with
+    "connectFullMesh failed … Connection refused". The prefix ``distlstm/attempt_N``
+    (N = TORCHELASTIC_RESTART_COUNT) makes each attempt meet only its own peers.
+    """
+    store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
+    return dist.PrefixStore(f"distlstm/attempt_{restart_count()}", store)
 
 
 def collective_device() -> torch.device:
