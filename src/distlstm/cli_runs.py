@@ -23,8 +23,8 @@ from distlstm.runs.config import LoopConfig, add_section_arguments, config_docum
 from distlstm.runs.folder import started_by_this_job, stored_config
 from distlstm.runs.loop import PeerLost, RunInterrupted, RunResult, print_interrupted, resolve_device, run
 from distlstm.runs.mode import Mode
-from distlstm.runtime.comm import open_comm
-from distlstm.runtime.dist import restart_count, restarts_left, worker_env
+from distlstm.runtime.comm import Communicator, open_comm
+from distlstm.runtime.dist import restart_count, restarts_left
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,6 @@ def add_run_command(sub: Any, spec: RunCommand) -> argparse.ArgumentParser:
 def resolve_command(spec: RunCommand, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], Path,
                                                                           bool]:
     """(sections, config document, folder, resume) from the parsed flags."""
-    args = elastic_restart(spec, args)
     if args.resume is not None and (args.out is not None or args.config is not None or args.overwrite):
         raise ValueError("--resume FOLDER continues a run with its own configuration: leave out --out, --config "
                          "and --overwrite")
@@ -100,29 +99,27 @@ def resolve_command(spec: RunCommand, args: argparse.Namespace) -> tuple[dict[st
     return sections, doc, folder, args.resume is not None
 
 
-def elastic_restart(spec: RunCommand, args: argparse.Namespace) -> argparse.Namespace:
-    """The flags of a worker that ``torchrun --max-restarts`` started again: continue the job's own run.
+def elastic_restart(spec: RunCommand, comm: Communicator, folder: Path, resume: bool,
+                    overwrite: bool) -> tuple[bool, bool]:
+    """(resume, overwrite) for a worker that ``torchrun --max-restarts`` started again: continue the job's run.
 
-    torchrun restarts every worker with the first attempt's command line. When the
-    ``--out`` folder holds a run this torchrun job started (:func:`started_by_this_job`),
-    the worker resumes it from its last checkpoint — or starts it over if it died before
-    writing one. Any other folder keeps the usual rules (a new run refuses a folder that
-    holds one), and a ``--resume`` command resumes anyway.
+    torchrun restarts every worker with the first attempt's command line. When ``folder``
+    holds a run this torchrun job started (:func:`started_by_this_job`), the workers
+    resume it from its last checkpoint, or start it over if it died before writing one;
+    any other folder keeps the usual rules (a new run refuses a folder that holds one).
+    Rank 0, the one worker sure to see the folder, decides and every worker follows,
+    so no worker starts anew while the others resume.
     """
-    if restart_count() == 0 or args.resume is not None:
-        return args
-    folder = Path(args.out or spec.default_out)
-    if not started_by_this_job(folder):
-        return args
-    saved = (folder / CHECKPOINT).is_file() or (folder / PREVIOUS).is_file()
-    if worker_env().is_main:
+    if restart_count() == 0 or resume:
+        return resume, overwrite
+    decision = 0  # the usual rules
+    if comm.is_main and started_by_this_job(folder):
+        decision = 1 if (folder / CHECKPOINT).is_file() or (folder / PREVIOUS).is_file() else 2
         print(f"distlstm {spec.name}: torchrun restarted the workers (restart {restart_count()}); "
-              + (f"continuing {folder} from its last checkpoint" if saved else
+              + (f"continuing {folder} from its last checkpoint" if decision == 1 else
                  f"starting {folder} over (it had no checkpoint yet)"), file=sys.stderr)
-    if saved:
-        return argparse.Namespace(**{**vars(args), "resume": str(folder), "out": None, "config": None,
-                                     "overwrite": False})
-    return argparse.Namespace(**{**vars(args), "overwrite": True})
+    decision = int(comm.broadcast_(torch.tensor([decision]))[0])
+    return {0: (False, overwrite), 1: (True, False), 2: (False, True)}[decision]
 
 
 def run_command(spec: RunCommand, args: argparse.Namespace) -> int:
@@ -142,9 +139,10 @@ def run_command(spec: RunCommand, args: argparse.Namespace) -> int:
 def _run_in_group(spec: RunCommand, args: argparse.Namespace, mode: Mode, sections: Mapping[str, Any],
                   doc: dict[str, Any], folder: Path, resume: bool, device: torch.device) -> int:
     with open_comm(timeout_s=args.collective_timeout, device=device) as comm:
+        resume, overwrite = elastic_restart(spec, comm, folder, resume, args.overwrite)
         try:
             result = run(mode, sections["loop"], comm=comm, folder=folder, config=doc, resume=resume,
-                         overwrite=args.overwrite)
+                         overwrite=overwrite)
         except RunInterrupted as err:
             return print_interrupted(err) if comm.is_main else 130
         if comm.is_main:

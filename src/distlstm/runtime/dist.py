@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -101,10 +102,29 @@ def init_distributed(timeout_s: float = 120.0, backend: str | None = None) -> Di
             torch.cuda.is_available() and dist.is_nccl_available()
         if use_nccl:
             torch.cuda.set_device(env.local_rank)
+        else:
+            keep_gloo_on_loopback()
         timeout = timedelta(seconds=timeout_s)
         dist.init_process_group("nccl" if use_nccl else "gloo", store=attempt_store(timeout), rank=env.rank,
                                 world_size=env.world_size, timeout=timeout)
     return env
+
+
+def keep_gloo_on_loopback() -> None:
+    """Make a one-host job's gloo sockets listen on the loopback interface only.
+
+    gloo listens on the address this machine's hostname resolves to (often its network
+    address, reachable from other machines), or on the interface ``GLOO_SOCKET_IFNAME``
+    names. When every worker runs on this host (torchrun's LOCAL_WORLD_SIZE equals
+    WORLD_SIZE) and the user named no interface, the loopback interface is named, so
+    nothing of a one-host run but torchrun's own store listens on the network.
+    """
+    if "GLOO_SOCKET_IFNAME" in os.environ or os.environ.get("LOCAL_WORLD_SIZE") != os.environ.get("WORLD_SIZE"):
+        return
+    names = {name for _, name in socket.if_nameindex()} if hasattr(socket, "if_nameindex") else set()
+    loopback = next((name for name in ("lo", "lo0") if name in names), None)
+    if loopback is not None:
+        os.environ["GLOO_SOCKET_IFNAME"] = loopback
 
 
 def restart_count() -> int:
