@@ -55,7 +55,8 @@ def add_run_command(sub: Any, spec: RunCommand) -> argparse.ArgumentParser:
         add_section_arguments(group, name, cls, spec.loop_defaults if name == "loop" else None)
     g = p.add_argument_group("run folder")
     g.add_argument("--out", default=None, help=f"folder of a new run (default: {spec.default_out}); it must be empty "
-                   "or absent, unless --overwrite")
+                   "or absent, unless --overwrite. Under torchrun --max-restarts, restarted workers continue the "
+                   "run this job started in it from its last checkpoint (docs/multi-host.md)")
     g.add_argument("--resume", metavar="FOLDER", default=None,
                    help="continue the run in FOLDER with its stored configuration; flags given may change only "
                         "the budget and reporting (--steps and --seconds are totals: give more than the run has "

@@ -2,13 +2,14 @@
 
 ``torchrun`` (or any launcher) sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; this
 module reads them once. The backend is NCCL when this process has a GPU and gloo
-otherwise. ``MASTER_ADDR`` defaults to 127.0.0.1, so the workers' gloo connections
-listen on loopback unless the user names another host. torchrun's own rendezvous
-store is not ours to bind: measured with ``ss -ltnp`` under torch 2.13, it listens on
-all interfaces (``*:PORT``) even with ``--standalone`` or ``--rdzv-endpoint
-127.0.0.1:PORT``, so on a machine reachable from an untrusted network firewall that
-port (docs/DESIGN.md, "Distribution"). A peer that does not answer within
-``timeout_s`` ends the run with an error instead of hanging.
+otherwise. gloo listens on the address the hostname resolves to; a job whose workers
+all run on this host is told to use the loopback interface (:func:`keep_gloo_on_loopback`).
+torchrun's own stores are not ours to bind: measured with ``ss -ltnp`` under torch
+2.13, they listen on all interfaces (``*:PORT``) even with ``--standalone`` or
+``--rdzv-endpoint 127.0.0.1:PORT``, so on a machine reachable from an untrusted network
+firewall those ports (docs/multi-host.md). Each restart attempt of ``torchrun
+--max-restarts`` meets in a store prefix of its own (:func:`attempt_store`). A peer that
+does not answer within ``timeout_s`` ends the run with an error instead of hanging.
 
 NCCL moves only CUDA tensors, gloo moves CPU tensors: every collective here goes
 through :func:`collective_device`, so callers hand in tensors wherever they live
