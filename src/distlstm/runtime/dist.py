@@ -151,8 +151,10 @@ def launcher_job() -> str | None:
 
     The same on every worker and every restart attempt of one ``torchrun`` job, and
     different for the next job: ``--standalone`` draws a fresh rendezvous id, and the
-    c10d rendezvous store listens on a port chosen when the job starts (a fixed
-    ``--rdzv-id`` alone would not tell two jobs apart).
+    c10d rendezvous's workers' store listens on a port chosen when the job starts (a
+    fixed ``--rdzv-id`` alone would not tell two jobs apart). The static rendezvous
+    (``--master-addr/--master-port``) has a fixed address: there ``--rdzv-id`` alone
+    tells jobs apart (torchrun's default id is ``none``).
     """
     run_id = os.environ.get("TORCHELASTIC_RUN_ID")
     if run_id is None:
