@@ -18,11 +18,13 @@ from typing import Any
 
 import torch
 
+from distlstm.runs.checkpoint import CHECKPOINT, PREVIOUS
 from distlstm.runs.config import LoopConfig, add_section_arguments, config_document, read_config_file, resolve_sections
-from distlstm.runs.folder import stored_config
+from distlstm.runs.folder import started_by_this_job, stored_config
 from distlstm.runs.loop import PeerLost, RunInterrupted, RunResult, print_interrupted, resolve_device, run
 from distlstm.runs.mode import Mode
-from distlstm.runtime.comm import open_comm
+from distlstm.runtime.comm import Communicator, open_comm
+from distlstm.runtime.dist import restart_count, restarts_left
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,8 @@ def add_run_command(sub: Any, spec: RunCommand) -> argparse.ArgumentParser:
         add_section_arguments(group, name, cls, spec.loop_defaults if name == "loop" else None)
     g = p.add_argument_group("run folder")
     g.add_argument("--out", default=None, help=f"folder of a new run (default: {spec.default_out}); it must be empty "
-                   "or absent, unless --overwrite")
+                   "or absent, unless --overwrite. Under torchrun --max-restarts, restarted workers continue the "
+                   "run this job started in it from its last checkpoint (docs/multi-host.md)")
     g.add_argument("--resume", metavar="FOLDER", default=None,
                    help="continue the run in FOLDER with its stored configuration; flags given may change only "
                         "the budget and reporting (--steps and --seconds are totals: give more than the run has "
@@ -97,6 +100,29 @@ def resolve_command(spec: RunCommand, args: argparse.Namespace) -> tuple[dict[st
     return sections, doc, folder, args.resume is not None
 
 
+def elastic_restart(spec: RunCommand, comm: Communicator, folder: Path, resume: bool,
+                    overwrite: bool) -> tuple[bool, bool]:
+    """(resume, overwrite) for a worker that ``torchrun --max-restarts`` started again: continue the job's run.
+
+    torchrun restarts every worker with the first attempt's command line. When ``folder``
+    holds a run this torchrun job started (:func:`started_by_this_job`), the workers
+    resume it from its last checkpoint, or start it over if it died before writing one;
+    any other folder keeps the usual rules (a new run refuses a folder that holds one).
+    Rank 0, the one worker sure to see the folder, decides and every worker follows,
+    so no worker starts anew while the others resume.
+    """
+    if restart_count() == 0 or resume:
+        return resume, overwrite
+    decision = 0  # the usual rules
+    if comm.is_main and started_by_this_job(folder):
+        decision = 1 if (folder / CHECKPOINT).is_file() or (folder / PREVIOUS).is_file() else 2
+        print(f"distlstm {spec.name}: torchrun restarted the workers (restart {restart_count()}); "
+              + (f"continuing {folder} from its last checkpoint" if decision == 1 else
+                 f"starting {folder} over (it had no checkpoint yet)"), file=sys.stderr)
+    decision = int(comm.broadcast_(torch.tensor([decision]))[0])
+    return {0: (False, overwrite), 1: (True, False), 2: (False, True)}[decision]
+
+
 def run_command(spec: RunCommand, args: argparse.Namespace) -> int:
     sections, doc, folder, resume = resolve_command(spec, args)
     mode = spec.make_mode(sections)
@@ -104,16 +130,20 @@ def run_command(spec: RunCommand, args: argparse.Namespace) -> int:
     try:
         return _run_in_group(spec, args, mode, sections, doc, folder, resume, device)
     except PeerLost as err:  # every survivor says so once, with its rank; the group is left without a barrier
-        print(f"distlstm {spec.name}: error: {err}", file=sys.stderr)
+        left = restarts_left()  # exit non-zero either way: torchrun restarts the group only after a failure
+        restarting = f"; under torchrun --max-restarts ({left} restart(s) left) the workers are restarted and " \
+            "continue from it by themselves" if left else ""
+        print(f"distlstm {spec.name}: error: {err}{restarting}", file=sys.stderr)
         return 1
 
 
 def _run_in_group(spec: RunCommand, args: argparse.Namespace, mode: Mode, sections: Mapping[str, Any],
                   doc: dict[str, Any], folder: Path, resume: bool, device: torch.device) -> int:
     with open_comm(timeout_s=args.collective_timeout, device=device) as comm:
+        resume, overwrite = elastic_restart(spec, comm, folder, resume, args.overwrite)
         try:
             result = run(mode, sections["loop"], comm=comm, folder=folder, config=doc, resume=resume,
-                         overwrite=args.overwrite)
+                         overwrite=overwrite)
         except RunInterrupted as err:
             return print_interrupted(err) if comm.is_main else 130
         if comm.is_main:

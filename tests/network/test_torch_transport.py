@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,16 +12,10 @@ import torch.multiprocessing as mp
 
 from distlstm.network import InProcessTransport, make_topology
 from distlstm.network.torch_transport import TorchDistTransport
-from tests.launch import launch
+from tests.launch import free_port, launch
 
 pytestmark = pytest.mark.multiprocess
 TOPOLOGY = {"name": "edges", "num_nodes": 4, "edges": [(0, 1), (1, 2), (2, 3), (3, 0), (0, 2)]}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rounds(transport) -> dict:

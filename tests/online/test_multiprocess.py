@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from distlstm.data.series import EXCHANGE_RATES, Scaler, load_series, split_roun
 from distlstm.experiments.ergen_kozat import ErgenKozatConfig
 from distlstm.modes.online import OnlineMode, OnlineProblem, run_streams
 from distlstm.network import make_topology, parse_edges
+from tests.launch import free_port
 
 pytestmark = pytest.mark.multiprocess
 ALGORITHMS = ("sgd", "ekf", "pf", "dsgd", "dekf", "dpf")
@@ -64,12 +64,6 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                                            steps=STEPS, comm=comm))
     Path(out, f"{rank}.json").write_text(json.dumps(results))
     shutdown_distributed()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_four_processes_equal_the_in_process_run_for_every_algorithm(tmp_path):

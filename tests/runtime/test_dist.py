@@ -19,6 +19,7 @@ from distlstm.runtime.dist import (
     check_same_across_ranks,
     collective_device,
     init_distributed,
+    keep_gloo_on_loopback,
     launched_env,
     process_group,
     worker_env,
@@ -89,3 +90,18 @@ def test_process_group_collectives_and_a_diverged_theta(tmp_path):
         assert got["inside"] and not got["after"] and got["device"] == "cpu"
         assert got["gather"] == [[0.0, 10.0, 1.0, 11.0]] and got["sum"] == [2.0, 1.0] and got["max"] == [1.0]
         assert "workers hold different parameters after step 2" in got["diverged"]  # on every rank
+
+
+def test_a_one_host_job_names_the_loopback_interface_for_gloo(clean_env):
+    """Every worker on this host (torchrun's LOCAL_WORLD_SIZE = WORLD_SIZE): gloo is told to use loopback, unless
+    the user named an interface; a job over several hosts is left alone (test_two_hosts.py runs both for real)."""
+    loopback = next(name for name in ("lo", "lo0") if name in {n for _, n in socket.if_nameindex()})
+    for local, world, given, expected in [("2", "2", None, loopback), ("2", "4", None, None),
+                                          ("2", "2", "eth7", "eth7"), (None, "2", None, None)]:
+        for name, value in (("LOCAL_WORLD_SIZE", local), ("WORLD_SIZE", world), ("GLOO_SOCKET_IFNAME", given)):
+            if value is None:
+                clean_env.delenv(name, raising=False)
+            else:
+                clean_env.setenv(name, value)
+        keep_gloo_on_loopback()
+        assert os.environ.get("GLOO_SOCKET_IFNAME") == expected, (local, world, given)

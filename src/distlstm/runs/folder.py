@@ -21,10 +21,12 @@ from typing import Any
 from distlstm._flags import on_cli
 from distlstm.runs.checkpoint import CHECKPOINT, PREVIOUS
 from distlstm.runs.config import SAFE_TO_CHANGE, config_differences, read_config_file
-from distlstm.runs.files import write_json
+from distlstm.runs.files import atomic_write_text, write_json
+from distlstm.runtime.dist import launcher_job
 
 CONFIG = "config.json"
 LOCK = ".lock"
+JOB = ".torchrun-job"  # the torchrun job that started the run: its restarts continue it (started_by_this_job)
 
 
 def is_run_folder(folder: Path) -> bool:
@@ -76,6 +78,21 @@ def prepare_new(folder: Path, config: Mapping[str, Any], *, overwrite: bool = Fa
         if path.name != LOCK:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     write_json(folder / CONFIG, dict(config))
+    job = launcher_job()
+    if job is not None:  # after config.json: a folder holding the mark is always a run folder
+        atomic_write_text(folder / JOB, job + "\n")
+
+
+def started_by_this_job(folder: Path) -> bool:
+    """Whether the run in ``folder`` was started by the torchrun job this worker belongs to.
+
+    ``torchrun --max-restarts`` starts failed workers again with the first attempt's
+    command line; a restarted worker continues the folder's run only when this holds,
+    so a command pointed at another run's folder still gets the usual refusal.
+    """
+    job = launcher_job()
+    mark = Path(folder) / JOB
+    return job is not None and mark.is_file() and mark.read_text(encoding="utf-8").strip() == job
 
 
 def _alive(pid: int) -> bool:

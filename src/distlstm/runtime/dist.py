@@ -2,13 +2,14 @@
 
 ``torchrun`` (or any launcher) sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; this
 module reads them once. The backend is NCCL when this process has a GPU and gloo
-otherwise. ``MASTER_ADDR`` defaults to 127.0.0.1, so the workers' gloo connections
-listen on loopback unless the user names another host. torchrun's own rendezvous
-store is not ours to bind: measured with ``ss -ltnp`` under torch 2.13, it listens on
-all interfaces (``*:PORT``) even with ``--standalone`` or ``--rdzv-endpoint
-127.0.0.1:PORT``, so on a machine reachable from an untrusted network firewall that
-port (docs/DESIGN.md, "Distribution"). A peer that does not answer within
-``timeout_s`` ends the run with an error instead of hanging.
+otherwise. gloo listens on the address the hostname resolves to; a job whose workers
+all run on this host is told to use the loopback interface (:func:`keep_gloo_on_loopback`).
+torchrun's own stores are not ours to bind: measured with ``ss -ltnp`` under torch
+2.13, they listen on all interfaces (``*:PORT``) even with ``--standalone`` or
+``--rdzv-endpoint 127.0.0.1:PORT``, so on a machine reachable from an untrusted network
+firewall those ports (docs/multi-host.md). Each restart attempt of ``torchrun
+--max-restarts`` meets in a store prefix of its own (:func:`attempt_store`). A peer that
+does not answer within ``timeout_s`` ends the run with an error instead of hanging.
 
 NCCL moves only CUDA tensors, gloo moves CPU tensors: every collective here goes
 through :func:`collective_device`, so callers hand in tensors wherever they live
@@ -21,6 +22,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -102,8 +104,77 @@ def init_distributed(timeout_s: float = 120.0, backend: str | None = None) -> Di
             torch.cuda.is_available() and dist.is_nccl_available()
         if use_nccl:
             torch.cuda.set_device(env.local_rank)
-        dist.init_process_group("nccl" if use_nccl else "gloo", timeout=timedelta(seconds=timeout_s))
+        else:
+            keep_gloo_on_loopback()
+        timeout = timedelta(seconds=timeout_s)
+        dist.init_process_group("nccl" if use_nccl else "gloo", store=attempt_store(timeout), rank=env.rank,
+                                world_size=env.world_size, timeout=timeout)
     return env
+
+
+def keep_gloo_on_loopback() -> None:
+    """Make a one-host job's gloo sockets listen on the loopback interface only.
+
+    gloo listens on the address this machine's hostname resolves to (often its network
+    address, reachable from other machines), or on the interface ``GLOO_SOCKET_IFNAME``
+    names. When every worker runs on this host (torchrun's LOCAL_WORLD_SIZE equals
+    WORLD_SIZE) and the user named no interface, the loopback interface is named, so
+    nothing of a one-host run but torchrun's own store listens on the network.
+    """
+    if "GLOO_SOCKET_IFNAME" in os.environ or os.environ.get("LOCAL_WORLD_SIZE") != os.environ.get("WORLD_SIZE"):
+        return
+    names = {name for _, name in socket.if_nameindex()} if hasattr(socket, "if_nameindex") else set()
+    loopback = next((name for name in ("lo", "lo0") if name in names), None)
+    if loopback is not None:
+        os.environ["GLOO_SOCKET_IFNAME"] = loopback
+
+
+def restart_count() -> int:
+    """How many times ``torchrun --max-restarts`` has restarted this worker group (0: the first attempt)."""
+    text = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or "0"
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"TORCHELASTIC_RESTART_COUNT must be an integer, got {text!r}") from None
+
+
+def restarts_left() -> int:
+    """How many more times ``torchrun --max-restarts`` will restart the workers if this attempt fails."""
+    text = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or "0"
+    try:
+        return max(0, int(text) - restart_count())
+    except ValueError:
+        raise ValueError(f"TORCHELASTIC_MAX_RESTARTS must be an integer, got {text!r}") from None
+
+
+def launcher_job() -> str | None:
+    """Who launched this worker: torchrun's job (rendezvous id and store address), None outside torchrun.
+
+    The same on every worker and every restart attempt of one ``torchrun`` job, and
+    different for the next job: ``--standalone`` draws a fresh rendezvous id, and the
+    c10d rendezvous's workers' store listens on a port chosen when the job starts (a
+    fixed ``--rdzv-id`` alone would not tell two jobs apart). The static rendezvous
+    (``--master-addr/--master-port``) has a fixed address: there ``--rdzv-id`` alone
+    tells jobs apart (torchrun's default id is ``none``).
+    """
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_id is None:
+        return None
+    return f"{run_id} {os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+
+
+def attempt_store(timeout: timedelta) -> dist.Store:
+    """The launcher's key-value store (``env://``), with a key space of this restart attempt's own.
+
+    torchrun's c10d rendezvous keeps one store for the whole job, and every attempt's
+    workers connect to it at the same MASTER_ADDR:MASTER_PORT without a per-attempt
+    prefix. After a restart, the workers of the new attempt would read the gloo
+    addresses the previous attempt's (now dead) workers published there and fail with
+    "connectFullMesh failed … Connection refused". The prefix ``distlstm/attempt_N``
+    (N = TORCHELASTIC_RESTART_COUNT) makes each attempt meet only its own peers.
+    """
+    store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
+    return dist.PrefixStore(f"distlstm/attempt_{restart_count()}", store)
 
 
 def collective_device() -> torch.device:
