@@ -86,3 +86,19 @@ def test_bad_settings(kwargs, message):
         ESConfig(**kwargs)
     with pytest.raises(ValueError, match="fitness: expected shape"):
         es_gradient(ESConfig(population=4), init(torch.zeros(3)), torch.zeros(5))
+
+
+def test_tell_with_the_noise_kept_from_ask_equals_tell_regenerating_it():
+    from distlstm.es.strategy import noise
+
+    cfg = ESConfig(population=8, sigma=0.1)
+    state = init(torch.linspace(-1, 1, 5, dtype=D))
+    eps = noise(cfg, state)
+    thetas = ask(cfg, state, eps=eps)
+    assert torch.equal(thetas, ask(cfg, state))
+    fitness = -(thetas**2).sum(1)
+    kept, _ = tell(cfg, state, fitness, eps)
+    regenerated, _ = tell(cfg, state, fitness)
+    assert torch.equal(kept.theta, regenerated.theta)
+    with pytest.raises(ValueError, match=r"whole population's noise \(8, 5\), got \(4, 5\)"):
+        tell(cfg, state, fitness, eps[:4])

@@ -80,27 +80,39 @@ def init(theta0: Tensor) -> ESState:
     return ESState(theta0.detach().clone(), torch.zeros_like(theta0), torch.zeros_like(theta0), 0)
 
 
-def ask(cfg: ESConfig, state: ESState, members: range | None = None) -> Tensor:
-    """Θ (len(members), n): the parameters of the requested members (all by default)."""
+def noise(cfg: ESConfig, state: ESState, members: range | None = None) -> Tensor:
+    """ε (len(members), n) of the requested members (all by default), regenerated from the seeds."""
     members = range(cfg.population) if members is None else members
-    eps = population_noise(cfg.seed, state.generation, members, state.theta.shape[0], cfg.mirrored,
-                           state.theta.dtype)
-    return state.theta + cfg.sigma * eps
+    return population_noise(cfg.seed, state.generation, members, state.theta.shape[0], cfg.mirrored,
+                            state.theta.dtype)
 
 
-def es_gradient(cfg: ESConfig, state: ESState, fitness: Tensor) -> tuple[Tensor, int]:
-    """g = 1/(P σ) Σ_j F̃_j ε_j (ascent direction), and the number of dropped members."""
+def ask(cfg: ESConfig, state: ESState, members: range | None = None, eps: Tensor | None = None) -> Tensor:
+    """Θ (len(members), n): the parameters of the requested members (all by default); ``eps``: their
+    :func:`noise`, when the caller already holds it."""
+    return state.theta + cfg.sigma * (noise(cfg, state, members) if eps is None else eps)
+
+
+def es_gradient(cfg: ESConfig, state: ESState, fitness: Tensor, eps: Tensor | None = None) -> tuple[Tensor, int]:
+    """g = 1/(P σ) Σ_j F̃_j ε_j (ascent direction), and the number of dropped members.
+
+    ``eps`` is the whole population's :func:`noise` when the caller kept it from :func:`ask`
+    (one process, or federated clients that score every member); else it is regenerated.
+    """
     if fitness.shape != (cfg.population,):
         raise ValueError(f"fitness: expected shape ({cfg.population},), got {tuple(fitness.shape)}")
     weights, dropped = shape(fitness.to(state.theta.dtype), cfg.shaping)
-    eps = population_noise(cfg.seed, state.generation, range(cfg.population), state.theta.shape[0],
-                           cfg.mirrored, state.theta.dtype)
+    if eps is None:
+        eps = noise(cfg, state)
+    elif eps.shape != (cfg.population, state.theta.shape[0]):
+        raise ValueError(f"eps: expected the whole population's noise ({cfg.population}, {state.theta.shape[0]}), "
+                         f"got {tuple(eps.shape)}")
     return weights @ eps / (cfg.population * cfg.sigma), dropped
 
 
-def tell(cfg: ESConfig, state: ESState, fitness: Tensor) -> tuple[ESState, dict[str, float]]:
+def tell(cfg: ESConfig, state: ESState, fitness: Tensor, eps: Tensor | None = None) -> tuple[ESState, dict[str, float]]:
     """Move θ uphill on the shaped fitnesses of all P members; returns the new state and metrics."""
-    g, dropped = es_gradient(cfg, state, fitness)
+    g, dropped = es_gradient(cfg, state, fitness, eps)
     if cfg.weight_decay:
         g = g - cfg.weight_decay * state.theta
     t = state.generation + 1
@@ -118,4 +130,4 @@ def tell(cfg: ESConfig, state: ESState, fitness: Tensor) -> tuple[ESState, dict[
     return ESState(theta, m, v, t), metrics
 
 
-__all__ = ["STRATEGIES", "ESConfig", "ESState", "ask", "es_gradient", "init", "tell"]
+__all__ = ["STRATEGIES", "ESConfig", "ESState", "ask", "es_gradient", "init", "noise", "tell"]

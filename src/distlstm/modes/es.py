@@ -40,7 +40,7 @@ from distlstm._checks import check_positive_int
 from distlstm.data.text import SHAKESPEARE_TRAGEDIES, CharVocab, load_text
 from distlstm.data.text_shards import HOLDOUTS, SPLITS, client_shards, holdout_split
 from distlstm.es.fitness import char_fitness, char_loss
-from distlstm.es.strategy import STRATEGIES, ESConfig, ESState, ask, init, tell
+from distlstm.es.strategy import STRATEGIES, ESConfig, ESState, ask, init, noise, tell
 from distlstm.es.text import build_model, client_windows, generation_windows
 from distlstm.models.functional import assign
 from distlstm.models.networks import CharLM
@@ -183,7 +183,8 @@ class ESMode:
 
     def step(self, step: int) -> Mapping[str, float]:
         cfg, state = self.cfg, self.state
-        thetas = ask(self.strategy, state, self.members)
+        eps = noise(self.strategy, state, self.members)
+        thetas = ask(self.strategy, state, self.members, eps)
         if cfg.federated:  # every client here scores every member on its own windows
             mine = torch.cat([char_fitness(self.fm, thetas, *client_windows(
                 shard, self.seed, state.generation, c, cfg.windows, cfg.window)) for c, shard in self.shards.items()])
@@ -193,7 +194,7 @@ class ESMode:
             x, y = generation_windows(self.train_ids, self.seed, state.generation, cfg.windows, cfg.window)
             mine = char_fitness(self.fm, thetas, x, y)
             fitness, scale = self.comm.all_gather_cat(mine), 1
-        self.state, metrics = tell(self.strategy, state, fitness)
+        self.state, metrics = tell(self.strategy, state, fitness, eps if len(self.members) == cfg.population else None)
         self.comm.check_same(self.state.theta, f"generation {self.state.generation}")
         return {"train_nats_per_char": -metrics["fitness_mean"] / scale, "dropped": metrics["dropped"],
                 "bytes_per_worker": float(mine.numel() * mine.element_size())}
