@@ -84,6 +84,8 @@ class ESRunConfig:
                            metavar="P")
     sigma: float = flag(0.02, "perturbation standard deviation σ", metavar="SIGMA")
     lr: float = flag(0.01, "step size α", metavar="ALPHA")
+    lr_half_life: float | None = flag(None, "halve the step size every G generations: α_t = α · 2^(−t/G) "
+                                            "(default: constant α)", metavar="G")
     weight_decay: float | None = flag(None, "L2 weight decay λ (default: the strategy's, 0.005 for openai-es and 0 "
                                             "for plain)", metavar="LAMBDA")
     windows: int = flag(8, "text windows per generation, shared by every member (federated: per client)",
@@ -110,7 +112,7 @@ class ESRunConfig:
             raise ValueError(f"unknown strategy {self.strategy!r}; expected one of {sorted(STRATEGIES)}")
         for name in ("hidden", "windows", "window", "eval_chars"):
             check_positive_int(getattr(self, name), name)
-        for name in ("sigma", "lr", "weight_decay"):
+        for name in ("sigma", "lr", "weight_decay", "lr_half_life"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float | None):
                 raise TypeError(f"{name} must be a number, got {value!r}")
@@ -121,7 +123,7 @@ class ESRunConfig:
         base = STRATEGIES[self.strategy]
         decay = base.weight_decay if self.weight_decay is None else self.weight_decay
         return replace(base, population=self.population, sigma=self.sigma, lr=self.lr, weight_decay=decay,
-                       seed=seed)
+                       seed=seed, lr_half_life=self.lr_half_life)
 
     @property
     def federated(self) -> bool:
