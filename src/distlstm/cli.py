@@ -168,10 +168,13 @@ ES_COMMAND = RunCommand(
     name="es", help="train a character model with evolution strategies (alone or under torchrun)",
     description="Evolution strategies on a character RNN/LSTM: every generation (one --steps step), each worker "
                 "evaluates its share of the population on text windows that every member shares, only scalar "
-                "fitnesses are exchanged (all_gather), and every worker applies the same update. Writes a run "
+                "fitnesses are exchanged (all_gather), and every worker applies the same update. Federated ES "
+                "(--data-split iid or by-play): each client keeps its own shard of the text (by-play: whole plays), "
+                "scores every member on it and sends only its fitnesses; the update uses their sum. Writes a run "
                 "folder (config.json, metrics.csv, metrics.png, summary.json, checkpoint.pt); --resume FOLDER "
                 "continues a run, distlstm sample --run FOLDER generates text from it.\n\n"
-                "example: distlstm es --cell lstm --population 128 --seconds 300 --out runs/es-lstm",
+                "example: distlstm es --cell lstm --population 128 --seconds 300 --out runs/es-lstm\n"
+                "         distlstm es --data-split by-play --clients 7 --windows 4 --out runs/es-by-play",
     sections={"es": es_mode.ESRunConfig}, make_mode=lambda s: es_mode.ESMode(s["es"]), mode_name=lambda s: "es",
     default_out="runs/es", loop_defaults=es_mode.LOOP_DEFAULTS,
     titles={"es": "evolution strategies (text, model, strategy)"}, report=_es_report)

@@ -175,6 +175,10 @@ def render_report(cfg: ESShakespeareConfig, runs: list[dict[str, Any]], h1: floa
         "gradient one backward pass gives; ES pays this to need no backward pass and to exchange only "
         f"{cfg.population} numbers per generation between workers.",
         "",
+        "Two further parts of this reproduction: `distlstm reproduce es-shakespeare --federated` compares shared "
+        "windows with federated clients holding IID and by-play shards ([federated.md](federated.md)), and "
+        "`--budget` gives ES 30 minutes with tuned settings and what each change bought "
+        "([its report](../es-shakespeare-30min/report.md)).", "",
         "## Samples (prompt `ROMEO.`)", "",
     ]
     for name, by_t in samples.items():
