@@ -107,6 +107,31 @@ def test_es_benchmark_pieces():
     assert "| 2 | 1.0 | 200 | 2.00 |" in text
 
 
+def test_es_generation_profile_and_its_flop_floor():
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from distlstm.bench.es import bench_es_generation, forward_flops
+    from distlstm.bench.report import render_es
+
+    # the floor's count is the matrix products of a recurrence written out: W windows × T steps of H·(G·H) and H·V
+    w, t, h, v = 3, 5, 8, 11
+    for cell, gates in (("rnn", 1), ("lstm", 4)):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            state = torch.zeros(w, h)
+            for _ in range(t):
+                pre = state @ torch.zeros(h, gates * h)
+                state = torch.tanh(pre[:, :h])
+                state @ torch.zeros(h, v)
+        assert forward_flops(cell, v, h, w * t) == counter.get_total_flops() == 2 * w * t * (gates * h * h + h * v)
+    rows = bench_es_generation(("rnn",), population=8, windows=2, window=4, compiled=(False,), repeats=1)
+    assert set(rows[0].ms) == {"windows", "noise", "fitness", "update"} and all(v > 0 for v in rows[0].ms.values())
+    assert rows[0].floor_ms == pytest.approx(8 * forward_flops("rnn", 73, 64, 8) / rows[0].gflops / 1e6)
+    text = render_es([], [], 5, rows)
+    assert "| rnn | eager |" in text and f"{rows[0].gflops:.0f} GFLOP/s" in text
+
+
 def test_evotorch_section_explains_its_environment(capsys):
     import importlib.util
 

@@ -86,3 +86,35 @@ def test_bad_settings(kwargs, message):
         ESConfig(**kwargs)
     with pytest.raises(ValueError, match="fitness: expected shape"):
         es_gradient(ESConfig(population=4), init(torch.zeros(3)), torch.zeros(5))
+
+
+def test_tell_with_the_noise_kept_from_ask_equals_tell_regenerating_it():
+    from distlstm.es.strategy import noise
+
+    cfg = ESConfig(population=8, sigma=0.1)
+    state = init(torch.linspace(-1, 1, 5, dtype=D))
+    eps = noise(cfg, state)
+    thetas = ask(cfg, state, eps=eps)
+    assert torch.equal(thetas, ask(cfg, state))
+    fitness = -(thetas**2).sum(1)
+    kept, _ = tell(cfg, state, fitness, eps)
+    regenerated, _ = tell(cfg, state, fitness)
+    assert torch.equal(kept.theta, regenerated.theta)
+    with pytest.raises(ValueError, match=r"whole population's noise \(8, 5\), got \(4, 5\)"):
+        tell(cfg, state, fitness, eps[:4])
+
+
+def test_a_step_size_half_life_halves_the_step_every_g_generations():
+    from distlstm.es.strategy import step_size
+
+    cfg = ESConfig(population=4, lr=0.2, optimizer="sgd", shaping="none", mirrored=False, weight_decay=0.0,
+                   lr_half_life=10)
+    assert [step_size(cfg, t) for t in (0, 10, 20)] == pytest.approx([0.2, 0.1, 0.05])
+    state = init(torch.zeros(3, dtype=D))._replace(generation=20)
+    fitness = torch.tensor([1.0, -1.0, 0.5, 0.0], dtype=D)
+    new, metrics = tell(cfg, state, fitness)
+    g, _ = es_gradient(cfg, state, fitness)
+    torch.testing.assert_close(new.theta, 0.05 * g)  # θ ← θ + α_t g with α_20 = α / 4
+    assert metrics["lr"] == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="lr_half_life must be a positive number of generations, got 0"):
+        ESConfig(lr_half_life=0)

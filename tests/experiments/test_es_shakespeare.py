@@ -91,3 +91,46 @@ def test_quick_es_reproduction_from_the_command_line(tmp_path):
     # below letter frequencies alone (3.35, the source's plateau, is above the unigram entropy ≈ 3.32); a 15 s
     # budget leaves little margin (3.27 on the CI machine), so the bound is the entropy itself
     assert best_es < unigram, (best_es, unigram)
+
+
+def test_tiny_federated_comparison_validates_every_split_on_the_held_out_play(tmp_path):
+    from distlstm.data.text_shards import holdout_split
+    from distlstm.experiments.es_federated import ESFederatedConfig
+    from distlstm.experiments.es_federated import run as run_federated
+
+    cfg = ESFederatedConfig(clients=2, windows=1, window=8, generations=3, hidden=8, population=8, eval_every=3,
+                            eval_chars=300)
+    rows = run_federated(cfg, tmp_path, show_progress=False)
+    text = load_text()
+    vocab = CharVocab.from_text(text)
+    _, val = holdout_split(text, vocab.encode(text), "play")
+    assert [r["data_split"] for r in rows] == ["shared", "iid", "by-play"]
+    for r in rows:
+        folder = tmp_path / f"federated_{r['data_split']}"
+        stored = json.loads((folder / "config.json").read_text())["es"]
+        assert stored["holdout"] == "play" and stored["windows"] == (2 if r["data_split"] == "shared" else 1)
+        fm = build_model(len(vocab), "rnn", 8, cfg.seed)
+        assert r["val_nats_per_char"] == pytest.approx(char_loss(fm, flatten(load_run(folder).model), val[:301]),
+                                                       abs=1e-4), r
+        assert r["fitness_bytes_per_generation"] == (8 if r["data_split"] == "shared" else 2 * 8) * 4
+    report = (tmp_path / "federated.md").read_text()
+    assert "| by-play | 2 |" in report and "client 1: MACBETH" in report
+    assert (tmp_path / "federated_val.png").is_file()
+
+
+def test_tiny_budget_ladder_adds_one_change_per_rung(tmp_path, capsys):
+    from distlstm.experiments.es_budget import ESBudgetConfig
+    from distlstm.experiments.es_budget import run as run_budget
+
+    cfg = replace(ESBudgetConfig.preset(quick=True), seconds=1.0, rung_seconds=0.5, hidden=8, population=8,
+                  eval_chars=300)
+    rows = run_budget(cfg, tmp_path, show_progress=False)
+    assert [r["run"] for r in rows] == ["rung_0", "rung_1", "tuned"]
+    settings = [json.loads((tmp_path / r["run"] / "config.json").read_text())["es"] for r in rows]
+    assert settings[0]["lr"] == 0.01 and settings[0]["lr_half_life"] is None
+    assert settings[1]["lr"] == 0.02 and settings[1]["lr_half_life"] == 200.0
+    assert settings[2] == settings[1]  # the tuned run is the last rung on the full budget
+    report = (tmp_path / "report.md").read_text()
+    assert "| tuned |" in report and "bigram entropy" in report and (tmp_path / "val_vs_seconds.png").is_file()
+    assert main(["reproduce", "matrix-batch", "--budget", "--out", str(tmp_path / "x")]) == 2
+    assert "--budget and --federated are parts of es-shakespeare" in capsys.readouterr().err

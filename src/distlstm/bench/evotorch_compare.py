@@ -7,7 +7,9 @@ Same model (one-hot tanh RNN, hidden 64), population (256) and shared windows
 into the network and evaluates it; its PGPE with a fixed σ, centred ranking,
 symmetric (mirrored) sampling and Adam is its closest match to OpenAI-ES. EvoTorch
 parallelises with Ray actors; distlstm batches the population in one call and
-splits it over ``torchrun`` workers.
+splits it over ``torchrun`` workers. The last row is the floor of
+:func:`~distlstm.bench.es.forward_flops`: the population's forward arithmetic at this
+machine's measured fp32 matrix-product rate.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from distlstm.bench.es import forward_flops, matmul_gflops
 from distlstm.es.fitness import char_fitness
-from distlstm.es.strategy import ESConfig, ask, init, tell
+from distlstm.es.strategy import ESConfig, ask, init, noise, tell
 from distlstm.es.text import build_model
 from distlstm.models.networks import CharLM
 
@@ -45,6 +48,20 @@ def _rate(step: Callable[[], Any], generations: int, population: int) -> float:
     return population * generations / (time.perf_counter() - start)
 
 
+def _distlstm_generation(x: torch.Tensor, y: torch.Tensor, population: int, compile: bool) -> Callable[[], None]:
+    """One OpenAI-ES generation of ``distlstm es`` in one process (ε drawn once for ask and tell)."""
+    fm = build_model(73, "rnn", 64, seed=0, compile=compile)
+    cfg = ESConfig(population=population)
+    box = {"state": init(fm.flatten())}
+
+    def step() -> None:
+        state = box["state"]
+        eps = noise(cfg, state)
+        box["state"], _ = tell(cfg, state, char_fitness(fm, ask(cfg, state, eps=eps), x, y), eps)
+
+    return step
+
+
 def bench_evotorch(generations: int = 5, population: int = 256, actors: tuple[int, ...] = (0, 2),
                    progress: Callable[[str], None] | None = None) -> list[EvoRow]:
     try:
@@ -66,17 +83,13 @@ def bench_evotorch(generations: int = 5, population: int = 256, actors: tuple[in
                 return -F.cross_entropy(logits.reshape(-1, 73), y.reshape(-1))
 
     rows = []
-    fm = build_model(73, "rnn", 64, seed=0)
-    cfg = ESConfig(population=population)
-    box = {"state": init(fm.flatten())}
-
-    def ours() -> None:
-        state = box["state"]
-        box["state"], _ = tell(cfg, state, char_fitness(fm, ask(cfg, state), x, y))
-
-    if progress:
-        progress("EvoTorch comparison: distlstm, batched population")
-    rows.append(EvoRow("distlstm OpenAI-ES, 1 process, batched population", _rate(ours, generations, population)))
+    for compile in (False, True):
+        if progress:
+            progress(f"EvoTorch comparison: distlstm, batched population{', compiled' if compile else ''}")
+        label = "distlstm OpenAI-ES, 1 process, batched population" + (", torch.compile" if compile else "")
+        rows.append(EvoRow(label, _rate(_distlstm_generation(x, y, population, compile), generations, population)))
+    floor = matmul_gflops() * 1e9 / forward_flops("rnn", 73, 64, x.numel())
+    rows.append(EvoRow("floor: the population's forward arithmetic at the measured matmul rate", floor))
     for n in actors:
         if progress:
             progress(f"EvoTorch comparison: PGPE with {n} Ray actors")

@@ -12,7 +12,14 @@ import torch
 
 from distlstm.bench.bptt import VectorRow, WorkersRow, bench_ddp_workers, bench_lbfgs_workers, bench_vectorization
 from distlstm.bench.cells import CellRow, bench_cells
-from distlstm.bench.es import ESBatchRow, ESWorkersRow, bench_es_batched, bench_es_workers
+from distlstm.bench.es import (
+    ESBatchRow,
+    ESGenerationRow,
+    ESWorkersRow,
+    bench_es_batched,
+    bench_es_generation,
+    bench_es_workers,
+)
 from distlstm.bench.evotorch_compare import EvoRow, bench_evotorch
 from distlstm.bench.functional import BatchedRow, bench_batched
 from distlstm.bench.lm import bench_lm, render_lm
@@ -118,10 +125,29 @@ worker setting (start-up and evaluation excluded). Workers exchange only fitness
 """
 
 
-def render_es(batched: list[ESBatchRow], workers: list[ESWorkersRow], generations: int) -> str:
+ES_GENERATION_TEXT = """
+Where one generation's time goes (one process, population {population}, 8 windows × 32
+characters; parts timed side by side, ms). The floor is the population's forward
+arithmetic — 2·G·H² + 2·H·V per character and member (G = 1 for the RNN, 4 for the
+LSTM; the one-hot input is a column lookup) — at this machine's measured fp32 matrix-product
+rate ({gflops:.0f} GFLOP/s on a 1024³ product): no forward can score the population faster.
+
+| cell | forward | windows | noise ε | fitness | update | generation | evaluations/s | floor | fitness ÷ floor |
+|---|---|---:|---:|---:|---:|---:|---:|---:|---:|
+"""
+
+
+def render_es(batched: list[ESBatchRow], workers: list[ESWorkersRow], generations: int,
+              profile: list[ESGenerationRow] | None = None) -> str:
     parts = [ES_TEXT]
     parts += [f"| {r.cell} | {r.population} | {r.n_theta:,} | {r.loop_evals_per_s:,.0f} | "
               f"{r.batched_evals_per_s:,.0f} | {r.batched_evals_per_s / r.loop_evals_per_s:.1f}× |\n" for r in batched]
+    if profile:
+        parts.append(ES_GENERATION_TEXT.format(population=profile[0].population, gflops=profile[0].gflops))
+        parts += [f"| {r.cell} | {'compiled' if r.compiled else 'eager'} | "
+                  + " | ".join(f"{r.ms[k]:.1f}" for k in ("windows", "noise", "fitness", "update"))
+                  + f" | {r.generation_ms:.1f} | {r.evals_per_s:,.0f} | {r.floor_ms:.1f} | "
+                  f"{r.ms['fitness'] / r.floor_ms:.0f}× |\n" for r in profile]
     if workers:
         base = workers[0].evals_per_s
         parts.append(ES_WORKERS_TEXT.format(generations=generations))
@@ -178,9 +204,11 @@ def render_bptt(vector: list[VectorRow], ddp: list[WorkersRow], lbfgs: list[Work
 EVOTORCH_TEXT = """## Against EvoTorch (same model, population and windows)
 
 One-hot tanh RNN (hidden 64, n_θ = 13,641), population 256, 8 windows × 32 characters;
-generations per second × population after one warm-up generation, the settings timed
-one after another (not interleaved). Run in the benchmark environment
-(`make bench-evotorch`); EvoTorch is not a dependency.
+generations per second × population after one warm-up generation (for `torch.compile`,
+the compilation), the settings timed one after another (not interleaved). The floor row
+is the population's forward arithmetic (2·H² + 2·H·V per character and member) at this
+machine's measured fp32 matrix-product rate: no implementation scores members faster.
+Run in the benchmark environment (`make bench-evotorch`); EvoTorch is not a dependency.
 
 | setting | evaluations/s | × EvoTorch, 1 process |
 |---|---:|---:|
@@ -249,7 +277,10 @@ def run(output: Path | None, *, quick: bool = False, compile: bool = False, repe
         generations = 5 if quick else 40
         es_text = render_es(bench_es_batched(("rnn",) if quick else ("rnn", "lstm"), population=256,
                                              repeats=1 if quick else 3, progress=progress),
-                            bench_es_workers(generations, progress=progress), generations)
+                            bench_es_workers(generations, progress=progress), generations,
+                            bench_es_generation(("rnn",) if quick else ("rnn", "lstm"),
+                                                compiled=(False, True) if compile or not quick else (False,),
+                                                repeats=2 if quick else 5, progress=progress))
         online = (online + "\n" + es_text) if online else es_text
     if "bptt" in sections:
         ddp_steps, train, min_len = (10, 2000, 30) if quick else (40, 10_000, 100)

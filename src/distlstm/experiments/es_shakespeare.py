@@ -37,7 +37,7 @@ from distlstm.runs.metrics import evaluated_rows
 
 SOURCE_PLATEAU = 3.35
 RUN_KEYS = ("model", "method", "val_nats_per_char", "seconds", "evaluations", "generations", "parameters", "workers",
-            "fitness_bytes_per_generation")
+            "fitness_bytes_per_generation", "clients")
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,27 @@ class ESShakespeareConfig:
         return cls(seed=seed)
 
 
+def es_loop(seed: int, eval_every: int, show_progress: bool, *, generations: int | None = None,
+            seconds: float | None = None) -> LoopConfig:
+    """The loop of an ES run of a reproduction: ``generations`` if given, else a training-time budget."""
+    return LoopConfig(steps=generations or 10**9, seconds=None if generations else seconds, eval_every=eval_every,
+                      checkpoint_every=LOOP_DEFAULTS["checkpoint_every"], seed=seed, progress=show_progress)
+
+
+def run_es(es_cfg: ESRunConfig, loop: LoopConfig, folder: Path, curves: dict[str, list[dict[str, Any]]],
+           name: str) -> dict[str, Any]:
+    """One ``es`` run into its own run folder; adds its validation curve to ``curves``, returns its summary row."""
+    result = run_loop(ESMode(es_cfg), loop, folder=folder,
+                      config=config_document("es", "es", {"es": es_cfg, "loop": loop}), overwrite=True)
+    curves[name] = evaluated_rows(result.rows, "val_nats_per_char")
+    return {k: result.summary[k] for k in RUN_KEYS}
+
+
+def reference_levels(h1: float, h2: float) -> dict[str, float]:
+    """The horizontal lines of every ES plot: the entropies of the training text and the source's plateau."""
+    return {"unigram entropy": h1, "bigram entropy": h2, "source's ES plateau": SOURCE_PLATEAU}
+
+
 def run(cfg: ESShakespeareConfig, out: Path, show_progress: bool = True) -> list[dict[str, Any]]:
     """Train every model and method, write the run folder, return the summary rows."""
     out.mkdir(parents=True, exist_ok=True)
@@ -76,14 +97,9 @@ def run(cfg: ESShakespeareConfig, out: Path, show_progress: bool = True) -> list
                                ("lstm", "openai-es", cfg.lr)):
         es_cfg = ESRunConfig(cell=cell, hidden=cfg.hidden, strategy=strategy, population=cfg.population,
                              sigma=cfg.sigma, lr=lr, eval_chars=cfg.eval_chars)
-        loop = LoopConfig(steps=cfg.generations or 10**9, seconds=None if cfg.generations else cfg.seconds,
-                          eval_every=cfg.eval_every, checkpoint_every=LOOP_DEFAULTS["checkpoint_every"],
-                          seed=cfg.seed, progress=show_progress)
-        result = run_loop(ESMode(es_cfg), loop, folder=out / _folder(cell, strategy),
-                          config=config_document("es", "es", {"es": es_cfg, "loop": loop}), overwrite=True)
-        runs.append({k: result.summary[k] for k in RUN_KEYS})
+        loop = es_loop(cfg.seed, cfg.eval_every, show_progress, generations=cfg.generations, seconds=cfg.seconds)
+        runs.append(run_es(es_cfg, loop, out / _folder(cell, strategy), curves, f"{cell} {strategy}"))
         models[f"{cell} {strategy}"] = out / _folder(cell, strategy)
-        curves[f"{cell} {strategy}"] = evaluated_rows(result.rows, "val_nats_per_char")
     for cell in ("rnn", "lstm"):  # backprop: distlstm train --task char-lm, one-hot, on the same time budget
         demo = DemoConfig(cell=cell, hidden=cfg.hidden, embedding=0, steps=10**9, seconds=cfg.seconds,
                           eval_every=100, eval_chars=cfg.eval_chars, seed=cfg.seed)
@@ -107,7 +123,8 @@ def run(cfg: ESShakespeareConfig, out: Path, show_progress: bool = True) -> list
 
 
 def _plots(out: Path, curves: dict[str, list[dict[str, Any]]], h1: float, h2: float) -> None:
-    ref = {"unigram entropy": h1, "bigram entropy": h2, "source's ES plateau": SOURCE_PLATEAU}
+    ref = reference_levels(h1, h2)
+
     def series(rows: list[dict[str, Any]], x: str) -> tuple[list[float], list[float]]:
         return [r[x] for r in rows], [r["val_nats_per_char"] for r in rows]
 
@@ -158,6 +175,10 @@ def render_report(cfg: ESShakespeareConfig, runs: list[dict[str, Any]], h1: floa
         "gradient one backward pass gives; ES pays this to need no backward pass and to exchange only "
         f"{cfg.population} numbers per generation between workers.",
         "",
+        "Two further parts of this reproduction: `distlstm reproduce es-shakespeare --federated` compares shared "
+        "windows with federated clients holding IID and by-play shards ([federated.md](federated.md)), and "
+        "`--budget` gives ES 30 minutes with tuned settings and what each change bought "
+        "([its report](../es-shakespeare-30min/report.md)).", "",
         "## Samples (prompt `ROMEO.`)", "",
     ]
     for name, by_t in samples.items():

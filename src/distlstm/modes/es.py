@@ -8,6 +8,17 @@ One step on worker r of W (population P, members [rP/W, (r+1)P/W) here)::
     θ, m, v ← tell(F)                                                the same update everywhere
     check that θ is the same on every worker
 
+**Federated ES** (``--data-split iid`` or ``by-play``): the training text is cut into C
+client shards (:mod:`distlstm.data.text_shards`; each worker hosts C/W clients and keeps
+only their shards). Every client scores *every* member on windows from its own shard::
+
+    F_c   ← fitness of all P members on client c's windows, drawn from (seed, g, c)
+    F     ← Σ_c F_c   of all_gather(F_c of this worker's clients)     C × P scalars in all
+    θ, m, v ← tell(F)
+
+so only fitnesses cross the wire, never text; summing in client order makes W workers
+give the numbers of one process simulating the C clients.
+
 The noise and the windows are functions of (seed, generation), so the state to resume
 bit for bit is θ, the Adam moments m, v and the generation (no generator state). The
 checkpoint's model is the :class:`~distlstm.models.networks.CharLM` state dict, and its
@@ -22,13 +33,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from distlstm._checks import check_positive_int
-from distlstm.data.text import SHAKESPEARE_TRAGEDIES, CharVocab, load_text, split_ids
+from distlstm.data.text import SHAKESPEARE_TRAGEDIES, CharVocab, load_text
+from distlstm.data.text_shards import HOLDOUTS, SPLITS, client_shards, holdout_split
 from distlstm.es.fitness import char_fitness, char_loss
-from distlstm.es.strategy import STRATEGIES, ESConfig, ESState, ask, init, tell
-from distlstm.es.text import build_model, generation_windows
+from distlstm.es.strategy import STRATEGIES, ESConfig, ESState, ask, init, noise, tell
+from distlstm.es.text import build_model, client_windows, generation_windows
 from distlstm.models.functional import assign
 from distlstm.models.networks import CharLM
 from distlstm.modes import LoadedRun
@@ -36,6 +49,7 @@ from distlstm.runs.config import flag
 from distlstm.runtime.comm import Communicator
 
 CELLS = ("rnn", "lstm")
+DATA_SPLITS = ("shared", *SPLITS)
 # The loop's defaults for ES: generations are the loop's steps.
 LOOP_DEFAULTS: Mapping[str, Any] = {"steps": 500, "eval_every": 25, "checkpoint_every": 50}
 
@@ -48,8 +62,17 @@ class ESRunConfig:
     (:class:`~distlstm.runs.config.LoopConfig`: ``steps``, ``seconds``, ``seed``).
     """
 
-    text: str | None = flag(None, "UTF-8 training text; the last 10%% is held out for validation (default: the "
-                                  "shipped Shakespeare tragedies)", metavar="FILE", path=True)
+    text: str | None = flag(None, "UTF-8 training text; --holdout decides what is held out for validation "
+                                  "(default: the shipped Shakespeare tragedies)", metavar="FILE", path=True)
+    data_split: str = flag("shared", "shared: every worker scores its part of the population on windows shared by "
+                                     "all; iid / by-play: federated ES, each client holds its own shard of the text "
+                                     "(random chunks / whole plays, non-IID), scores every member on it and sends "
+                                     "only the fitnesses", choices=DATA_SPLITS)
+    clients: int | None = flag(None, "federated clients C, each with its own shard (default: one per worker; a "
+                                     "multiple of the workers, which each host C/W of them)", metavar="C")
+    holdout: str | None = flag(None, "validation text: tail (the last 10%%) or play (the last play of a text whose "
+                                     "plays are titled above 'by William Shakespeare'); default tail for "
+                                     "--data-split shared, play otherwise", choices=HOLDOUTS)
     cell: str = flag("rnn", "recurrent cell of the one-hot character model (rnn: the ES source's model)",
                      choices=CELLS)
     hidden: int = flag(64, "hidden units", metavar="N")
@@ -57,24 +80,39 @@ class ESRunConfig:
                                       "source's rule (independent noise, z-scored fitness, θ ← θ + α g)",
                          choices=tuple(STRATEGIES))
     population: int = flag(256, "members per generation P, split evenly over the workers (a multiple of their "
-                                "number; even for openai-es's mirrored pairs)", metavar="P")
+                                "number; even for openai-es's mirrored pairs); federated: all P on every client",
+                           metavar="P")
     sigma: float = flag(0.02, "perturbation standard deviation σ", metavar="SIGMA")
     lr: float = flag(0.01, "step size α", metavar="ALPHA")
+    lr_half_life: float | None = flag(None, "halve the step size every G generations: α_t = α · 2^(−t/G) "
+                                            "(default: constant α)", metavar="G")
     weight_decay: float | None = flag(None, "L2 weight decay λ (default: the strategy's, 0.005 for openai-es and 0 "
                                             "for plain)", metavar="LAMBDA")
-    windows: int = flag(8, "text windows per generation, shared by every member", metavar="N")
+    windows: int = flag(8, "text windows per generation, shared by every member (federated: per client)",
+                        metavar="N")
     window: int = flag(32, "characters per window", metavar="CHARS")
     eval_chars: int = flag(20_000, "validation characters (from the start of the held-out part)",
                            metavar="CHARS")
+    compile: bool = flag(False, "run the population's forward through torch.compile (needs a C++ compiler; "
+                                "seconds of compilation, then faster generations on the fixed window shapes)")
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
             raise ValueError(f"unknown cell {self.cell!r}; expected one of {CELLS}")
+        if self.data_split not in DATA_SPLITS:
+            raise ValueError(f"unknown data split {self.data_split!r}; expected one of {DATA_SPLITS}")
+        if self.holdout is not None and self.holdout not in HOLDOUTS:
+            raise ValueError(f"unknown holdout {self.holdout!r}; expected one of {HOLDOUTS}")
+        if self.clients is not None:
+            check_positive_int(self.clients, "clients")
+            if self.data_split == "shared":
+                raise ValueError(f"--clients {self.clients} needs a federated --data-split (iid or by-play); "
+                                 "with shared windows there are no clients")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; expected one of {sorted(STRATEGIES)}")
         for name in ("hidden", "windows", "window", "eval_chars"):
             check_positive_int(getattr(self, name), name)
-        for name in ("sigma", "lr", "weight_decay"):
+        for name in ("sigma", "lr", "weight_decay", "lr_half_life"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float | None):
                 raise TypeError(f"{name} must be a number, got {value!r}")
@@ -85,7 +123,16 @@ class ESRunConfig:
         base = STRATEGIES[self.strategy]
         decay = base.weight_decay if self.weight_decay is None else self.weight_decay
         return replace(base, population=self.population, sigma=self.sigma, lr=self.lr, weight_decay=decay,
-                       seed=seed)
+                       seed=seed, lr_half_life=self.lr_half_life)
+
+    @property
+    def federated(self) -> bool:
+        return self.data_split != "shared"
+
+    @property
+    def held_out(self) -> str:
+        """The validation part: the --holdout given, else tail for shared windows and play for federated ES."""
+        return self.holdout or ("play" if self.federated else "tail")
 
     def model_config(self, vocab_size: int) -> dict[str, Any]:
         """The :class:`CharLM` constructor arguments."""
@@ -107,29 +154,51 @@ class ESMode:
         cfg = self.cfg
         self.comm, self.seed = comm, seed
         self.strategy = cfg.strategy_config(seed)
-        if cfg.population % comm.world_size:
-            raise ValueError(f"population {cfg.population} must be a multiple of the {comm.world_size} workers: "
-                             "change the population or the number of processes")
         text = load_text(cfg.text if cfg.text is not None else SHAKESPEARE_TRAGEDIES)
         self.vocab = CharVocab.from_text(text)
-        self.train_ids, val = split_ids(self.vocab.encode(text))
+        ids = self.vocab.encode(text)
+        segments, val = holdout_split(text, ids, cfg.held_out)
+        self.train_ids = ids[: len(ids) - len(val)]
         if len(self.train_ids) <= cfg.window:
             raise ValueError(f"the training text has {len(self.train_ids)} characters, fewer than a window of "
                              f"{cfg.window} + 1: use a longer text or a shorter window")
         self.val_ids = val[: cfg.eval_chars + 1]
-        self.fm = build_model(len(self.vocab), cfg.cell, cfg.hidden, seed)
+        self.fm = build_model(len(self.vocab), cfg.cell, cfg.hidden, seed, compile=cfg.compile)
         self.state = init(self.fm.flatten())
-        share = cfg.population // comm.world_size
-        self.members = range(comm.rank * share, (comm.rank + 1) * share)
+        if not cfg.federated:
+            if cfg.population % comm.world_size:
+                raise ValueError(f"population {cfg.population} must be a multiple of the {comm.world_size} workers: "
+                                 "change the population or the number of processes")
+            share = cfg.population // comm.world_size
+            self.members = range(comm.rank * share, (comm.rank + 1) * share)
+            return
+        self.clients = cfg.clients or comm.world_size
+        if self.clients % comm.world_size:
+            raise ValueError(f"--clients {self.clients} must be a multiple of the {comm.world_size} workers (each "
+                             "hosts the same number of clients)")
+        here = self.clients // comm.world_size
+        shards = client_shards(segments, self.clients, cfg.data_split, seed=seed, min_length=cfg.window + 1)
+        # the data stay with their client: this worker keeps its clients' shards and nothing else
+        self.shards = {c: shards[c] for c in range(comm.rank * here, (comm.rank + 1) * here)}
+        self.train_ids = torch.empty(0, dtype=ids.dtype)
+        self.members = range(cfg.population)
 
     def step(self, step: int) -> Mapping[str, float]:
         cfg, state = self.cfg, self.state
-        x, y = generation_windows(self.train_ids, self.seed, state.generation, cfg.windows, cfg.window)
-        mine = char_fitness(self.fm, ask(self.strategy, state, self.members), x, y)
-        fitness = self.comm.all_gather_cat(mine)
-        self.state, metrics = tell(self.strategy, state, fitness)
+        eps = noise(self.strategy, state, self.members)
+        thetas = ask(self.strategy, state, self.members, eps)
+        if cfg.federated:  # every client here scores every member on its own windows
+            mine = torch.cat([char_fitness(self.fm, thetas, *client_windows(
+                shard, self.seed, state.generation, c, cfg.windows, cfg.window)) for c, shard in self.shards.items()])
+            fitness = self.comm.all_gather_cat(mine).view(self.clients, cfg.population).sum(0)
+            scale = self.clients  # the summed fitness is C times a mean nats/char
+        else:
+            x, y = generation_windows(self.train_ids, self.seed, state.generation, cfg.windows, cfg.window)
+            mine = char_fitness(self.fm, thetas, x, y)
+            fitness, scale = self.comm.all_gather_cat(mine), 1
+        self.state, metrics = tell(self.strategy, state, fitness, eps if len(self.members) == cfg.population else None)
         self.comm.check_same(self.state.theta, f"generation {self.state.generation}")
-        return {"train_nats_per_char": -metrics["fitness_mean"], "dropped": metrics["dropped"],
+        return {"train_nats_per_char": -metrics["fitness_mean"] / scale, "dropped": metrics["dropped"],
                 "bytes_per_worker": float(mine.numel() * mine.element_size())}
 
     def evaluate(self) -> Mapping[str, float]:
@@ -163,9 +232,11 @@ class ESMode:
 
     def summary(self) -> dict[str, Any]:
         generation, population = self.state.generation, self.cfg.population
+        clients = self.clients if self.cfg.federated else 1
         return {"model": self.cfg.cell, "method": self.cfg.strategy, "generations": generation,
-                "evaluations": generation * population, "parameters": self.fm.numel,
-                "fitness_bytes_per_generation": population * self.state.theta.element_size()}
+                "evaluations": generation * population * clients, "parameters": self.fm.numel,
+                "data_split": self.cfg.data_split, "clients": clients,
+                "fitness_bytes_per_generation": clients * population * self.state.theta.element_size()}
 
     def write_outputs(self, folder: Path, rows: Sequence[Mapping[str, Any]]) -> None:
         """Nothing beyond the loop's files: the checkpoint is the model."""
