@@ -113,6 +113,14 @@ def test_unsafe_change_on_resume_lists_differences(tmp_path):
     go(tmp_path / "x", LoopConfig(steps=4, progress=False, eval_every=1), resume=True)  # budget and cadence: fine
 
 
+def test_a_setting_added_after_the_run_was_written_is_no_difference(tmp_path):
+    go(tmp_path / "x", LoopConfig(steps=2, progress=False))
+    stored = json.loads((tmp_path / "x" / "config.json").read_text())
+    del stored["toy"]["lr"]  # as if the run predates the --lr flag
+    (tmp_path / "x" / "config.json").write_text(json.dumps(stored))
+    assert go(tmp_path / "x", LoopConfig(steps=3, progress=False), resume=True).summary["steps"] == 3
+
+
 def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path):
     go(tmp_path / "x", LoopConfig(steps=6, checkpoint_every=2, progress=False))
     (tmp_path / "x" / CHECKPOINT).write_bytes(b"\x00truncated")

@@ -250,13 +250,17 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """``section.field`` → (old, new) for every setting that differs between two config documents."""
+    """``section.field`` → (old, new) for every setting that differs between two config documents.
+
+    A setting that ``old`` does not have (a flag added after that run was written) is no
+    difference: the run was made with the behaviour the new setting's default keeps.
+    """
     diff = {}
     for section, values in new.items():
         if not isinstance(values, dict):
             continue
         before = old.get(section, {})
         for k, v in values.items():
-            if before.get(k) != v:
+            if k in before and before[k] != v:
                 diff[f"{section}.{k}"] = (before.get(k), v)
     return diff
