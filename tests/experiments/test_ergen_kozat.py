@@ -110,3 +110,18 @@ def test_online_command_stateful_ekf(tmp_path):
                  "--out", str(out), "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["stateful"] is True and summary["n_theta"] == 116
+
+
+def test_online_command_single_bias_is_the_papers_theta_and_loads_back(tmp_path):
+    from distlstm.modes import load_run
+
+    data = tmp_path / "series.csv"
+    data.write_text("value\n" + "\n".join(str(0.01 * (i % 13) + 1.0) for i in range(60)) + "\n")
+    out = tmp_path / "sb"
+    assert main(["online", "--data", str(data), "--algorithm", "ekf", "--single-bias", "--steps", "5",
+                 "--out", str(out), "--no-progress"]) == 0
+    got = json.loads((out / "summary.json").read_text())
+    assert got["n_theta"] == 4 + 4 * (4 * 1 + 4 * 4 + 4)  # n + 4(np + n² + n), p = 1, n = 4
+    loaded = load_run(out)
+    assert "rnn.bias_hh_l0" not in dict(loaded.model.named_parameters())
+    assert len(loaded.forecaster(data)) > 0

@@ -115,6 +115,8 @@ class OnlineConfig:
     topology: str = flag("ring", "graph between the nodes", choices=TOPOLOGIES)
     edges: str | None = flag(None, "edge list for --topology edges, e.g. '0-1,1-2,2-0'")
     hidden: int = flag(4, "LSTM units n")
+    single_bias: bool = flag(False, "one bias per gate: Ergen & Kozat's θ, n_θ = n + 4(np + n² + n) (default: "
+                                    "nn.LSTM's two biases per gate, 4n more entries the output cannot tell apart)")
     lr: float | None = flag(None, "SGD step size μ (sgd, dsgd); default per algorithm")
     sigma2: float | None = flag(None, "measurement noise variance σ² (ekf, dekf, pf, dpf); default per algorithm")
     q: float | None = flag(None, "process noise / particle jitter variance per step (ekf, dekf, pf, dpf); default "
@@ -228,7 +230,8 @@ class OnlineMode:
 
     ``settings`` are the algorithm's full settings (:func:`~distlstm.online.algorithm_settings`
     merges the defaults); ``model`` builds the model and the common θ₀ from the seed
-    (default: Ergen & Kozat's :class:`SequenceRegressor` with ``hidden`` units).
+    (default: Ergen & Kozat's :class:`SequenceRegressor` with ``hidden`` units, one bias per gate if
+    ``single_bias``).
     """
 
     name: str = "online"
@@ -236,13 +239,15 @@ class OnlineMode:
     plot_columns: Sequence[str] = ("mse", "running_mse")
 
     def __init__(self, problem: OnlineProblem, algorithm: str, settings: Mapping[str, Any], topology: Topology, *,
-                 hidden: int = 4, model: ModelBuilder | None = None, topology_name: str = "") -> None:
+                 hidden: int = 4, model: ModelBuilder | None = None, topology_name: str = "",
+                 single_bias: bool = False) -> None:
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {list(ALGORITHMS)}")
         self.problem, self.algorithm_name, self.settings = problem, algorithm, dict(settings)
         self.topology, self.topology_name, self.hidden = topology, topology_name or "graph", hidden
+        self.single_bias = single_bias
         self.max_steps: int | None = check_streams(problem.streams, topology.num_nodes)
-        self.model = model or (lambda seed: regressor(problem.input_size, hidden, seed))
+        self.model = model or (lambda seed: regressor(problem.input_size, hidden, seed, single_bias=single_bias))
         self.seed = 0
         self.comm: Communicator = LocalComm()
 
@@ -306,7 +311,8 @@ class OnlineMode:
                               "records": self.records.to_tensors()},
                 "generators": {"nodes": gens},
                 "artifacts": {**self.problem.artifacts, "input_size": self.problem.input_size, "hidden": self.hidden,
-                              "algorithm": self.algorithm_name, "settings": dict(self.settings)}}
+                              "single_bias": self.single_bias, "algorithm": self.algorithm_name,
+                              "settings": dict(self.settings)}}
 
     def _gather(self, local: Tensor) -> Tensor:
         return self.comm.all_gather_cat(local) if self.comm.world_size > 1 else local
@@ -422,13 +428,14 @@ def _fmt(v: float) -> str:
 
 def run_streams(problem: OnlineProblem, algorithm: str, topology: Topology, *, seed: int = 0,
                 settings: Mapping[str, Any] | None = None, steps: int | None = None, hidden: int = 4,
-                model: ModelBuilder | None = None, comm: Communicator | None = None) -> OnlineMode:
+                model: ModelBuilder | None = None, comm: Communicator | None = None,
+                single_bias: bool = False) -> OnlineMode:
     """Run one algorithm in memory (no run folder) and return the finished mode (records, states, summary).
 
     ``settings`` override :data:`~distlstm.online.DEFAULT_SETTINGS`; ``steps`` stops early.
     """
     mode = OnlineMode(problem, algorithm, algorithm_settings(algorithm, settings), topology, hidden=hidden,
-                      model=model)
+                      model=model, single_bias=single_bias)
     assert mode.max_steps is not None
     total = mode.max_steps if steps is None else min(steps, mode.max_steps)
     run(mode, LoopConfig(steps=total, seed=seed, progress=False, eval_every=total, checkpoint_every=total),
@@ -451,7 +458,7 @@ def make_online_mode(sections: Mapping[str, Any]) -> OnlineMode:
     topology = make_topology(cfg.topology, cfg.nodes, seed=loop.seed,
                              edges=parse_edges(cfg.edges) if cfg.edges else None)
     return OnlineMode(problem, cfg.algorithm, algorithm_settings(cfg.algorithm, cfg.settings()), topology,
-                      hidden=cfg.hidden, topology_name=cfg.topology)
+                      hidden=cfg.hidden, topology_name=cfg.topology, single_bias=cfg.single_bias)
 
 
 def load(ckpt: Mapping[str, Any], folder: Path) -> Any:
