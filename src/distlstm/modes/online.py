@@ -44,6 +44,7 @@ from distlstm.network.graphs import TOPOLOGIES, Topology, make_topology, parse_e
 from distlstm.network.transport import Transport
 from distlstm.online import ALGORITHMS, DEFAULT_SETTINGS, algorithm_settings, make_algorithm, regressor
 from distlstm.online.base import OnlineAlgorithm, Prediction, State
+from distlstm.online.baselines import reference_records, univariate_last_values
 from distlstm.online.records import OnlineRecords, check_streams, node_generator, squared_error
 from distlstm.runs.config import LoopConfig, flag
 from distlstm.runs.files import plot_curves, write_csv
@@ -162,13 +163,13 @@ class OnlineProblem:
     """What an online run learns from: one stream of observations per node, and how to report on it.
 
     ``forecasts`` (a run on a CSV) lets the summary give MSEs in the target's own units
-    and a last-value baseline; ``artifacts`` is what a forecaster needs to cut and scale
-    another file the same way (stored in the checkpoint).
+    and a last-value reference (without it, a univariate series' windows give the
+    last value); ``artifacts`` is what a forecaster needs to cut and scale another file
+    the same way (stored in the checkpoint).
     """
 
     streams: list[list[Observation]]
     dataset: str = ""
-    mse_naive: float = math.nan
     forecasts: Forecasts | None = None
     artifacts: dict[str, Any] = field(default_factory=dict)
 
@@ -205,7 +206,7 @@ class RunSummary:
     dataset: str
     algorithm: str
     final_mse: float
-    mse_naive: float
+    mse_naive: float  # the last-value forecast over the same steps as final_mse (NaN if the target is unknown)
     running_mse_end: float
     mean_running_mse: float  # area under the learning curve / steps: lower = faster convergence
     coverage95: float
@@ -216,9 +217,14 @@ class RunSummary:
     steps: int
     n_theta: int
     settings: dict[str, Any]
+    # reference → {"final_mse", "mean_running_mse"}, each over the same steps as the learner's figure
+    references: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: _none_if_nan(v) for k, v in self.__dict__.items()}
+        out = {k: _none_if_nan(v) for k, v in self.__dict__.items()}
+        out["references"] = {name: {k: _none_if_nan(v) for k, v in figs.items()}
+                             for name, figs in self.references.items()}
+        return out
 
 
 def _none_if_nan(v: Any) -> Any:
@@ -338,13 +344,16 @@ class OnlineMode:
         rec = self.records
         running = rec.running_mse()
         steps = max(rec.steps, 1)
+        refs = {name: {"final_mse": r.final_mse(), "mean_running_mse": _mean(r.running_mse())}
+                for name, r in self.references().items()}
         return RunSummary(
             dataset=self.problem.dataset, algorithm=self.algorithm_name, final_mse=rec.final_mse(),
-            mse_naive=self._naive(scaled=True), running_mse_end=running[-1] if running else math.nan,
-            mean_running_mse=sum(running) / len(running) if running else math.nan, coverage95=rec.coverage95(),
+            mse_naive=refs.get("last_value", {}).get("final_mse", math.nan),
+            running_mse_end=running[-1] if running else math.nan,
+            mean_running_mse=_mean(running), coverage95=rec.coverage95(),
             seconds_per_step=rec.seconds_per_step, bytes_per_node_per_step=rec.bytes_per_node_per_step,
             messages_per_node_per_step=sum(rec.messages_per_step) / steps, skipped_labels=rec.skipped_labels,
-            steps=rec.steps, n_theta=self.fm.numel, settings=dict(self.settings))
+            steps=rec.steps, n_theta=self.fm.numel, settings=dict(self.settings), references=refs)
 
     def summary(self) -> dict[str, Any]:
         out = self.run_summary().as_dict() | {"nodes": self.topology.num_nodes, "topology": self.topology_name,
@@ -354,17 +363,18 @@ class OnlineMode:
         if fc is None:
             return out
         return out | self._data_units(fc) | {
-            "mse_units": f"final_mse, mse_naive, running_mse_end and mse.csv: scaled {fc.target} ({art['scaling']}); "
+            "mse_units": f"final_mse, mse_naive, references, running_mse_end and mse.csv: scaled {fc.target} "
+                         f"({art['scaling']}); "
                          f"*_data_units: squared units of {fc.target}",
             "target": fc.target, "features": fc.features, "horizon": art["horizon"],
             "missing_labels": int(torch.isnan(fc.d).sum()), "observations": len(fc), "window": art["window"],
             "scaling": art["scaling"], "warmup": art["warmup"] if art["scaling"] == "causal" else 0}
 
     def write_outputs(self, folder: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-        """``mse.csv`` (per-step node-averaged and running MSE, scaled units) and ``mse.png``."""
-        write_curves(folder, "mse", {self.algorithm_name: self.records},
+        """``mse.csv`` (per-step node-averaged and running MSE, scaled units; the references' too) and ``mse.png``."""
+        write_curves(folder, "mse", {self.algorithm_name: self.records} | self.references(),
                      f"{self.algorithm_name} on {self.problem.dataset}, {self.topology.num_nodes} nodes "
-                     f"({self.topology_name})", reference={"last-value forecast": self._naive(scaled=True)})
+                     f"({self.topology_name})")
 
     # -- figures ---------------------------------------------------------------------------------------------------
 
@@ -372,29 +382,39 @@ class OnlineMode:
         """Every local node's point estimate θ̂."""
         return {k: self.algorithm.estimate(s) for k, s in self.states.items()}
 
-    def _naive(self, scaled: bool) -> float:
-        """MSE of the last observed target value as the forecast (the random-walk baseline) over the steps run."""
-        fc = self.problem.forecasts
-        if fc is None:
-            return self.problem.mse_naive
-        n = self.records.steps * self.topology.num_nodes  # step t of node k is observation t·K + k
-        err = (fc.d[:n] - fc.last_target[:n]) * (1.0 if scaled else fc.scale[:n])
-        err = err[torch.isfinite(err)]
-        return float((err * err).mean()) if len(err) else math.nan
+    def references(self) -> dict[str, OnlineRecords]:
+        """The reference forecasters' records over the steps run (:mod:`distlstm.online.baselines`)."""
+        fc, streams = self.problem.forecasts, self.problem.streams
+        k_all = self.topology.num_nodes
+        if fc is not None:  # step t of node k is observation t·K + k
+            last: list[list[float]] | None = [[float(fc.last_target[t * k_all + k]) for t in range(len(streams[k]))]
+                                              for k in range(k_all)]
+        else:
+            last = univariate_last_values(streams)
+        return reference_records(streams, self.records.steps, last)
 
-    def _data_units(self, fc: Forecasts) -> dict[str, float | None]:
-        """The run's MSEs in the target's own units."""
+    def _in_data_units(self, fc: Forecasts, rec: OnlineRecords) -> OnlineRecords:
+        """``rec`` with every squared error in the target's units (× scale² of its observation)."""
         k_all = self.topology.num_nodes
         factor = (fc.scale**2).tolist()
-        rec = self.records
         converted = OnlineRecords(rec.algorithm, k_all)
         for t, (row, var) in enumerate(zip(rec.sq_errors, rec.variances, strict=True)):
             converted.append([e * factor[t * k_all + k] for k, e in enumerate(row)], var, 0.0, 0.0, 0.0)
+        return converted
+
+    def _data_units(self, fc: Forecasts) -> dict[str, float | None]:
+        """The run's MSEs in the target's own units (the last-value reference's over the same steps)."""
+        converted = self._in_data_units(fc, self.records)
         running = converted.running_mse()
+        naive = self.references().get("last_value")
         values = {"final_mse_data_units": converted.final_mse(),
                   "running_mse_end_data_units": running[-1] if running else math.nan,
-                  "mse_naive_data_units": self._naive(scaled=False)}
+                  "mse_naive_data_units": self._in_data_units(fc, naive).final_mse() if naive else math.nan}
         return {k: _none_if_nan(v) for k, v in values.items()}
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
 
 
 def _nanmean(values: Sequence[float]) -> float:
