@@ -54,6 +54,7 @@ from distlstm.runs import atomic_write_text, plot_curves, write_json
 
 ALGORITHM_ORDER = ("sgd", "ekf", "pf", "dsgd", "dekf", "dpf")
 # Variants: label → (algorithm, settings added to the algorithm's). The paper's EKF filters [c̄; ȳ; θ] (§3.1).
+# Process noise on the whole state as the paper has it: q_carry = q (set in base_settings).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"ekf-aug": ("ekf", {"stateful": True})}
 PAPER_SENTENCE_ORDER = ("ekf", "sgd", "pf", "dekf", "dpf")  # highest to lowest final error
 PAPER_EXCHANGE_ORDER = ("dpf", "pf", "sgd", "ekf")  # fastest to slowest convergence; (D)EKF slowest
@@ -155,6 +156,8 @@ def base_settings(task: Task, label: str, particles: int | None = None) -> dict[
     """The full settings of ``label`` (an algorithm or a variant) on ``task`` before tuning."""
     algorithm, extra = VARIANTS.get(label, (label, {}))
     settings = algorithm_settings(algorithm, {**task.settings.get(algorithm, {}), **extra})
+    if settings.get("stateful"):
+        settings["q_carry"] = settings["q"]
     if particles is not None and "num_particles" in settings:
         settings["num_particles"] = particles
     return settings

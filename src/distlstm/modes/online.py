@@ -104,6 +104,7 @@ _SETTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ess_threshold": ("ess_threshold", ("pf", "dpf")),
     "joseph": ("joseph", ("ekf", "dekf")),
     "s0_carry": ("s0_carry", ("ekf",)),  # --stateful only
+    "q_carry": ("q_carry", ("ekf",)),  # --stateful only
 }
 
 
@@ -129,6 +130,8 @@ class OnlineConfig:
     resampling: str | None = flag(None, "systematic, residual or multinomial (pf, dpf); default systematic")
     ess_threshold: float | None = flag(None, "resample when ESS < threshold·N; 1 = every step (pf, dpf); default 0.5")
     s0_carry: float | None = flag(None, "initial variance of the carried state (ekf --stateful); default 0")
+    q_carry: float | None = flag(None, "process noise variance on the carried state per step (ekf --stateful; the "
+                                       "paper's noise covers the whole state); default 0")
     joseph: bool = flag(False, "Joseph-form covariance update (ekf, dekf)")
     stateful: bool = flag(False, "ekf only: carry the LSTM state from each window to the next and filter [carry; θ]")
 
@@ -150,10 +153,11 @@ class OnlineConfig:
             if value is None or value is False:
                 continue
             setting, applies = _SETTINGS[f.name]
-            if name not in applies or (f.name == "s0_carry" and not self.stateful):
+            carry = f.name in ("s0_carry", "q_carry")
+            if name not in applies or (carry and not self.stateful):
                 flag_text = "--" + f.name.replace("_", "-")
                 raise ValueError(f"{option(f.name, flag_text)} does not apply to {name}"
-                                 + (" without --stateful" if f.name == "s0_carry" and name == "ekf" else ""))
+                                 + (" without --stateful" if carry and name == "ekf" else ""))
             out[setting] = value
         return out
 
