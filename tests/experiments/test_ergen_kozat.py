@@ -141,3 +141,10 @@ def test_online_command_single_bias_is_the_papers_theta_and_loads_back(tmp_path)
     loaded = load_run(out)
     assert "rnn.bias_hh_l0" not in dict(loaded.model.named_parameters())
     assert len(loaded.forecaster(data)) > 0
+
+
+def test_seeds_flag_belongs_to_ergen_kozat(tmp_path, capsys):
+    assert main(["reproduce", "matrix-batch", "--seeds", "3", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "--seeds applies to ergen-kozat only" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="fix --seeds"):
+        ErgenKozatConfig(seeds=0)
