@@ -39,12 +39,12 @@ class LinearCarry(nn.Module):
 
 
 def kalman_with_carry(model: LinearCarry, stream: list[Observation], s0: float, s0_carry: float, q: float,
-                      sigma2: float) -> tuple[Tensor, Tensor]:
+                      sigma2: float, q_carry: float = 0.0) -> tuple[Tensor, Tensor]:
     """Textbook Kalman filter on a = [h_0; θ]: h_T = A h_0 + b with A = W^T, b = Σ_j W^{T-j} U x_j."""
     n = M + P_DIM
     a = torch.zeros(n, dtype=D)
     P = torch.diag(torch.tensor([s0_carry] * M + [s0] * P_DIM, dtype=D))
-    Q = torch.diag(torch.tensor([0.0] * M + [q] * P_DIM, dtype=D))
+    Q = torch.diag(torch.tensor([q_carry] * M + [q] * P_DIM, dtype=D))
     W, U, c = model.W, model.U, model.c
     for ob in stream:
         A, b = torch.eye(M, dtype=D), torch.zeros(M, dtype=D)
@@ -88,6 +88,23 @@ def test_stateful_ekf_equals_kalman_filter_on_a_linear_carried_model(joseph):
     a_ref, P_ref = kalman_with_carry(model, stream, 1.0, 0.5, 1e-3, 0.01)
     torch.testing.assert_close(state.a, a_ref, atol=1e-10, rtol=0)
     torch.testing.assert_close(state.P, P_ref, atol=1e-10, rtol=0)
+
+
+def test_process_noise_on_the_whole_state_equals_kalman_filter():
+    """The paper's e_t covers [carry; θ]: q_carry on the carry rows, against the textbook filter."""
+    gen = torch.Generator().manual_seed(1)
+    model = LinearCarry(gen)
+    stream = linear_carry_stream(model, 20, gen)
+    ekf = make_algorithm("ekf", FunctionalModel(model), sigma2=0.01, q=1e-3, s0=1.0, s0_carry=0.5, q_carry=0.02,
+                         stateful=True)
+    state = ekf.init(torch.zeros(P_DIM, dtype=D), 0, torch.Generator())
+    for ob in stream:
+        state = ekf.update_node(state, ob, ekf.predict(state, ob.x), torch.Generator(), "test")
+    a_ref, P_ref = kalman_with_carry(model, stream, 1.0, 0.5, 1e-3, 0.01, q_carry=0.02)
+    torch.testing.assert_close(state.a, a_ref, atol=1e-10, rtol=0)
+    torch.testing.assert_close(state.P, P_ref, atol=1e-10, rtol=0)
+    a_none, _ = kalman_with_carry(model, stream, 1.0, 0.5, 1e-3, 0.01)
+    assert float((a_none - a_ref).norm()) > 1e-4  # the carry's noise changes the estimate
 
 
 def test_stateful_ekf_beats_stateless_on_a_stateful_teacher():

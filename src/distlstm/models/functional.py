@@ -12,9 +12,14 @@ on a flat vector θ ∈ R^{n_θ}. This module gives
   (the EKF's ``H = ∂d̂/∂θ``).
 
 The order of θ is the module's ``named_parameters()`` order. For :class:`~distlstm.LSTM`
-cells that is ``nn.LSTM``'s layout (gate order i, f, g, o; ``bias_ih`` and ``bias_hh``
-both kept). Ergen & Kozat write θ = [w; W_z; R_z; b_z; W_i; …]: the same numbers in
-another order, with z ↔ g and b = b_ih + b_hh.
+cells that is ``nn.LSTM``'s layout (gate order i, f, g, o; z ↔ g). Ergen & Kozat write
+θ = [w; W_z; R_z; b_z; W_i; …] with one bias per gate, n_θ = n + 4(np + n² + n). With
+``single_bias=True`` (``bias_ih`` = b alone) θ holds exactly their numbers in another
+order. By default the cells keep ``nn.LSTM``'s two biases, b = b_ih + b_hh: 4n more
+entries, a direction of θ the output does not see, which is *not* harmless for a
+filter — a prior s₀I on (b_ih, b_hh) is a prior 2s₀I on b, and process noise qI on
+them adds 2q to b per step, so an EKF on the two-bias θ is the paper's EKF with a
+doubled prior and process noise on the biases (``tests/online/test_paper_theta.py``).
 """
 
 from __future__ import annotations

@@ -60,6 +60,7 @@ from distlstm.network.graphs import TOPOLOGIES, Topology, make_topology, parse_e
 from distlstm.network.transport import Transport
 from distlstm.online import ALGORITHMS, DEFAULT_SETTINGS, algorithm_settings, make_algorithm, regressor
 from distlstm.online.base import OnlineAlgorithm, Prediction, State
+from distlstm.online.baselines import reference_records, univariate_last_values
 from distlstm.online.records import OnlineRecords, check_streams, node_generator, squared_error
 from distlstm.runs.config import LoopConfig, flag
 from distlstm.runs.files import plot_curves, write_csv
@@ -119,6 +120,7 @@ _SETTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ess_threshold": ("ess_threshold", ("pf", "dpf")),
     "joseph": ("joseph", ("ekf", "dekf")),
     "s0_carry": ("s0_carry", ("ekf",)),  # --stateful only
+    "q_carry": ("q_carry", ("ekf",)),  # --stateful only
 }
 
 
@@ -131,6 +133,8 @@ class OnlineConfig:
     topology: str = flag("ring", "graph between the nodes", choices=TOPOLOGIES)
     edges: str | None = flag(None, "edge list for --topology edges, e.g. '0-1,1-2,2-0'")
     hidden: int = flag(4, "LSTM units n")
+    single_bias: bool = flag(False, "one bias per gate: Ergen & Kozat's θ, n_θ = n + 4(np + n² + n) (default: "
+                                    "nn.LSTM's two biases per gate, 4n more entries the output cannot tell apart)")
     lr: float | None = flag(None, "SGD step size μ (sgd, dsgd); default per algorithm")
     sigma2: float | None = flag(None, "measurement noise variance σ² (ekf, dekf, pf, dpf); default per algorithm")
     q: float | None = flag(None, "process noise / particle jitter variance per step (ekf, dekf, pf, dpf); default "
@@ -142,6 +146,8 @@ class OnlineConfig:
     resampling: str | None = flag(None, "systematic, residual or multinomial (pf, dpf); default systematic")
     ess_threshold: float | None = flag(None, "resample when ESS < threshold·N; 1 = every step (pf, dpf); default 0.5")
     s0_carry: float | None = flag(None, "initial variance of the carried state (ekf --stateful); default 0")
+    q_carry: float | None = flag(None, "process noise variance on the carried state per step (ekf --stateful; the "
+                                       "paper's noise covers the whole state); default 0")
     joseph: bool = flag(False, "Joseph-form covariance update (ekf, dekf)")
     stateful: bool = flag(False, "ekf only: carry the LSTM state from each window to the next and filter [carry; θ]")
     on_node_loss: str = flag("stop", "when a node leaves the run (its worker process died, or --drop-node): stop "
@@ -173,10 +179,11 @@ class OnlineConfig:
             if value is None or value is False:
                 continue
             setting, applies = _SETTINGS[f.name]
-            if name not in applies or (f.name == "s0_carry" and not self.stateful):
+            carry = f.name in ("s0_carry", "q_carry")
+            if name not in applies or (carry and not self.stateful):
                 flag_text = "--" + f.name.replace("_", "-")
                 raise ValueError(f"{option(f.name, flag_text)} does not apply to {name}"
-                                 + (" without --stateful" if f.name == "s0_carry" and name == "ekf" else ""))
+                                 + (" without --stateful" if carry and name == "ekf" else ""))
             out[setting] = value
         return out
 
@@ -186,13 +193,13 @@ class OnlineProblem:
     """What an online run learns from: one stream of observations per node, and how to report on it.
 
     ``forecasts`` (a run on a CSV) lets the summary give MSEs in the target's own units
-    and a last-value baseline; ``artifacts`` is what a forecaster needs to cut and scale
-    another file the same way (stored in the checkpoint).
+    and a last-value reference (without it, a univariate series' windows give the
+    last value); ``artifacts`` is what a forecaster needs to cut and scale another file
+    the same way (stored in the checkpoint).
     """
 
     streams: list[list[Observation]]
     dataset: str = ""
-    mse_naive: float = math.nan
     forecasts: Forecasts | None = None
     artifacts: dict[str, Any] = field(default_factory=dict)
 
@@ -229,7 +236,7 @@ class RunSummary:
     dataset: str
     algorithm: str
     final_mse: float
-    mse_naive: float
+    mse_naive: float  # the last-value forecast over the same steps as final_mse (NaN if the target is unknown)
     running_mse_end: float
     mean_running_mse: float  # area under the learning curve / steps: lower = faster convergence
     coverage95: float
@@ -240,9 +247,14 @@ class RunSummary:
     steps: int
     n_theta: int
     settings: dict[str, Any]
+    # reference → {"final_mse", "mean_running_mse"}, each over the same steps as the learner's figure
+    references: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: _none_if_nan(v) for k, v in self.__dict__.items()}
+        out = {k: _none_if_nan(v) for k, v in self.__dict__.items()}
+        out["references"] = {name: {k: _none_if_nan(v) for k, v in figs.items()}
+                             for name, figs in self.references.items()}
+        return out
 
 
 def _none_if_nan(v: Any) -> Any:
@@ -254,7 +266,8 @@ class OnlineMode:
 
     ``settings`` are the algorithm's full settings (:func:`~distlstm.online.algorithm_settings`
     merges the defaults); ``model`` builds the model and the common θ₀ from the seed
-    (default: Ergen & Kozat's :class:`SequenceRegressor` with ``hidden`` units).
+    (default: Ergen & Kozat's :class:`SequenceRegressor` with ``hidden`` units, one bias per gate if
+    ``single_bias``).
     """
 
     name: str = "online"
@@ -263,13 +276,15 @@ class OnlineMode:
 
     def __init__(self, problem: OnlineProblem, algorithm: str, settings: Mapping[str, Any], topology: Topology, *,
                  hidden: int = 4, model: ModelBuilder | None = None, topology_name: str = "",
-                 on_node_loss: str = "stop", drops: Mapping[int, int] | None = None) -> None:
+                 on_node_loss: str = "stop", drops: Mapping[int, int] | None = None,
+                 single_bias: bool = False) -> None:
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {list(ALGORITHMS)}")
         self.problem, self.algorithm_name, self.settings = problem, algorithm, dict(settings)
         self.topology, self.topology_name, self.hidden = topology, topology_name or "graph", hidden
+        self.single_bias = single_bias
         self.max_steps: int | None = check_streams(problem.streams, topology.num_nodes)
-        self.model = model or (lambda seed: regressor(problem.input_size, hidden, seed))
+        self.model = model or (lambda seed: regressor(problem.input_size, hidden, seed, single_bias=single_bias))
         self.seed = 0
         self.comm: Communicator = LocalComm()
         self.on_node_loss, self.drops = check_policy(on_node_loss), dict(drops or {})
@@ -405,7 +420,8 @@ class OnlineMode:
                               "node_loss": [e.as_dict() for e in self.losses]},
                 "generators": {"nodes": gens},
                 "artifacts": {**self.problem.artifacts, "input_size": self.problem.input_size, "hidden": self.hidden,
-                              "algorithm": self.algorithm_name, "settings": dict(self.settings)}}
+                              "single_bias": self.single_bias, "algorithm": self.algorithm_name,
+                              "settings": dict(self.settings)}}
 
     def _gather(self, local: Tensor) -> Tensor:
         return self.comm.all_gather_cat(local) if self.comm.world_size > 1 else local
@@ -443,14 +459,17 @@ class OnlineMode:
         rec = self.records
         running = rec.running_mse()
         steps = max(rec.steps, 1)
+        refs = {name: {"final_mse": r.final_mse(), "mean_running_mse": _mean(r.running_mse())}
+                for name, r in self.references().items()}
         return RunSummary(
             dataset=self.problem.dataset, algorithm=self.algorithm_name, final_mse=rec.final_mse(),
-            mse_naive=self._naive(scaled=True), running_mse_end=running[-1] if running else math.nan,
-            mean_running_mse=sum(running) / len(running) if running else math.nan, coverage95=rec.coverage95(),
+            mse_naive=refs.get("last_value", {}).get("final_mse", math.nan),
+            running_mse_end=running[-1] if running else math.nan,
+            mean_running_mse=_mean(running), coverage95=rec.coverage95(),
             seconds_per_step=rec.seconds_per_step, bytes_per_node_per_step=rec.bytes_per_node_per_step,
             messages_per_node_per_step=sum(rec.messages_per_step) / steps,
             skipped_labels=rec.skipped_labels - lost_slots(self.losses, rec.steps),
-            steps=rec.steps, n_theta=self.fm.numel, settings=dict(self.settings))
+            steps=rec.steps, n_theta=self.fm.numel, settings=dict(self.settings), references=refs)
 
     def summary(self) -> dict[str, Any]:
         out = self.run_summary().as_dict() | {"nodes": self.topology.num_nodes, "topology": self.topology_name,
@@ -460,7 +479,8 @@ class OnlineMode:
         if fc is None:
             return out
         return out | self._data_units(fc) | {
-            "mse_units": f"final_mse, mse_naive, running_mse_end and mse.csv: scaled {fc.target} ({art['scaling']}); "
+            "mse_units": f"final_mse, mse_naive, references, running_mse_end and mse.csv: scaled {fc.target} "
+                         f"({art['scaling']}); "
                          f"*_data_units: squared units of {fc.target}",
             "target": fc.target, "features": fc.features, "horizon": art["horizon"],
             "missing_labels": int(torch.isnan(fc.d).sum()), "observations": len(fc), "window": art["window"],
@@ -477,10 +497,10 @@ class OnlineMode:
                 "node_loss_report": "; ".join(e.describe() for e in self.losses)}
 
     def write_outputs(self, folder: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-        """``mse.csv`` (per-step node-averaged and running MSE, scaled units) and ``mse.png``."""
-        write_curves(folder, "mse", {self.algorithm_name: self.records},
+        """``mse.csv`` (per-step node-averaged and running MSE, scaled units; the references' too) and ``mse.png``."""
+        write_curves(folder, "mse", {self.algorithm_name: self.records} | self.references(),
                      f"{self.algorithm_name} on {self.problem.dataset}, {self.topology.num_nodes} nodes "
-                     f"({self.topology_name})", reference={"last-value forecast": self._naive(scaled=True)})
+                     f"({self.topology_name})")
 
     # -- figures ---------------------------------------------------------------------------------------------------
 
@@ -488,29 +508,39 @@ class OnlineMode:
         """Every local node's point estimate θ̂."""
         return {k: self.algorithm.estimate(s) for k, s in self.states.items()}
 
-    def _naive(self, scaled: bool) -> float:
-        """MSE of the last observed target value as the forecast (the random-walk baseline) over the steps run."""
-        fc = self.problem.forecasts
-        if fc is None:
-            return self.problem.mse_naive
-        n = self.records.steps * self.topology.num_nodes  # step t of node k is observation t·K + k
-        err = (fc.d[:n] - fc.last_target[:n]) * (1.0 if scaled else fc.scale[:n])
-        err = err[torch.isfinite(err)]
-        return float((err * err).mean()) if len(err) else math.nan
+    def references(self) -> dict[str, OnlineRecords]:
+        """The reference forecasters' records over the steps run (:mod:`distlstm.online.baselines`)."""
+        fc, streams = self.problem.forecasts, self.problem.streams
+        k_all = self.topology.num_nodes
+        if fc is not None:  # step t of node k is observation t·K + k
+            last: list[list[float]] | None = [[float(fc.last_target[t * k_all + k]) for t in range(len(streams[k]))]
+                                              for k in range(k_all)]
+        else:
+            last = univariate_last_values(streams)
+        return reference_records(streams, self.records.steps, last)
 
-    def _data_units(self, fc: Forecasts) -> dict[str, float | None]:
-        """The run's MSEs in the target's own units."""
+    def _in_data_units(self, fc: Forecasts, rec: OnlineRecords) -> OnlineRecords:
+        """``rec`` with every squared error in the target's units (× scale² of its observation)."""
         k_all = self.topology.num_nodes
         factor = (fc.scale**2).tolist()
-        rec = self.records
         converted = OnlineRecords(rec.algorithm, k_all)
         for t, (row, var) in enumerate(zip(rec.sq_errors, rec.variances, strict=True)):
             converted.append([e * factor[t * k_all + k] for k, e in enumerate(row)], var, 0.0, 0.0, 0.0)
+        return converted
+
+    def _data_units(self, fc: Forecasts) -> dict[str, float | None]:
+        """The run's MSEs in the target's own units (the last-value reference's over the same steps)."""
+        converted = self._in_data_units(fc, self.records)
         running = converted.running_mse()
+        naive = self.references().get("last_value")
         values = {"final_mse_data_units": converted.final_mse(),
                   "running_mse_end_data_units": running[-1] if running else math.nan,
-                  "mse_naive_data_units": self._naive(scaled=False)}
+                  "mse_naive_data_units": self._in_data_units(fc, naive).final_mse() if naive else math.nan}
         return {k: _none_if_nan(v) for k, v in values.items()}
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -549,13 +579,14 @@ def _fmt(v: float) -> str:
 
 def run_streams(problem: OnlineProblem, algorithm: str, topology: Topology, *, seed: int = 0,
                 settings: Mapping[str, Any] | None = None, steps: int | None = None, hidden: int = 4,
-                model: ModelBuilder | None = None, comm: Communicator | None = None) -> OnlineMode:
+                model: ModelBuilder | None = None, comm: Communicator | None = None,
+                single_bias: bool = False) -> OnlineMode:
     """Run one algorithm in memory (no run folder) and return the finished mode (records, states, summary).
 
     ``settings`` override :data:`~distlstm.online.DEFAULT_SETTINGS`; ``steps`` stops early.
     """
     mode = OnlineMode(problem, algorithm, algorithm_settings(algorithm, settings), topology, hidden=hidden,
-                      model=model)
+                      model=model, single_bias=single_bias)
     assert mode.max_steps is not None
     total = mode.max_steps if steps is None else min(steps, mode.max_steps)
     run(mode, LoopConfig(steps=total, seed=seed, progress=False, eval_every=total, checkpoint_every=total),
@@ -579,7 +610,7 @@ def make_online_mode(sections: Mapping[str, Any]) -> OnlineMode:
                              edges=parse_edges(cfg.edges) if cfg.edges else None)
     return OnlineMode(problem, cfg.algorithm, algorithm_settings(cfg.algorithm, cfg.settings()), topology,
                       hidden=cfg.hidden, topology_name=cfg.topology, on_node_loss=cfg.on_node_loss,
-                      drops=parse_drops(cfg.drop_node, cfg.nodes))
+                      drops=parse_drops(cfg.drop_node, cfg.nodes), single_bias=cfg.single_bias)
 
 
 def load(ckpt: Mapping[str, Any], folder: Path) -> Any:

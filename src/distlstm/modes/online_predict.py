@@ -36,6 +36,12 @@ from distlstm.online.base import LocalAlgorithm, NetworkAlgorithm, OnlineAlgorit
 from distlstm.online.records import Z95, node_generator
 
 
+def _model(art: Mapping[str, Any]) -> SequenceRegressor:
+    """The run's model architecture (runs from before ``single_bias`` have two biases per gate)."""
+    return SequenceRegressor(int(art["input_size"]), int(art["hidden"]),
+                             single_bias=bool(art.get("single_bias", False))).double()
+
+
 def node_state(algorithm: OnlineAlgorithm, states: Mapping[str, torch.Tensor], node: int) -> State:
     """Node ``node``'s algorithm state from the checkpoint's stacked per-node tensors."""
     theta0 = algorithm.fm.flatten()
@@ -51,7 +57,7 @@ class OnlineForecaster:
             raise ValueError("this online run was not trained on a CSV file (it has no column names), so it has no "
                              "forecaster")
         self.art = dict(artifacts)
-        model = SequenceRegressor(int(artifacts["input_size"]), int(artifacts["hidden"])).double()
+        model = _model(artifacts)
         self.algorithm = make_algorithm(str(artifacts["algorithm"]), FunctionalModel(model),
                                         **dict(artifacts["settings"]))
         self.state = node_state(self.algorithm, states, 0)
@@ -104,7 +110,7 @@ def load_online(ckpt: Mapping[str, Any], folder: Path) -> LoadedRun:
     """:class:`LoadedRun` of an online run: node 0's model and, for a CSV run, its forecaster."""
     state = ckpt["state"]
     art = dict(state["artifacts"])
-    model = SequenceRegressor(int(art["input_size"]), int(art["hidden"])).double()
+    model = _model(art)
     model.load_state_dict(state["model"])
     config = dict(ckpt["config"])
     seed = int(config.get("loop", {}).get("seed", 0))

@@ -26,8 +26,12 @@ def algorithm_settings(name: str, overrides: Mapping[str, Any] | None = None) ->
     return {**DEFAULT_SETTINGS.get(name, {}), **(overrides or {})}
 
 
-def regressor(input_size: int, hidden: int, seed: int) -> tuple[FunctionalModel, torch.Tensor]:
+def regressor(input_size: int, hidden: int, seed: int, *,
+              single_bias: bool = False) -> tuple[FunctionalModel, torch.Tensor]:
     """Ergen & Kozat's model (:class:`SequenceRegressor`) in float64, and the common initial θ₀ drawn from ``seed``.
+
+    ``single_bias=True`` gives the paper's θ, one bias per gate: n_θ = n + 4(np + n² + n);
+    the default keeps ``nn.LSTM``'s two (4n more entries, see :mod:`distlstm.models.functional`).
 
     The weights are drawn by the module's initialisers from the global generator seeded
     with ``seed`` inside :func:`torch.random.fork_rng`, so the caller's global state is
@@ -35,5 +39,5 @@ def regressor(input_size: int, hidden: int, seed: int) -> tuple[FunctionalModel,
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        fm = FunctionalModel(SequenceRegressor(input_size, hidden).double())
+        fm = FunctionalModel(SequenceRegressor(input_size, hidden, single_bias=single_bias).double())
     return fm, fm.flatten()

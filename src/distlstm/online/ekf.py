@@ -41,12 +41,15 @@ class EKFConfig:
     joseph: bool = False  # Joseph-form covariance update
     stateful: bool = False  # filter [carry; θ] (see stateful_ekf.py) instead of θ alone
     s0_carry: float = 0.0  # initial variance of the carry (stateful only); the first carry is zero
+    q_carry: float = 0.0  # process noise on the carry (stateful only); the paper's e_t covers the whole state
 
     def __post_init__(self) -> None:
         check_positive(self.sigma2, "sigma2 (σ²)")
         check_positive(self.s0, "s0")
         if not self.s0_carry >= 0:
             raise ValueError(f"s0_carry must be ≥ 0, got {self.s0_carry}")
+        if not self.q_carry >= 0:
+            raise ValueError(f"q_carry must be ≥ 0, got {self.q_carry}")
         if not self.q >= 0:
             raise ValueError(f"q (process noise) must be ≥ 0, got {self.q}")
 

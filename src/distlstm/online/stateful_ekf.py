@@ -6,7 +6,7 @@ same node, and is filtered with θ. With the carry before X_t in the state::
     a_{t-1} = [s_{t-1}; θ]
     d_t     = h(s_{t-1}, θ; X_t) + ε_t               measurement
     s_t     = g(s_{t-1}, θ; X_t)                      carry after X_t
-    θ_t     = θ_{t-1} + e_t,  e ~ N(0, q I)           (no noise on the carry)
+    θ_t     = θ_{t-1} + e_t,  e ~ N(0, q I)           (carry: N(0, q_carry I), default 0)
 
 One step: measurement update with H = [∂h/∂s, ∂h/∂θ] (time update + q on the θ block
 folded in), then the carry moves through X_t, linearised at the updated estimate::
@@ -87,7 +87,7 @@ class StatefulEKF(LocalAlgorithm):
 
     def _q(self, like: Tensor) -> Tensor:
         q = torch.full_like(like, self.cfg.q)
-        q[: self.n_s] = 0.0
+        q[: self.n_s] = self.cfg.q_carry
         return q
 
     def init(self, theta0: Tensor, node: int, gen: torch.Generator) -> StatefulEKFState:
