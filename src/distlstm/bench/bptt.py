@@ -28,6 +28,7 @@ from torch import nn
 
 from distlstm.bptt.tasks import Batch, LongLagTask
 from distlstm.experiments.matrix_batch_timing import VectorRow, WorkersRow, bench_lbfgs_workers, bench_vectorization
+from distlstm.models.networks import SequenceRegressor
 from distlstm.timing import by_worker_setting, compare
 
 
@@ -85,9 +86,10 @@ def bench_fullbatch_evaluation(train_size: int = 10_000, min_len: int = 100, rep
     task = LongLagTask(train_size=train_size, test_size=1, min_len=min_len)
     data = task.full_batch()
     batch = Batch(data.x, data.y, data.lengths, True)
-    models = {"one-node peephole sequence (default)": task.build_model(0), "generic loop (fused=False)":
-              task.build_model(0)}
-    models["generic loop (fused=False)"].rnn.fused = False
+    loop = task.build_model(0)
+    assert isinstance(loop, SequenceRegressor)
+    loop.rnn.fused = False
+    models = {"one-node peephole sequence (default)": task.build_model(0), "generic loop (fused=False)": loop}
 
     def evaluation(model: nn.Module) -> Callable[[], None]:
         def run() -> None:
@@ -100,7 +102,6 @@ def bench_fullbatch_evaluation(train_size: int = 10_000, min_len: int = 100, rep
     times = compare({name: evaluation(m) for name, m in models.items()}, repeats=repeats, warmup=2)
     base = times["generic loop (fused=False)"]
     rows = [EvaluationRow(name, t * 1e3, t / base) for name, t in times.items()]
-    cell = models["generic loop (fused=False)"].rnn.cells[0]
-    gates, n = len(cell.gate_names), cell.hidden_size
+    gates, n = len(loop.rnn.cells[0].gate_names), loop.rnn.cells[0].hidden_size
     kept = (gates + 1) * n * data.x.shape[1] * len(data) * data.x.element_size()
     return rows, FloorRow(kept / 1e6, copy_bandwidth())
