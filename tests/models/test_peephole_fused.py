@@ -79,8 +79,8 @@ def test_gradcheck(forget_gate, lengths):
     def r(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen, dtype=D, requires_grad=True)
 
-    x, h0, c0, w, p = r(inputs, steps, batch), r(n, batch), r(n, batch), r(gates * n, 1 + inputs + n), r(gates - 1, n)
-    mask = None if lengths is None else step_mask(torch.tensor(lengths), steps).permute(2, 0, 1)
+    x, h0, c0, w, p = r(steps, inputs, batch), r(n, batch), r(n, batch), r(gates * n, 1 + inputs + n), r(gates - 1, n)
+    mask = None if lengths is None else step_mask(torch.tensor(lengths), steps).transpose(1, 2)
 
     def f(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return peephole_sequence(*args, has_bias=True, mask=mask)

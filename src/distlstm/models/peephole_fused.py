@@ -5,8 +5,10 @@ autograd nodes per step, and autograd's backward adds as many again plus a copy 
 every ``chunk``/``unbind`` gradient. For small cells (the matrix-batch network has
 n = 4 units and 10,000 sequences) that per-op work dominates. Here one forward loop
 writes the gate activations into preallocated buffers, and one backward loop turns
-them into the pre-activation gradients δa_t; the weight gradient is then ONE matrix
-product over all steps.
+them into the pre-activation gradients δa_t, adding δa_t z_tᵀ to ∇W while both are
+in cache (one product for W_ih, W_hh and b together; tried: one product over all
+steps at the end, slower here, the (G·n × T·B) by (T·B × K) shape runs far below the
+GEMM peak and needs δa of every step kept).
 
 Per step, in gate order (i, f, g, o) — (i, g, o) without the forget gate, f ≡ 1 —
 with the gate sharpness α already folded into the weights (rows of the sigmoid gates
@@ -71,33 +73,33 @@ def clear_workspace() -> None:
 
 
 class _PeepholeSequence(torch.autograd.Function):
-    """``(y (n, T, B), h_T (n, B), c_T (n, B))`` of a peephole layer, feature-major; see the module docstring."""
+    """``(y (T, n, B), h_T (n, B), c_T (n, B))`` of a peephole layer, feature-major; see the module docstring."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, h0: Tensor, c0: Tensor, weight: Tensor, peep: Tensor, has_bias: bool,
                 first_masked: int, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        steps, batch = x.shape[1:]
+        steps, features, batch = x.shape
         n = h0.shape[0]
         gates = weight.shape[0] // n  # G: 4 with the forget gate, 3 without
         inputs = weight.shape[1] - n  # x's features, plus a row of ones for the bias
         # z_t = [1; x_t; h_{t-1}] in slot t (h_T in the last): every step's GEMM operand, and
-        # the backward's ∇W = δA Zᵀ is one product over all steps.
-        z = _buffer("z", (inputs + n, steps + 1, batch), x)
-        z[inputs - x.shape[0] : inputs, :steps] = x
-        z[:inputs, steps] = 0
+        # what the backward's ∇W += δa_t z_tᵀ reads.
+        z = _buffer("z", (steps + 1, inputs + n, batch), x)
+        z[:steps, inputs - features : inputs] = x
+        z[steps, :inputs] = 0
         if has_bias:
-            z[0, :steps] = 1
-        z[inputs:, 0] = h0
-        hs = z[inputs:]
+            z[:steps, 0] = 1
+        z[0, inputs:] = h0
+        hs = z[:, inputs:]
         acts = _buffer("acts", (steps, gates, n, batch), x)  # i, (f,) g, o
-        cs = _buffer("cs", (n, steps + 1, batch), x)  # c_{t-1} in slot t
-        cs[:, 0] = c0
+        cs = _buffer("cs", (steps + 1, n, batch), x)  # c_{t-1} in slot t
+        cs[0] = c0
         tcs = _buffer("tcs", (steps, n, batch), x)  # tanh c_t
         p_in, p_o = peep[: gates - 2].unsqueeze(-1), peep[gates - 2].unsqueeze(-1)
         for t in range(steps):
             a = acts[t]
-            torch.mm(weight, z[:, t], out=a.view(-1, batch))
-            c_prev, c = cs[:, t], cs[:, t + 1]
+            torch.mm(weight, z[t], out=a.view(-1, batch))
+            c_prev, c = cs[t], cs[t + 1]
             a[: gates - 2].addcmul_(c_prev, p_in)  # i (and f) peek at c_{t-1}
             a[: gates - 1].sigmoid_()
             g = a[gates - 2].mul_(2).sub_(1)  # tanh(a/2) = 2σ(a) − 1: σ is ~3× cheaper than tanh
@@ -107,41 +109,47 @@ class _PeepholeSequence(torch.autograd.Function):
                 torch.addcmul(c_prev, a[0], g, out=c)
             o = a[gates - 1].addcmul_(c, p_o).sigmoid_()  # o peeks at c_t
             tc = torch.mul(c, 2, out=tcs[t]).sigmoid_().mul_(2).sub_(1)
-            torch.mul(o, tc, out=hs[:, t + 1])
+            torch.mul(o, tc, out=hs[t + 1])
             if t >= first_masked:
                 assert mask is not None
-                m = mask[:, t]  # finished sequences keep their state
+                m = mask[t]  # finished sequences keep their state
                 torch.where(m, c, c_prev, out=c)
-                torch.where(m, hs[:, t + 1], hs[:, t], out=hs[:, t + 1])
+                torch.where(m, hs[t + 1], hs[t], out=hs[t + 1])
         ctx.save_for_backward(z, acts, cs, tcs, weight, peep, mask)
-        ctx.first_masked, ctx.features = first_masked, x.shape[0]
-        y = hs[:, 1:].clone() if mask is None else hs[:, 1:] * mask  # zero at padded steps
-        return y, hs[:, steps].clone(), cs[:, steps].clone()
+        ctx.first_masked, ctx.features = first_masked, features
+        y = hs[1:].clone() if mask is None else hs[1:] * mask  # zero at padded steps
+        return y, hs[steps].clone(), cs[steps].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, dy: Tensor, dh_n: Tensor, dc_n: Tensor) -> tuple[Tensor | None, ...]:
         z, acts, cs, tcs, weight, peep, mask = ctx.saved_tensors
         steps, gates, n, batch = acts.shape
-        inputs = z.shape[0] - n
+        inputs = z.shape[1] - n
         first_masked = ctx.first_masked
         w_h = weight[:, inputs:].t().contiguous()  # (n, G·n)
         p_in, p_o = peep[: gates - 2].unsqueeze(-1), peep[gates - 2].unsqueeze(-1)
-        if not dy.is_contiguous():
-            dy = _buffer("dy", tuple(dy.shape), dy).copy_(dy)
-        da = _buffer("da", (gates, n, steps, batch), acts)  # δa, laid out for one ∇W product over all steps
+        if not dy.is_contiguous():  # e.g. the gradient of y's (B, T, n) view: a 2-D transpose, ATen's blocked copy
+            dy = _buffer("dy", (steps, n, batch), dy).view(-1, batch).copy_(dy.reshape(-1, batch)).view_as(dy)
+        d = _buffer("da", (gates, n, batch), acts)  # δa_t
+        products = _buffer("products", (gates - 1, n, batch), acts)
+        dhs = (_buffer("dh0", (n, batch), acts), _buffer("dh1", (n, batch), acts))
+        dpeep = _buffer("dpeep", (steps, gates - 1, n), acts)  # per-step sums
+        dweight = torch.zeros_like(weight)
+        w_x = weight[:, inputs - ctx.features : inputs].t().contiguous() if ctx.needs_input_grad[0] else None
+        dx = acts.new_empty(steps, ctx.features, batch) if w_x is not None else None
         dh, dc = dh_n.clone(), dc_n.clone()
         skip_h = skip_c = None
         for t in range(steps - 1, -1, -1):
-            a, d = acts[t], da[:, :, t]
+            a = acts[t]
             if t >= first_masked:
-                m = mask[:, t]
-                dht = dh.add_(dy[:, t] * m)
+                m = mask[t]
+                dht = dh.add_(dy[t] * m)
                 skip_h, skip_c = torch.where(m, 0.0, dht), torch.where(m, 0.0, dc)
                 dht, dc = torch.where(m, dht, 0.0), torch.where(m, dc, 0.0)
             else:
-                dht = dh.add_(dy[:, t])
-            o, tc = a[gates - 1], tcs[t]
+                dht = dh.add_(dy[t])
+            o, tc, c_prev = a[gates - 1], tcs[t], cs[t]
             do = torch.mul(dht, tc, out=d[gates - 1]).mul_(o)
             do.addcmul_(do, o, value=-1)  # δa_o = δh ⊙ tanh c ⊙ o(1 − o)
             r = dht.mul_(o)  # δh ⊙ o (δh is not needed again)
@@ -149,56 +157,56 @@ class _PeepholeSequence(torch.autograd.Function):
             dct.addcmul_(r.mul_(tc), tc, value=-1).addcmul_(do, p_o)  # δc_t
             torch.mul(dct, a[gates - 2], out=d[0])  # δi = δc_t ⊙ g
             if gates == 4:
-                torch.mul(dct, cs[:, t], out=d[1])  # δf = δc_t ⊙ c_{t-1}
+                torch.mul(dct, c_prev, out=d[1])  # δf = δc_t ⊙ c_{t-1}
             g = a[gates - 2]
             dg = torch.mul(dct, a[0], out=d[gates - 2])  # δg = δc_t ⊙ i
             s, ds = a[: gates - 2], d[: gates - 2]
             ds.mul_(s).addcmul_(ds, s, value=-1)  # ⊙ σ' = s(1 − s) for i (and f)
-            dg.addcmul_(dg * g, g, value=-1).mul_(0.5)  # ⊙ d(2σ(a) − 1)/da = (1 − g²)/2
+            dg.addcmul_(torch.mul(dg, g, out=products[0]), g, value=-1).mul_(0.5)  # ⊙ (1 − g²)/2 = d(2σ(a) − 1)/da
             dc = dct.mul_(a[1]) if gates == 4 else dct
             for k in range(gates - 2):
                 dc.addcmul_(d[k], p_in[k])
-            dh = torch.mm(w_h, d.view(-1, batch))
+            d2 = d.view(-1, batch)
+            dweight.addmm_(d2, z[t].t())  # ∇W += δa_t z_tᵀ while both are in cache
+            torch.sum(torch.mul(ds, c_prev, out=products[: gates - 2]), -1, out=dpeep[t, : gates - 2])
+            torch.sum(torch.mul(do, cs[t + 1], out=products[gates - 2]), -1, out=dpeep[t, gates - 2])
+            if dx is not None and w_x is not None:
+                torch.mm(w_x, d2, out=dx[t])
+            dh = torch.mm(w_h, d2, out=dhs[t % 2])
             if t >= first_masked:
                 assert skip_h is not None and skip_c is not None
                 dh.add_(skip_h)
                 dc.add_(skip_c)
-        da2 = da.view(gates * n, steps * batch)
-        dweight = da2.mm(z[:, :steps].reshape(inputs + n, steps * batch).t())
-        c_prev, c_next = cs[:, :steps].reshape(n, -1, 1), cs[:, 1:].reshape(n, -1, 1)
-        dpeep = torch.stack([torch.bmm(da[k].view(n, 1, -1), c_prev if k < gates - 2 else c_next).view(n)
-                             for k in (*range(gates - 2), gates - 1)])
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = weight[:, inputs - ctx.features : inputs].t().mm(da2).view(-1, steps, batch)
+        dh = dh.clone() if any(dh is b for b in dhs) else dh  # kept buffers must not escape
+        dpeep = dpeep.sum(0)
         return dx, dh, dc, dweight, dpeep, None, None, None
 
 
 def peephole_sequence(x: Tensor, h0: Tensor, c0: Tensor, weight: Tensor, peep: Tensor, has_bias: bool,
                       mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """Run a peephole layer over feature-major ``x`` (I, T, B) in one autograd node, every gate one sigmoid.
+    """Run a peephole layer over feature-major ``x`` (T, I, B) in one autograd node, every gate one sigmoid.
 
     The gates are σ of their pre-activations, g included: g = 2σ(a_g) − 1, which is
     tanh(a_g / 2), so the caller doubles the g rows of ``weight`` (and folds in the
     sharpness α, see :func:`peephole_layer`). With ``has_bias`` the first column of
     ``weight`` is the bias b, multiplied by a row of ones, so ∇b comes out of the ∇W
-    product. Batch-innermost ("feature-major") layout keeps every gate of every step
+    products. Batch-innermost ("feature-major") layout keeps every gate of every step
     one contiguous block. The buffers are kept for the next call of the same size
     (:func:`clear_workspace` frees them).
 
     Args:
-        x: (I, T, B) inputs.
+        x: (T, I, B) inputs.
         h0, c0: (n, B) initial state.
         weight: (G·n, I + n), [W_ih | W_hh], or (G·n, 1 + I + n), [b | W_ih | W_hh] with
             ``has_bias``; gate order (i, f, g, o) or (i, g, o).
         peep: (G − 1, n) peephole weights (p_i, p_f, p_o) or (p_i, p_o).
-        mask: (1, T, B) boolean, True where step t is inside sequence b, or None.
+        mask: (T, 1, B) boolean, True where step t is inside sequence b, or None.
 
     Returns:
-        ``(y, h_T, c_T)``: y (n, T, B), zero at padded steps; h_T, c_T (n, B), the state after
+        ``(y, h_T, c_T)``: y (T, n, B), zero at padded steps; h_T, c_T (n, B), the state after
         each sequence's last step.
     """
-    steps = x.shape[1]
+    steps = x.shape[0]
     first_masked = steps
     if mask is not None:
         full = mask.view(steps, -1).all(1)
@@ -231,6 +239,6 @@ def peephole_layer(cell: PeepholeLSTMCell, x: Tensor, state: State,
     weight = weight * scale.expand(-1, n).reshape(-1, 1)
     h0, c0 = state
     if mask is not None:
-        mask = mask.permute(2, 0, 1)  # (1, T, B)
-    y, h, c = peephole_sequence(x.permute(2, 1, 0), h0.t(), c0.t(), weight, peep, bias is not None, mask)
-    return y.permute(2, 1, 0), LSTMState(h.t(), c.t())
+        mask = mask.transpose(1, 2)  # (T, 1, B)
+    y, h, c = peephole_sequence(x.permute(1, 2, 0), h0.t(), c0.t(), weight, peep, bias is not None, mask)
+    return y.permute(2, 0, 1), LSTMState(h.t(), c.t())
