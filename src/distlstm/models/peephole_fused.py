@@ -131,7 +131,13 @@ class _PeepholeSequence(torch.autograd.Function):
         p_in, p_o = peep[: gates - 2].unsqueeze(-1), peep[gates - 2].unsqueeze(-1)
         if not dy.is_contiguous():  # e.g. the gradient of y's (B, T, n) view: a 2-D transpose, ATen's blocked copy
             dy = _buffer("dy", (steps, n, batch), dy).view(-1, batch).copy_(dy.reshape(-1, batch)).view_as(dy)
-        d = _buffer("da", (gates, n, batch), acts)  # δa_t
+        rows, cols = weight.shape
+        # ∇W = Σ_t δa_t z_tᵀ: added step by step while δa_t and z_t are in cache when the
+        # (G·n × K) ∇W is small next to them (the full-batch network); else one product at
+        # the end over δa kept for every step, which reads and writes ∇W once, not T times.
+        per_step = rows * cols <= (rows + cols) * batch
+        da = None if per_step else _buffer("da", (rows, steps, batch), acts)
+        d = _buffer("d", (gates, n, batch), acts)  # δa_t
         products = _buffer("products", (gates - 1, n, batch), acts)
         dhs = (_buffer("dh0", (n, batch), acts), _buffer("dh1", (n, batch), acts))
         dpeep = _buffer("dpeep", (steps, gates - 1, n), acts)  # per-step sums
@@ -142,6 +148,8 @@ class _PeepholeSequence(torch.autograd.Function):
         skip_h = skip_c = None
         for t in range(steps - 1, -1, -1):
             a = acts[t]
+            if da is not None:
+                d = da[:, t].view(gates, n, batch)
             if t >= first_masked:
                 m = mask[t]
                 dht = dh.add_(dy[t] * m)
@@ -167,7 +175,8 @@ class _PeepholeSequence(torch.autograd.Function):
             for k in range(gates - 2):
                 dc.addcmul_(d[k], p_in[k])
             d2 = d.view(-1, batch)
-            dweight.addmm_(d2, z[t].t())  # ∇W += δa_t z_tᵀ while both are in cache
+            if da is None:
+                dweight.addmm_(d2, z[t].t())
             torch.sum(torch.mul(ds, c_prev, out=products[: gates - 2]), -1, out=dpeep[t, : gates - 2])
             torch.sum(torch.mul(do, cs[t + 1], out=products[gates - 2]), -1, out=dpeep[t, gates - 2])
             if dx is not None and w_x is not None:
@@ -178,6 +187,8 @@ class _PeepholeSequence(torch.autograd.Function):
                 dh.add_(skip_h)
                 dc.add_(skip_c)
         dh = dh.clone() if any(dh is b for b in dhs) else dh  # kept buffers must not escape
+        if da is not None:
+            dweight = da.view(rows, -1).mm(z[:steps].transpose(0, 1).reshape(cols, -1).t())
         dpeep = dpeep.sum(0)
         return dx, dh, dc, dweight, dpeep, None, None, None
 
