@@ -92,9 +92,10 @@ class LSTM(nn.Module):
         fused: use ATen's fused LSTM kernel when every layer is a plain :class:`LSTMCell`
             (any α, any projection, either direction, with or without dropout), and run
             each unprojected peephole layer as one autograd node with a hand-written
-            backward (:mod:`~distlstm.models.peephole_fused`). Numerically the same maths;
-            turn off to force the generic Python loop. The loop is always used inside
-            ``torch.func`` transforms and ``torch.compile``.
+            backward (:mod:`~distlstm.models.peephole_fused`; first order only, so
+            double backward through a peephole layer needs ``fused=False``). Numerically
+            the same maths; turn off to force the generic Python loop. The loop is always
+            used inside ``torch.func`` transforms and ``torch.compile``.
         **cell_options: passed to every cell (e.g. ``alpha=3.75``, ``rank=64``,
             ``groups=4``, ``forget_gate=False``). A tuple or list with one entry per
             layer sets that option layer by layer, e.g. ``groups=(4, 8)`` (the paper's
