@@ -10,7 +10,6 @@ import torch
 import distlstm
 from distlstm.models import SequenceRegressor
 from distlstm.models.peephole_fused import clear_workspace, peephole_layer, peephole_sequence
-from distlstm.models.sequence import step_mask
 
 D = torch.float64
 
@@ -80,10 +79,10 @@ def test_gradcheck(forget_gate, lengths):
         return torch.randn(*shape, generator=gen, dtype=D, requires_grad=True)
 
     x, h0, c0, w, p = r(steps, inputs, batch), r(n, batch), r(n, batch), r(gates * n, 1 + inputs + n), r(gates - 1, n)
-    mask = None if lengths is None else step_mask(torch.tensor(lengths), steps).transpose(1, 2)
+    lens = None if lengths is None else torch.tensor(lengths)
 
     def f(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return peephole_sequence(*args, has_bias=True, mask=mask)
+        return peephole_sequence(*args, has_bias=True, lengths=lens)
 
     assert torch.autograd.gradcheck(f, (x, h0, c0, w, p))
 
@@ -138,7 +137,7 @@ def test_peephole_layer_is_what_the_lstm_runs():
     cell = distlstm.models.cells.PeepholeLSTMCell(3, 4, alpha=3.75, dtype=D)
     x, lengths = torch.randn(3, 5, 3, dtype=D), torch.tensor([5, 2, 4])
     state = cell.init_state(3)
-    y, (h, c) = peephole_layer(cell, x, state, step_mask(lengths, 5))
+    y, (h, c) = peephole_layer(cell, x, state, lengths)
     want_y, (want_h, want_c) = distlstm.models.run_layer(cell, x, state, lengths)
     torch.testing.assert_close(y, want_y, rtol=1e-13, atol=1e-13)
     torch.testing.assert_close(h, want_h, rtol=1e-13, atol=1e-13)

@@ -194,7 +194,7 @@ class _PeepholeSequence(torch.autograd.Function):
 
 
 def peephole_sequence(x: Tensor, h0: Tensor, c0: Tensor, weight: Tensor, peep: Tensor, has_bias: bool,
-                      mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+                      lengths: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """Run a peephole layer over feature-major ``x`` (T, I, B) in one autograd node, every gate one sigmoid.
 
     The gates are σ of their pre-activations, g included: g = 2σ(a_g) − 1, which is
@@ -211,19 +211,20 @@ def peephole_sequence(x: Tensor, h0: Tensor, c0: Tensor, weight: Tensor, peep: T
         weight: (G·n, I + n), [W_ih | W_hh], or (G·n, 1 + I + n), [b | W_ih | W_hh] with
             ``has_bias``; gate order (i, f, g, o) or (i, g, o).
         peep: (G − 1, n) peephole weights (p_i, p_f, p_o) or (p_i, p_o).
-        mask: (T, 1, B) boolean, True where step t is inside sequence b, or None.
+        lengths: (B,) valid lengths (at most T), or None when every sequence has T steps.
 
     Returns:
         ``(y, h_T, c_T)``: y (T, n, B), zero at padded steps; h_T, c_T (n, B), the state after
         each sequence's last step.
     """
     steps = x.shape[0]
-    first_masked = steps
-    if mask is not None:
-        full = mask.view(steps, -1).all(1)
-        first_masked = int(full.logical_not().nonzero()[0]) if not bool(full.all()) else steps
+    first_masked = steps if lengths is None else min(int(lengths.min()), steps)
+    mask = None  # (T, 1, B): True where step t is inside sequence b
+    if first_masked < steps:
+        assert lengths is not None
+        mask = (torch.arange(steps, device=x.device)[:, None] < lengths.to(x.device)[None, :]).unsqueeze(1)
     out: tuple[Tensor, Tensor, Tensor] = _PeepholeSequence.apply(
-        x, h0, c0, weight, peep, has_bias, first_masked, None if first_masked == steps else mask)
+        x, h0, c0, weight, peep, has_bias, first_masked, mask)
     return out
 
 
@@ -233,10 +234,10 @@ def fusable(cell: object) -> bool:
 
 
 def peephole_layer(cell: PeepholeLSTMCell, x: Tensor, state: State,
-                   mask: Tensor | None) -> tuple[Tensor, LSTMState]:
+                   lengths: Tensor | None) -> tuple[Tensor, LSTMState]:
     """:func:`~distlstm.models.sequence.run_layer` for a peephole cell, through :func:`peephole_sequence`.
 
-    ``x`` is (B, T, I) batch-first, ``mask`` the (T, B, 1) step mask or None. The gate
+    ``x`` is (B, T, I) batch-first, ``lengths`` (B,) or None. The gate
     sharpness α is folded into the weights here (rows of i, f, o and the peepholes
     scaled by α), so autograd carries the gradient back to the cell's parameters.
     """
@@ -249,7 +250,5 @@ def peephole_layer(cell: PeepholeLSTMCell, x: Tensor, state: State,
         weight = torch.cat([bias.unsqueeze(1), weight], 1)
     weight = weight * scale.expand(-1, n).reshape(-1, 1)
     h0, c0 = state
-    if mask is not None:
-        mask = mask.transpose(1, 2)  # (T, 1, B)
-    y, h, c = peephole_sequence(x.permute(1, 2, 0), h0.t(), c0.t(), weight, peep, bias is not None, mask)
+    y, h, c = peephole_sequence(x.permute(1, 2, 0), h0.t(), c0.t(), weight, peep, bias is not None, lengths)
     return y.permute(2, 0, 1), LSTMState(h.t(), c.t())

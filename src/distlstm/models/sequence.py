@@ -271,8 +271,7 @@ class LSTM(nn.Module):
         """:func:`run_layer`, or for a peephole cell (when ``fused``) its one-node sequence (``peephole_fused``)."""
         if (self.fused and fusable(cell) and not is_transformed(x)
                 and not any(is_transformed(p) for p in cell.cell_parameters())):
-            mask = None if lengths is None else step_mask(lengths, x.shape[1])
-            return peephole_layer(cell, x, state, mask)  # type: ignore[arg-type]
+            return peephole_layer(cell, x, state, lengths)  # type: ignore[arg-type]
         return run_layer(cell, x, state, lengths)
 
     def _dropout_mask(self, x: Tensor) -> Tensor:
