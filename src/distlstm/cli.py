@@ -279,8 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time torch.compile of the cell loop (adds about a minute of compilation per size)")
     p.add_argument("--repeats", type=positive_int, default=None, help="timed rounds per candidate "
                    "(default 10, or 3 with --quick)")
-    p.add_argument("--sections", default="cells,batched,online,es,bptt,lm",
-                   help="comma-separated sections to run: cells, batched, online, es, bptt, lm (word-LM training "
+    p.add_argument("--sections", default="cells,batched,online,es,bptt,fullbatch,lm",
+                   help="comma-separated sections to run: cells, batched, online, es, bptt, fullbatch (one "
+                        "full-batch loss + gradient of the matrix-batch network), lm (word-LM training "
                         "words/s: LSTMP, F-LSTM, G-LSTM), and evotorch (needs the "
                         "evotorch package: `make bench-evotorch`)")
     p.add_argument("--notes", default="docs/benchmark-notes.md",

@@ -8,6 +8,10 @@
 * ``distlstm train --optimizer lbfgs`` time per L-BFGS iteration on the full
   multiplication-problem training set with 1 and 2 workers (the paper: 5 clients ≈ 3×
   the fastest one alone).
+* One full-batch evaluation (loss + gradient over the 10,000 training sequences, what
+  every L-BFGS / CG iteration and line-search trial costs): the one-node peephole
+  sequence against the generic loop, and against the memory-traffic floor of the
+  activations it keeps (section ``fullbatch``).
 
 Worker runs report training time only (start-up, evaluation and checkpoints excluded).
 The vectorization and L-BFGS measurements live in ``experiments/matrix_batch_timing.py``,
@@ -17,9 +21,15 @@ which the matrix-batch reproduction uses too.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
+import torch
+from torch import nn
+
+from distlstm.bptt.tasks import Batch, LongLagTask
 from distlstm.experiments.matrix_batch_timing import VectorRow, WorkersRow, bench_lbfgs_workers, bench_vectorization
-from distlstm.timing import by_worker_setting
+from distlstm.models.networks import SequenceRegressor
+from distlstm.timing import by_worker_setting, compare
 
 
 def bench_ddp_workers(steps: int = 40, global_batch: int = 32, hidden: int = 256,
@@ -34,4 +44,64 @@ def bench_ddp_workers(steps: int = 40, global_batch: int = 32, hidden: int = 256
             for name, s in by_worker_setting("DDP workers", args, progress)]
 
 
-__all__ = ["VectorRow", "WorkersRow", "bench_ddp_workers", "bench_lbfgs_workers", "bench_vectorization"]
+__all__ = ["EvaluationRow", "FloorRow", "VectorRow", "WorkersRow", "bench_ddp_workers", "bench_fullbatch_evaluation",
+           "bench_lbfgs_workers", "bench_vectorization", "copy_bandwidth"]
+
+
+@dataclass(frozen=True)
+class EvaluationRow:
+    name: str
+    ms: float  # median of one loss + gradient over the whole training set
+    ratio: float  # ms / the generic loop's ms in the same run
+
+
+@dataclass(frozen=True)
+class FloorRow:
+    kept_mb: float  # the activations the backward must read: gates and c_t, (G + 1)·n values per sequence and step
+    bandwidth_gbs: float  # memory copy bandwidth measured in the same run (bytes read + written per second)
+
+    @property
+    def floor_ms(self) -> float:
+        """Writing the kept activations once and reading them back once, at the measured bandwidth."""
+        return 2 * self.kept_mb * 1e6 / (self.bandwidth_gbs * 1e9) * 1e3
+
+
+def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
+    """GB/s of ``dst.copy_(src)`` on warm float64 buffers (bytes read plus bytes written)."""
+    src = torch.ones(megabytes * 2**20 // 8, dtype=torch.float64)
+    dst = torch.zeros_like(src)
+    seconds = compare({"copy": lambda: dst.copy_(src)}, repeats=repeats, warmup=1)["copy"]
+    return 2 * src.numel() * 8 / seconds / 1e9
+
+
+def bench_fullbatch_evaluation(train_size: int = 10_000, min_len: int = 100, repeats: int = 5,
+                               progress: Callable[[str], None] | None = None
+                               ) -> tuple[list[EvaluationRow], FloorRow]:
+    """One full-batch loss + gradient of the matrix-batch network: the one-node peephole path against the loop.
+
+    The network and data are ``distlstm train --task multiplication --optimizer lbfgs``'s
+    (peephole cells without forget gate, hidden 4, α = 3.75, float64); run it under one
+    thread to match the issue's setting. Both paths are timed interleaved in this process.
+    """
+    task = LongLagTask(train_size=train_size, test_size=1, min_len=min_len)
+    data = task.full_batch()
+    batch = Batch(data.x, data.y, data.lengths, True)
+    loop = task.build_model(0)
+    assert isinstance(loop, SequenceRegressor)
+    loop.rnn.fused = False
+    models = {"one-node peephole sequence (default)": task.build_model(0), "generic loop (fused=False)": loop}
+
+    def evaluation(model: nn.Module) -> Callable[[], None]:
+        def run() -> None:
+            model.zero_grad(set_to_none=True)
+            task.loss(model, batch, None)[0].backward()
+        return run
+
+    if progress:
+        progress(f"full-batch evaluation: {train_size} sequences")
+    times = compare({name: evaluation(m) for name, m in models.items()}, repeats=repeats, warmup=2)
+    base = times["generic loop (fused=False)"]
+    rows = [EvaluationRow(name, t * 1e3, t / base) for name, t in times.items()]
+    gates, n = len(loop.rnn.cells[0].gate_names), loop.rnn.cells[0].hidden_size
+    kept = (gates + 1) * n * data.x.shape[1] * len(data) * data.x.element_size()
+    return rows, FloorRow(kept / 1e6, copy_bandwidth())

@@ -2,10 +2,11 @@
 
 Setting (the foundation issue's): batch 64, 100 steps, input 32, hidden 128 and 512,
 float32, loss = sum of outputs. Besides the library's paths (ATen-fused plain cell,
-generic Python loop) it times two ways to speed up the loop that the library does
-not use by default — TorchScript and ``torch.compile`` — so the report can say what
-each gives. Two-layer-with-dropout and bidirectional rows are timed against
-``nn.LSTM`` built with the same options (:data:`TWIN_CONFIGS`).
+one-node peephole sequence with its hand-written backward, generic Python loop) it
+times two ways to speed up the loop that the library does not use by default —
+TorchScript and ``torch.compile`` — so the report can say what each gives.
+Two-layer-with-dropout and bidirectional rows are timed against ``nn.LSTM`` built
+with the same options (:data:`TWIN_CONFIGS`).
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ def cell_variants(hidden: int, input_size: int, compile: bool) -> dict[str, nn.M
         "sharpened α=3.75, fused": ours("sharpened"),
         "sharpened α=3.75, Python loop": ours("sharpened", fused=False),
         "peephole": ours("peephole"),
+        "peephole, Python loop": ours("peephole", fused=False),
         "peephole, no forget gate": ours("peephole", forget_gate=False),
+        "peephole, no forget gate, Python loop": ours("peephole", forget_gate=False, fused=False),
         f"nn.LSTM proj_size={h // 4}": nn.LSTM(input_size, h, batch_first=True, proj_size=h // 4),
         f"lstmp proj_size={h // 4}, fused": ours("lstmp", proj_size=h // 4),
         f"flstm rank={h // 4}": ours("flstm", rank=h // 4),

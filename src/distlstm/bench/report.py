@@ -10,7 +10,16 @@ from pathlib import Path
 
 import torch
 
-from distlstm.bench.bptt import VectorRow, WorkersRow, bench_ddp_workers, bench_lbfgs_workers, bench_vectorization
+from distlstm.bench.bptt import (
+    EvaluationRow,
+    FloorRow,
+    VectorRow,
+    WorkersRow,
+    bench_ddp_workers,
+    bench_fullbatch_evaluation,
+    bench_lbfgs_workers,
+    bench_vectorization,
+)
 from distlstm.bench.cells import CellRow, bench_cells
 from distlstm.bench.es import (
     ESBatchRow,
@@ -25,8 +34,8 @@ from distlstm.bench.functional import BatchedRow, bench_batched
 from distlstm.bench.lm import bench_lm, render_lm
 from distlstm.bench.online import EKFRow, ParticleRow, StepRow, bench_ekf_floor, bench_particles, bench_steps
 
-SECTIONS = ("cells", "batched", "online", "es", "bptt", "lm", "evotorch")
-DEFAULT_SECTIONS = ("cells", "batched", "online", "es", "bptt", "lm")  # evotorch needs its own environment
+SECTIONS = ("cells", "batched", "online", "es", "bptt", "fullbatch", "lm", "evotorch")
+DEFAULT_SECTIONS = ("cells", "batched", "online", "es", "bptt", "fullbatch", "lm")  # evotorch needs its own environment
 
 HEADER = """# distlstm benchmarks
 
@@ -201,6 +210,29 @@ def render_bptt(vector: list[VectorRow], ddp: list[WorkersRow], lbfgs: list[Work
     return "".join(parts)
 
 
+FULLBATCH_TEXT = """## One full-batch evaluation
+
+Loss and gradient over the whole multiplication-problem training set ({train:,}
+sequences of {min_len}–{max_len} steps; peephole cells without forget gate, hidden 4,
+α = 3.75, float64, one thread): what every L-BFGS or CG iteration and every
+line-search trial costs. Both paths timed interleaved in one process.
+
+| path | ms | × generic loop |
+|---|---:|---:|
+"""
+
+
+def render_fullbatch(rows: list[EvaluationRow], floor: FloorRow, *, train: int, min_len: int) -> str:
+    parts = [FULLBATCH_TEXT.format(train=train, min_len=min_len, max_len=min_len + min_len // 10)]
+    parts += [f"| {r.name} | {r.ms:.1f} | {r.ratio:.2f} |\n" for r in rows]
+    fused = rows[0]
+    parts.append(f"\nMemory-traffic floor: the backward must read the gates and c_t, (G + 1)·n values per "
+                 f"sequence and step ({floor.kept_mb:.0f} MB); writing them once and reading them once at the "
+                 f"{floor.bandwidth_gbs:.1f} GB/s this machine copies memory (same run) takes "
+                 f"{floor.floor_ms:.1f} ms: the one-node path takes {fused.ms / floor.floor_ms:.1f}× that.\n")
+    return "".join(parts)
+
+
 EVOTORCH_TEXT = """## Against EvoTorch (same model, population and windows)
 
 One-hot tanh RNN (hidden 64, n_θ = 13,641), population 256, 8 windows × 32 characters;
@@ -294,6 +326,14 @@ def run(output: Path | None, *, quick: bool = False, compile: bool = False, repe
                                 bench_lbfgs_workers(3 if quick else 10, train, min_len, progress=progress),
                                 steps=ddp_steps, hidden=256, batch=32, train=train, min_len=min_len)
         online = (online + "\n" + bptt_text) if online else bptt_text
+    if "fullbatch" in sections:
+        train, min_len = (1000, 30) if quick else (10_000, 100)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)  # the issue's setting: 1 worker × 1 thread
+        rows, floor = bench_fullbatch_evaluation(train, min_len, repeats=2 if quick else 5, progress=progress)
+        torch.set_num_threads(previous)
+        fb_text = render_fullbatch(rows, floor, train=train, min_len=min_len)
+        online = (online + "\n" + fb_text) if online else fb_text
     if "lm" in sections:
         batch, window, vocab, samples = (8, 10, 2_000, 256) if quick else (32, 20, 10_000, 1024)
         lm_rows = bench_lm(((16, 128),) if quick else ((64, 512), (128, 1024)), batch=batch, window=window,

@@ -29,6 +29,7 @@ from distlstm._checks import (
     is_transformed,
 )
 from distlstm.models.cells import Cell, LSTMCell, State, make_cell
+from distlstm.models.peephole_fused import fusable, peephole_layer
 
 
 def step_mask(lengths: Tensor, steps: int) -> Tensor:
@@ -89,7 +90,10 @@ class LSTM(nn.Module):
         single_bias: one bias vector per gate (TensorFlow's and the papers' layout) instead
             of ``nn.LSTM``'s ``bias_ih`` + ``bias_hh``: the cells keep ``bias_ih`` only.
         fused: use ATen's fused LSTM kernel when every layer is a plain :class:`LSTMCell`
-            (any α, any projection, either direction, with or without dropout). Numerically
+            (any α, any projection, either direction, with or without dropout), and run
+            each unprojected peephole layer as one autograd node with a hand-written
+            backward (:mod:`~distlstm.models.peephole_fused`; first order only, so
+            double backward through a peephole layer needs ``fused=False``). Numerically
             the same maths; turn off to force the generic Python loop. The loop is always
             used inside ``torch.func`` transforms and ``torch.compile``.
         **cell_options: passed to every cell (e.g. ``alpha=3.75``, ``rank=64``,
@@ -254,14 +258,21 @@ class LSTM(nn.Module):
                 c = self.cells[idx]
                 start = c.make_state([s[idx] for s in state])
                 if direction == 0:
-                    y, last = run_layer(c, x, start, lengths)
+                    y, last = self._run_layer(c, x, start, lengths)
                 else:
-                    y, last = run_layer(c, reverse_padded(x, lengths), start, lengths)
+                    y, last = self._run_layer(c, reverse_padded(x, lengths), start, lengths)
                     y = reverse_padded(y, lengths)
                 outs.append(y)
                 finals.append(last)
             x = outs[0] if directions == 1 else torch.cat(outs, -1)
         return x, tuple(torch.stack(parts) for parts in zip(*finals, strict=True))
+
+    def _run_layer(self, cell: Cell, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
+        """:func:`run_layer`, or for a peephole cell (when ``fused``) its one-node sequence (``peephole_fused``)."""
+        if (self.fused and fusable(cell) and not is_transformed(x)
+                and not any(is_transformed(p) for p in cell.cell_parameters())):
+            return peephole_layer(cell, x, state, lengths)  # type: ignore[arg-type]
+        return run_layer(cell, x, state, lengths)
 
     def _dropout_mask(self, x: Tensor) -> Tensor:
         """Inverted-dropout mask for ``x`` (B, T, F), drawn from ``dropout_generator``."""

@@ -1,0 +1,144 @@
+"""The one-node peephole sequence (``models/peephole_fused.py``) against the generic loop and finite differences."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import distlstm
+from distlstm.models import SequenceRegressor
+from distlstm.models.peephole_fused import clear_workspace, peephole_layer, peephole_sequence
+
+D = torch.float64
+
+
+def twins(**options: object) -> tuple[distlstm.LSTM, distlstm.LSTM]:
+    """A peephole LSTM on the fused path and the same weights on the generic loop."""
+    torch.manual_seed(0)
+    fused = distlstm.LSTM(3, 5, batch_first=True, cell="peephole", dtype=D, **options)  # type: ignore[arg-type]
+    loop = distlstm.LSTM(3, 5, batch_first=True, cell="peephole", dtype=D, fused=False, **options)  # type: ignore[arg-type]
+    with torch.no_grad():  # peepholes start at U(−1/√n, 1/√n): make them matter
+        for p in fused.parameters():
+            p.mul_(3)
+    loop.load_state_dict(fused.state_dict())
+    return fused, loop
+
+
+def outputs_and_grads(model: distlstm.LSTM, x: torch.Tensor, lengths: torch.Tensor | None,
+                      hx: tuple[torch.Tensor, ...] | None) -> list[torch.Tensor]:
+    """Outputs, final state and the gradients of a loss touching all three w.r.t. input, state and parameters."""
+    x = x.clone().requires_grad_()
+    leaves = [x] + ([] if hx is None else [h.clone().requires_grad_() for h in hx])
+    y, (h, c) = model(x, None if hx is None else tuple(leaves[1:]), lengths)
+    weights = torch.linspace(-1, 2, y.numel(), dtype=D).view_as(y)
+    loss = (y * weights).sum() + (h ** 2).sum() + (c * h).sum()
+    return [y, h, c, *torch.autograd.grad(loss, leaves + list(model.parameters()))]
+
+
+@pytest.mark.parametrize(("forget_gate", "alpha", "bias", "single_bias"),
+                         [(True, 1.0, True, False), (False, 3.75, True, True), (True, 3.75, False, False),
+                          (False, 1.0, True, False)])
+@pytest.mark.parametrize("lengths", [None, [6, 6, 6, 6], [6, 2, 4, 1], [3, 5, 5, 4]], ids=str)
+@pytest.mark.parametrize("with_state", [False, True], ids=["zero-state", "given-state"])
+def test_fused_equals_loop(forget_gate, alpha, bias, single_bias, lengths, with_state):
+    fused, loop = twins(forget_gate=forget_gate, alpha=alpha, bias=bias, single_bias=single_bias)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 6, 3, generator=gen, dtype=D)
+    lens = None if lengths is None else torch.tensor(lengths)
+    hx = (torch.randn(1, 4, 5, generator=gen, dtype=D), torch.randn(1, 4, 5, generator=gen, dtype=D)) \
+        if with_state else None
+    got, want = outputs_and_grads(fused, x, lens, hx), outputs_and_grads(loop, x, lens, hx)
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_every_length_and_layout(steps):
+    """Every combination of lengths 1..T, through two bidirectional layers (reverse direction included)."""
+    fused, loop = twins(num_layers=2, bidirectional=True, forget_gate=False, alpha=3.75)
+    gen = torch.Generator().manual_seed(2)
+    lengths = torch.tensor(list(itertools.product(range(1, steps + 1), repeat=2))).flatten()
+    x = torch.randn(len(lengths), steps, 3, generator=gen, dtype=D)
+    for g, w in zip(outputs_and_grads(fused, x, lengths, None), outputs_and_grads(loop, x, lengths, None),
+                    strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("forget_gate", [True, False])
+@pytest.mark.parametrize("lengths", [None, [4, 1, 3]], ids=str)
+def test_gradcheck(forget_gate, lengths):
+    """Every input of the one-node sequence (x, h0, c0, W with bias column, p) against finite differences."""
+    gen = torch.Generator().manual_seed(3)
+    n, inputs, steps, batch = 2, 2, 4, 3
+    gates = 4 if forget_gate else 3
+
+    def r(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, dtype=D, requires_grad=True)
+
+    x, h0, c0, w, p = r(steps, inputs, batch), r(n, batch), r(n, batch), r(gates * n, 1 + inputs + n), r(gates - 1, n)
+    lens = None if lengths is None else torch.tensor(lengths)
+
+    def f(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return peephole_sequence(*args, has_bias=True, lengths=lens)
+
+    assert torch.autograd.gradcheck(f, (x, h0, c0, w, p))
+
+
+def test_two_graphs_alive_keep_their_buffers():
+    """A second forward before the first backward must not overwrite what the first saved (kept buffers)."""
+    fused, loop = twins(forget_gate=False)
+    gen = torch.Generator().manual_seed(4)
+    x1, x2 = torch.randn(2, 4, 6, 3, generator=gen, dtype=D)
+    grads = []
+    for model in (fused, loop):
+        y1, _ = model(x1)
+        y2, _ = model(x2)  # same sizes: would reuse the first call's buffers if they were free
+        with torch.no_grad():
+            model(x2 * 2)  # and an evaluation in between
+        grads.append(torch.autograd.grad((y1 ** 2).sum() + (y2 ** 3).sum(), list(model.parameters())))
+    for g, w in zip(*grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+    clear_workspace()
+
+
+def test_regressor_full_batch_gradient_matches_loop():
+    """The matrix-batch network (no forget gate, α = 3.75, last-step pooling) on a padded batch."""
+    torch.manual_seed(5)
+    fused = SequenceRegressor(2, 4, cell="peephole", forget_gate=False, alpha=3.75, pooling="last",
+                              head_bias=True).double()
+    loop = SequenceRegressor(2, 4, cell="peephole", forget_gate=False, alpha=3.75, pooling="last",
+                             head_bias=True).double()
+    loop.load_state_dict(fused.state_dict())
+    loop.rnn.fused = False
+    gen = torch.Generator().manual_seed(6)
+    x, target = torch.rand(20, 12, 2, generator=gen, dtype=D), torch.rand(20, generator=gen, dtype=D)
+    lengths = torch.randint(8, 13, (20,), generator=gen)
+    grads = [torch.autograd.grad(((m(x, lengths) - target) ** 2).mean(), list(m.parameters())) for m in (fused, loop)]
+    for g, w in zip(*grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+def test_projected_peephole_uses_the_loop():
+    """A projection (h = W_hr y) is not fused: the LSTM runs its generic loop, so outputs still match."""
+    torch.manual_seed(7)
+    model = distlstm.LSTM(3, 4, batch_first=True, cell="peephole", proj_size=2, dtype=D)
+    x = torch.randn(2, 3, 3, dtype=D)
+    y, _ = model(x)
+    model.fused = False
+    torch.testing.assert_close(y, model(x)[0], rtol=0, atol=0)
+
+
+def test_peephole_layer_is_what_the_lstm_runs():
+    """peephole_layer on a cell equals the cell's own step loop (sharpened, masked)."""
+    torch.manual_seed(8)
+    cell = distlstm.models.cells.PeepholeLSTMCell(3, 4, alpha=3.75, dtype=D)
+    x, lengths = torch.randn(3, 5, 3, dtype=D), torch.tensor([5, 2, 4])
+    state = cell.init_state(3)
+    y, (h, c) = peephole_layer(cell, x, state, lengths)
+    want_y, (want_h, want_c) = distlstm.models.run_layer(cell, x, state, lengths)
+    torch.testing.assert_close(y, want_y, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(h, want_h, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(c, want_c, rtol=1e-13, atol=1e-13)

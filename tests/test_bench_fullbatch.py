@@ -1,0 +1,27 @@
+"""The full-batch evaluation benchmark (``distlstm bench --sections fullbatch``) on a tiny problem."""
+
+from __future__ import annotations
+
+import pytest
+
+from distlstm.bench.bptt import FloorRow, bench_fullbatch_evaluation
+from distlstm.bench.report import render_fullbatch
+from distlstm.bptt.tasks import LongLagTask
+
+
+def test_rows_ratios_and_floor():
+    rows, floor = bench_fullbatch_evaluation(train_size=40, min_len=22, repeats=1)
+    by_name = {r.name: r for r in rows}
+    assert set(by_name) == {"one-node peephole sequence (default)", "generic loop (fused=False)"}
+    assert by_name["generic loop (fused=False)"].ratio == 1.0
+    fused = by_name["one-node peephole sequence (default)"]
+    assert fused.ratio == pytest.approx(fused.ms / by_name["generic loop (fused=False)"].ms)
+    steps = int(LongLagTask(train_size=40, test_size=1, min_len=22).full_batch().lengths.max())
+    assert floor.kept_mb == pytest.approx((3 + 1) * 4 * steps * 40 * 8 / 1e6)  # gates i, g, o and c; n = 4; float64
+    assert floor.bandwidth_gbs > 0
+    text = render_fullbatch(rows, floor, train=40, min_len=22)
+    assert "| one-node peephole sequence (default) |" in text and "Memory-traffic floor" in text
+
+
+def test_floor_is_one_write_and_one_read_at_the_bandwidth():
+    assert FloorRow(kept_mb=100.0, bandwidth_gbs=10.0).floor_ms == pytest.approx(20.0)
