@@ -102,3 +102,11 @@ def test_quick_reproduction_from_the_command_line(tmp_path):
     assert rows[("lbfgs", 3.75)]["successes"] == 1
     details = json.loads((tmp_path / "details.json").read_text())
     assert details["vectorization"][0]["speedup"] > 10  # matrix-batched far faster than looping
+
+
+def test_seeds_sets_the_runs_per_optimizer():
+    cfg = MatrixBatchConfig.preset(False, seeds=15)
+    runs = cfg.runs()
+    assert sum(1 for opt, a, _ in runs if opt == "lbfgs" and a == 3.75) == 15
+    assert sum(1 for opt, a, _ in runs if opt == "cg" and a == 1.0) == 5
+    assert MatrixBatchConfig.preset(False).seeds == 3
