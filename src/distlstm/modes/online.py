@@ -44,7 +44,9 @@ from distlstm.network.graphs import TOPOLOGIES, Topology, make_topology, parse_e
 from distlstm.network.transport import Transport
 from distlstm.online import ALGORITHMS, DEFAULT_SETTINGS, algorithm_settings, make_algorithm, regressor
 from distlstm.online.base import OnlineAlgorithm, Prediction, State
+from distlstm.online.ekf import LINEARISATIONS
 from distlstm.online.records import OnlineRecords, check_streams, node_generator, squared_error
+from distlstm.ops.noise import NOISE_MODES
 from distlstm.runs.config import LoopConfig, flag
 from distlstm.runs.files import plot_curves, write_csv
 from distlstm.runs.loop import run
@@ -103,6 +105,9 @@ _SETTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ess_threshold": ("ess_threshold", ("pf", "dpf")),
     "joseph": ("joseph", ("ekf", "dekf")),
     "s0_carry": ("s0_carry", ("ekf",)),  # --stateful only
+    "noise": ("noise", ("ekf", "dekf", "pf", "dpf")),
+    "noise_window": ("noise_window", ("ekf", "dekf", "pf", "dpf")),
+    "linearisation": ("linearisation", ("dekf",)),
 }
 
 
@@ -126,6 +131,15 @@ class OnlineConfig:
     resampling: str | None = flag(None, "systematic, residual or multinomial (pf, dpf); default systematic")
     ess_threshold: float | None = flag(None, "resample when ESS < threshold·N; 1 = every step (pf, dpf); default 0.5")
     s0_carry: float | None = flag(None, "initial variance of the carried state (ekf --stateful); default 0")
+    noise: str | None = flag(None, "measurement noise σ² (ekf, dekf, pf, dpf): adaptive = estimated online from the "
+                                   "prediction errors, starting at --sigma2 (default); fixed = --sigma2 throughout",
+                             choices=NOISE_MODES)
+    noise_window: int | None = flag(None, "steps the adaptive σ² estimate averages over, older ones forgotten (ekf, "
+                                          "dekf, pf, dpf); default 100")
+    linearisation: str | None = flag(None, "dekf: block = every neighbour's measurement linearised at the predicted "
+                                           "state and absorbed in one update (Cattivelli & Sayed; default); "
+                                           "sequential = one update per neighbour, re-linearised at the running "
+                                           "estimate", choices=LINEARISATIONS)
     joseph: bool = flag(False, "Joseph-form covariance update (ekf, dekf)")
     stateful: bool = flag(False, "ekf only: carry the LSTM state from each window to the next and filter [carry; θ]")
 
