@@ -14,7 +14,14 @@ from distlstm.network import InProcessTransport, make_topology
 from distlstm.online import DEKF, EKF, PF, EKFConfig, PFConfig
 from distlstm.online.base import Observation
 from distlstm.ops.kalman import block_update
-from distlstm.ops.noise import FLOOR_FRACTION, initial_noise, noise_variance, update_noise
+from distlstm.ops.noise import (
+    FLOOR_FRACTION,
+    initial_noise,
+    interval_scale,
+    noise_variance,
+    update_noise,
+    update_ratios,
+)
 from tests.online.helpers import run_online
 
 from .conftest import D, kalman_reference, linear_streams
@@ -193,3 +200,34 @@ def test_wilson_bounds_solve_the_score_equation(hits, n):
     assert math.isclose(low, 0.0, abs_tol=1e-12) == (hits == 0)
     with pytest.raises(ValueError, match="hits"):
         wilson_interval(11, 10)
+
+
+def test_interval_scale_is_the_conformal_quantile_of_the_last_window_of_ratios():
+    window = 30
+    noise = initial_noise(0.1, window)
+    ratios = [float(i) for i in range(1, 41)]  # 40 ratios: the window keeps 11..40
+    for i, r in enumerate(ratios):
+        seen = sorted(ratios[max(0, i - window):i])
+        rank = min(math.ceil(0.95 * (len(seen) + 1)), len(seen))  # the largest while fewer than 19
+        assert interval_scale(noise) == (1.0 if i == 0 else pytest.approx(seen[rank - 1] / 1.959963984540054**2))
+        noise = update_ratios(noise, r * 2.0, 2.0)  # (d − d̂)² / v = r
+    kept = sorted(ratios[-window:])  # 11..40; rank ⌈0.95 · 31⌉ = 30: the largest
+    assert interval_scale(noise) == pytest.approx(kept[29] / 1.959963984540054**2)
+
+
+def test_interval_calibration_brings_uniform_noise_coverage_to_95_percent(linear_fm):
+    """Uniform noise with its exact variance: the Gaussian ±1.96σ interval covers every label; calibrated, 95%."""
+    gen = torch.Generator().manual_seed(7)
+    theta_star = torch.randn(P_DIM, generator=gen, dtype=D)
+    stream = []
+    for _ in range(1500):
+        x = torch.randn(2, P_DIM, generator=gen, dtype=D)
+        stream.append(Observation(x, float(x[-1] @ theta_star + (2 * torch.rand((), generator=gen) - 1))))
+    transport = InProcessTransport(make_topology("ring", 1))
+    coverage = {}
+    for window in (0, 100):
+        cfg = EKFConfig(sigma2=1 / 3, q=0.0, s0=1.0, interval_window=window)  # U(−1, 1) has variance 1/3
+        coverage[window] = run_online(EKF(linear_fm, cfg), [stream], torch.zeros(P_DIM, dtype=D),
+                                      transport).coverage95()
+    assert coverage[0] > 0.99
+    assert 0.935 < coverage[100] < 0.965

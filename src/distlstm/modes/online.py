@@ -107,6 +107,7 @@ _SETTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "s0_carry": ("s0_carry", ("ekf",)),  # --stateful only
     "noise": ("noise", ("ekf", "dekf", "pf", "dpf")),
     "noise_window": ("noise_window", ("ekf", "dekf", "pf", "dpf")),
+    "interval_window": ("interval_window", ("ekf", "dekf", "pf", "dpf")),
     "linearisation": ("linearisation", ("dekf",)),
 }
 
@@ -136,6 +137,9 @@ class OnlineConfig:
                              choices=NOISE_MODES)
     noise_window: int | None = flag(None, "steps the adaptive σ² estimate averages over, older ones forgotten (ekf, "
                                           "dekf, pf, dpf); default 100")
+    interval_window: int | None = flag(None, "calibrate the 95%% interval on each node's last W prediction errors "
+                                             "(ekf, dekf, pf, dpf): the variance is scaled so that 95%% of them fall "
+                                             "inside; 0 = the filter's own variance; default per algorithm")
     linearisation: str | None = flag(None, "dekf: block = every neighbour's measurement linearised at the predicted "
                                            "state and absorbed in one update (Cattivelli & Sayed; default); "
                                            "sequential = one update per neighbour, re-linearised at the running "

@@ -98,17 +98,14 @@ class DEKF(NetworkAlgorithm):
 
         ``data[0]`` is the node's own observation, whose H and h(θ̂) are ``pred``'s.
         """
-        rows, innovations = [], []
-        for i, ob in enumerate(data):
-            if not ob.labelled:
-                continue
-            if i == 0:
-                value, H = pred.mean, pred.aux[0]
-            else:
-                out, H = self.output_and_grad(state.theta, ob.x)
-                value = float(out)
-            rows.append(H)
-            innovations.append(ob.d - value)
+        own = data[0].labelled
+        others = [ob for ob in data[1:] if ob.labelled]
+        rows = [pred.aux[0]] if own else []
+        innovations = [data[0].d - pred.mean] if own else []
+        if others:
+            values, jac = self._jacobian_rows(state.theta, [ob.x for ob in others])
+            rows += list(jac)
+            innovations += [ob.d - float(v) for ob, v in zip(others, values, strict=True)]
         if not rows:
             return state.theta, time_update(state.P, self.cfg.q)
         upd = block_update(state.theta, state.P, torch.stack(rows), state.P.new_tensor(innovations), sigma2,
@@ -116,6 +113,13 @@ class DEKF(NetworkAlgorithm):
         check_covariance(upd.P, f"DEKF at {where}")
         check_theta(upd.a, f"DEKF at {where}")
         return upd.a, upd.P
+
+    def _jacobian_rows(self, theta: Tensor, xs: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """h(θ; X_l) (m,) and the rows ∂h/∂θ (m, n_θ): one batched call when the sequences have one shape."""
+        if len(xs) > 1 and all(x.shape == xs[0].shape for x in xs):
+            return self.fm.jacobian(theta, torch.stack(xs))
+        pairs = [self.output_and_grad(theta, x) for x in xs]
+        return torch.stack([v for v, _ in pairs]), torch.stack([g for _, g in pairs])
 
     def incremental_update(self, state: EKFState, data: list[Observation], pred: Prediction, sigma2: float,
                            where: str) -> tuple[Tensor, Tensor]:

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from distlstm.models.functional import FunctionalModel
 from distlstm.online.base import LocalAlgorithm, Observation, Prediction, check_positive, check_theta
-from distlstm.online.noise import next_noise, step_sigma2
+from distlstm.online.noise import next_noise, reported_variance, step_sigma2
 from distlstm.ops.kalman import check_covariance, scalar_update
 from distlstm.ops.noise import check_noise, initial_noise
 
@@ -53,11 +53,12 @@ class EKFConfig:
     s0_carry: float = 0.0  # initial variance of the carry (stateful only); the first carry is zero
     noise: str = "fixed"  # or "adaptive": σ² estimated from the innovations (ops/noise.py)
     noise_window: int = 100  # steps the adaptive σ² estimate averages over (forgetting 1 − 1/W)
+    interval_window: int = 0  # calibrate the 95% interval on this many recent errors (ops/noise.py); 0: off
     linearisation: str = "block"  # DEKF only: "block" (at the predicted state) or "sequential" (at the running ψ)
 
     def __post_init__(self) -> None:
         check_positive(self.sigma2, "sigma2 (σ²)")
-        check_noise(self.noise, self.noise_window)
+        check_noise(self.noise, self.noise_window, self.interval_window)
         if self.linearisation not in LINEARISATIONS:
             raise ValueError(f"linearisation must be one of {LINEARISATIONS}, got {self.linearisation!r}")
         check_positive(self.s0, "s0")
@@ -90,14 +91,14 @@ class EKF(LocalAlgorithm):
     def init(self, theta0: Tensor, node: int, gen: torch.Generator) -> EKFState:
         n = theta0.shape[0]
         return EKFState(theta0.clone(), self.cfg.s0 * torch.eye(n, dtype=theta0.dtype),
-                        initial_noise(self.cfg.sigma2, theta0.dtype))
+                        initial_noise(self.cfg.sigma2, self.cfg.interval_window, theta0.dtype))
 
     def predict(self, state: EKFState, x: Tensor) -> Prediction:
         value, H = self.output_and_grad(state.theta, x)
         PH = state.P @ H
         sigma2 = step_sigma2(self.cfg, state.noise)
         var = float(H @ PH) + self.cfg.q * float(H @ H) + sigma2
-        return Prediction(float(value), var, (H, PH))
+        return Prediction(float(value), reported_variance(self.cfg, state.noise, var), (H, PH))
 
     def update_node(self, state: EKFState, obs: Observation, pred: Prediction, gen: torch.Generator,
                     where: str) -> EKFState:

@@ -1,9 +1,10 @@
 """The measurement noise σ² a filter uses at each step: fixed, or the adaptive estimate of :mod:`distlstm.ops.noise`.
 
-Shared by the EKF, DEKF, PF and DPF: each keeps the estimate's state (``noise``, [w, m])
-in its per-node state, reads σ² before the label (:func:`step_sigma2`, used by both
-the prediction and the update of the step) and moves the estimate with the label's
-squared error (:func:`next_noise`).
+Shared by the EKF, DEKF, PF and DPF: each keeps the estimate's state (``noise``,
+[w, m, count, ratios…]) in its per-node state, reads σ² before the label (:func:`step_sigma2`,
+used by both the prediction and the update of the step), reports its predictive
+variance scaled by the interval calibration c (:func:`reported_variance`), and moves
+both with the label's squared error (:func:`next_noise`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Protocol
 from torch import Tensor
 
 from distlstm.online.base import Observation, Prediction
-from distlstm.ops.noise import noise_variance, update_noise
+from distlstm.ops.noise import interval_scale, noise_variance, update_noise, update_ratios
 
 
 class NoiseSettings(Protocol):
@@ -23,6 +24,8 @@ class NoiseSettings(Protocol):
     def noise(self) -> str: ...  # "adaptive" or "fixed"
     @property
     def noise_window(self) -> int: ...
+    @property
+    def interval_window(self) -> int: ...  # errors the interval is calibrated on; 0: off
 
 
 def step_sigma2(cfg: NoiseSettings, noise: Tensor) -> float:
@@ -30,11 +33,23 @@ def step_sigma2(cfg: NoiseSettings, noise: Tensor) -> float:
     return noise_variance(noise, cfg.sigma2) if cfg.noise == "adaptive" else cfg.sigma2
 
 
-def next_noise(cfg: NoiseSettings, noise: Tensor, obs: Observation, pred: Prediction, sigma2: float) -> Tensor:
-    """The estimate after this step's label (unchanged if fixed or unlabelled); ``sigma2`` is the step's σ².
+def reported_variance(cfg: NoiseSettings, noise: Tensor, var: float) -> float:
+    """The predictive variance a filter reports: its own ``var`` (= spread + σ²) times the interval scale c."""
+    return interval_scale(noise) * var if cfg.interval_window else var
 
-    The parameter part of the predictive variance is ``pred.var − sigma2``.
+
+def next_noise(cfg: NoiseSettings, noise: Tensor, obs: Observation, pred: Prediction, sigma2: float) -> Tensor:
+    """σ̂² and c after this step's label (unchanged when unlabelled); ``sigma2`` is the step's σ².
+
+    ``pred.var`` is the reported variance; the filter's own is ``pred.var / c``, its
+    parameter part ``pred.var / c − sigma2``.
     """
-    if cfg.noise != "adaptive" or not obs.labelled:
+    if not obs.labelled:
         return noise
-    return update_noise(noise, (obs.d - pred.mean) ** 2, pred.var - sigma2, cfg.noise_window)
+    sq_error = (obs.d - pred.mean) ** 2
+    own = pred.var / interval_scale(noise) if cfg.interval_window else pred.var
+    if cfg.interval_window:
+        noise = update_ratios(noise, sq_error, own)
+    if cfg.noise == "adaptive":
+        noise = update_noise(noise, sq_error, own - sigma2, cfg.noise_window)
+    return noise

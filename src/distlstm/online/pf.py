@@ -35,7 +35,7 @@ from torch import Tensor
 
 from distlstm.models.functional import FunctionalModel
 from distlstm.online.base import LocalAlgorithm, Observation, Prediction, check_positive
-from distlstm.online.noise import next_noise, step_sigma2
+from distlstm.online.noise import next_noise, reported_variance, step_sigma2
 from distlstm.ops.noise import check_noise, initial_noise
 from distlstm.ops.resampling import RESAMPLERS, effective_sample_size, normalize_log_weights, resample
 
@@ -50,12 +50,13 @@ class PFConfig:
     ess_threshold: float = 0.5  # resample when ESS < threshold · N; 1.0 = every step
     noise: str = "fixed"  # or "adaptive": σ² estimated from the innovations (ops/noise.py)
     noise_window: int = 100  # steps the adaptive σ² estimate averages over
+    interval_window: int = 0  # calibrate the 95% interval on this many recent errors (ops/noise.py); 0: off
 
     def __post_init__(self) -> None:
         if isinstance(self.num_particles, bool) or not isinstance(self.num_particles, int) or self.num_particles < 1:
             raise ValueError(f"num_particles (N) must be an int ≥ 1, got {self.num_particles!r}")
         check_positive(self.sigma2, "sigma2 (σ²)")
-        check_noise(self.noise, self.noise_window)
+        check_noise(self.noise, self.noise_window, self.interval_window)
         check_positive(self.s0, "s0")
         if not self.q >= 0:
             raise ValueError(f"q (jitter variance) must be ≥ 0, got {self.q}")
@@ -71,10 +72,10 @@ class ParticleState(NamedTuple):
     noise: Tensor  # (2,) the adaptive σ² estimate's [weight, mean] (constant with noise="fixed")
 
 
-def initial_particles(theta0: Tensor, num: int, s0: float, sigma2: float, gen: torch.Generator) -> ParticleState:
-    noise = torch.randn(num, theta0.shape[0], generator=gen, dtype=theta0.dtype)
+def initial_particles(theta0: Tensor, num: int, s0: float, noise: Tensor, gen: torch.Generator) -> ParticleState:
+    jitter0 = torch.randn(num, theta0.shape[0], generator=gen, dtype=theta0.dtype)
     logw = torch.full((num,), -math.log(num), dtype=theta0.dtype)
-    return ParticleState(theta0 + math.sqrt(s0) * noise, logw, initial_noise(sigma2, theta0.dtype))
+    return ParticleState(theta0 + math.sqrt(s0) * jitter0, logw, noise)
 
 
 def jitter(particles: Tensor, q: float, gen: torch.Generator) -> Tensor:
@@ -120,10 +121,12 @@ class PF(LocalAlgorithm):
         self.cfg = cfg or PFConfig()
 
     def init(self, theta0: Tensor, node: int, gen: torch.Generator) -> ParticleState:
-        return initial_particles(theta0, self.cfg.num_particles, self.cfg.s0, self.cfg.sigma2, gen)
+        return initial_particles(theta0, self.cfg.num_particles, self.cfg.s0,
+                                 initial_noise(self.cfg.sigma2, self.cfg.interval_window, theta0.dtype), gen)
 
     def predict(self, state: ParticleState, x: Tensor) -> Prediction:
-        return predictive(self.output(state.particles, x), state.logw, step_sigma2(self.cfg, state.noise))
+        pred = predictive(self.output(state.particles, x), state.logw, step_sigma2(self.cfg, state.noise))
+        return Prediction(pred.mean, reported_variance(self.cfg, state.noise, pred.var))
 
     def update_node(self, state: ParticleState, obs: Observation, pred: Prediction, gen: torch.Generator,
                     where: str) -> ParticleState:

@@ -35,7 +35,7 @@ from torch.func import functional_call, jacrev
 from distlstm.models.functional import FunctionalModel
 from distlstm.online.base import LocalAlgorithm, Observation, Prediction, check_theta
 from distlstm.online.ekf import EKFConfig
-from distlstm.online.noise import next_noise, step_sigma2
+from distlstm.online.noise import next_noise, reported_variance, step_sigma2
 from distlstm.ops.kalman import check_covariance, scalar_update
 from distlstm.ops.noise import initial_noise
 
@@ -97,13 +97,13 @@ class StatefulEKF(LocalAlgorithm):
         a = torch.cat([theta0.new_zeros(self.n_s), theta0])
         diag = torch.full_like(a, self.cfg.s0)
         diag[: self.n_s] = self.cfg.s0_carry
-        return StatefulEKFState(a, torch.diag(diag), initial_noise(self.cfg.sigma2, a.dtype))
+        return StatefulEKFState(a, torch.diag(diag), initial_noise(self.cfg.sigma2, self.cfg.interval_window, a.dtype))
 
     def predict(self, state: StatefulEKFState, x: Tensor) -> Prediction:
         out, jac = self._linearise(state.a, x)
         H = jac[0]
         var = float(H @ (state.P @ H)) + float((self._q(H) * H) @ H) + step_sigma2(self.cfg, state.noise)
-        return Prediction(float(out[0]), var, H)
+        return Prediction(float(out[0]), reported_variance(self.cfg, state.noise, var), H)
 
     def update_node(self, state: StatefulEKFState, obs: Observation, pred: Prediction, gen: torch.Generator,
                     where: str) -> StatefulEKFState:
