@@ -231,3 +231,18 @@ def test_interval_calibration_brings_uniform_noise_coverage_to_95_percent(linear
                                       transport).coverage95()
     assert coverage[0] > 0.99
     assert 0.935 < coverage[100] < 0.965
+
+
+def test_cli_settings_for_noise_interval_and_linearisation():
+    from distlstm.modes.online import OnlineConfig
+
+    cfg = OnlineConfig(algorithm="dekf", noise="adaptive", noise_window=50, interval_window=0,
+                       linearisation="sequential")
+    assert cfg.settings() == {"noise": "adaptive", "noise_window": 50, "interval_window": 0,
+                              "linearisation": "sequential"}
+    with pytest.raises(ValueError, match="linearisation"):
+        OnlineConfig(algorithm="ekf", linearisation="block")
+    with pytest.raises(ValueError, match="interval_window"):
+        OnlineConfig(algorithm="sgd", interval_window=10)
+    with pytest.raises(ValueError, match="interval_window"):
+        EKFConfig(interval_window=-1)

@@ -86,6 +86,16 @@ def wilson_interval(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def coverage_figures(coverage95: float, labels: int) -> dict[str, float | int]:
+    """Coverage of ``labels`` scored labels with its Wilson 95% CI, as report columns.
+
+    For any online run: ``coverage_figures(mode.run_summary().coverage95, labels)``
+    (e.g. the Ergen & Kozat reproduction's table can add these columns).
+    """
+    low, high = wilson_interval(round(coverage95 * labels), labels)
+    return {"coverage95": coverage95, "ci_low": low, "ci_high": high, "labels": labels}
+
+
 def in_goal(coverage: float) -> bool:
     return GOAL[0] <= coverage <= GOAL[1]
 
@@ -125,10 +135,8 @@ def run(cfg: CalibrationConfig, out: Path, show_progress: bool = True) -> list[d
                 mode = run_streams(OnlineProblem(streams, dataset=ds), name, topology, seed=cfg.seed,
                                    settings=overrides, hidden=hidden)
                 s = mode.run_summary()
-                hits = round(s.coverage95 * labels)
-                low, high = wilson_interval(hits, labels)
-                rows.append({"dataset": ds, "algorithm": name, "variant": variant, "coverage95": s.coverage95,
-                             "ci_low": low, "ci_high": high, "labels": labels, "final_mse": s.final_mse,
+                rows.append({"dataset": ds, "algorithm": name, "variant": variant,
+                             **coverage_figures(s.coverage95, labels), "final_mse": s.final_mse,
                              "mean_running_mse": s.mean_running_mse,
                              "settings": algorithm_settings(name, overrides)})
                 bar.update()
