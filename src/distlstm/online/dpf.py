@@ -15,8 +15,8 @@ Every node holds N particles. At every time step:
    the node resamples to N. If no particle ended at a node it keeps its own
    propagated set (the note's choice).
 
-σ² is fixed or, by default, node j's adaptive estimate σ̂²_j from its own prediction
-innovations (as the PF): a particle visiting j is weighed with σ̂²_j.
+σ² is fixed or node j's adaptive estimate σ̂²_j from its own prediction innovations
+(``noise="adaptive"``, as the PF): a particle visiting j is weighed with σ̂²_j.
 
 Data never travels: a particle is weighted by the node it visits. Each move sends one
 particle (n_θ numbers and its log-weight) to a neighbour. Cost O(K · N · n_θ) per node.

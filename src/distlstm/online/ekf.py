@@ -14,11 +14,12 @@ Measurement update with H = ∂h/∂θ at θ̂_{t|t-1} (one reverse-mode pass), 
 Predictive distribution of d before the label: mean h(θ̂_{t-1}), variance
 H Σ_{t|t-1} Hᵀ + σ². Σ₀ = s₀ I. Cost O(n_θ²) time and memory per step.
 
-σ² is either fixed (``noise="fixed"``: the configured value throughout) or estimated
-online from the innovations (``noise="adaptive"``, the default:
-:mod:`distlstm.ops.noise`, starting at the configured value): a fixed σ² that is
-too small gives intervals that cover far less than their nominal 95%
-(docs/results/calibration.md). The step's update uses the σ̂² its prediction used.
+σ² is either fixed (``noise="fixed"``: the configured value throughout, the default) or
+estimated online from the innovations (``noise="adaptive"``, :mod:`distlstm.ops.noise`,
+starting at the configured value); the step's update uses the σ̂² its prediction used.
+With ``interval_window=W`` (the run default, W = 100) the reported variance is scaled by
+the conformal factor c of the node's last W normalised errors, so that the 95% interval
+covers 95% (docs/results/calibration); the filter's update never sees c.
 
 | symbol | variable |
 |---|---|

@@ -13,10 +13,11 @@ Prediction before the label is the predictive mean Σ_i ω^i_{t-1} h(θ^i_{t-1};
 with variance Σ_i ω^i (h_i − d̂)² + σ². All particles go through the model in one
 batched call (:class:`~distlstm.models.functional.FunctionalModel`). Θ₀ ~ N(θ₀, s₀ I).
 
-σ² is fixed (``noise="fixed"``) or estimated from the innovations (``noise="adaptive"``,
-the default; :mod:`distlstm.ops.noise` with the particles' spread Σ_i ω^i (h_i − d̂)² as
-the parameter part of the predictive variance); the likelihood uses the same σ̂² as
-the prediction.
+σ² is fixed (``noise="fixed"``, the default) or estimated from the innovations
+(``noise="adaptive"``; :mod:`distlstm.ops.noise` with the particles' spread
+Σ_i ω^i (h_i − d̂)² as the parameter part of the predictive variance); the likelihood
+uses the same σ̂² as the prediction. ``interval_window`` calibrates the reported
+variance as in the EKF.
 
 | symbol | variable |
 |---|---|
