@@ -125,14 +125,19 @@ def test_forecaster_equals_the_model_at_the_final_theta(tmp_path, scaling):
         direct = fc.shift + fc.scale * model(fc.x)
     assert torch.allclose(torch.tensor([r["prediction"] for r in rows], dtype=torch.float64), direct,
                           rtol=0, atol=1e-12)
-    # the interval: node 0's H Σ Hᵀ + q‖H‖² + σ², from the checkpoint's covariance
+    # the interval: node 0's c · (H Σ Hᵀ + q‖H‖² + σ²), from the checkpoint's covariance, and c the conformal
+    # quantile of the node's normalised errors (the calibration's ring buffer of the last 100)
     P = ckpt["state"]["algorithm"]["states"]["P"][0]
+    noise = ckpt["state"]["algorithm"]["states"]["noise"][0]
+    n = min(int(noise[2]), 100)
+    ratios = sorted(noise[3 : 3 + n].tolist())
+    c = ratios[min(math.ceil(0.95 * (n + 1)), n) - 1] / 1.959963984540054**2
     params = dict(model.named_parameters())
     names = list(params)
     i = 5
     h = grad(lambda p: functional_call(model, p, (fc.x[i : i + 1],))[0])({k: v.detach() for k, v in params.items()})
     H = torch.cat([h[k].reshape(-1) for k in names])
-    var = float(H @ P @ H) + 1e-6 * float(H @ H) + 0.01
+    var = c * (float(H @ P @ H) + 1e-6 * float(H @ H) + 0.01)
     half = 1.959963984540054 * float(fc.scale[i]) * math.sqrt(var)
     assert rows[i]["upper"] - rows[i]["prediction"] == pytest.approx(half, rel=1e-9)
     assert rows[i]["prediction"] - rows[i]["lower"] == pytest.approx(half, rel=1e-9)

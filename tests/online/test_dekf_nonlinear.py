@@ -1,4 +1,6 @@
-"""DEKF on a nonlinear model against a hand-written incremental EKF with Metropolis combination."""
+"""DEKF's sequential linearisation on a nonlinear model against a hand-written incremental EKF with Metropolis
+combination (the block linearisation, the default, is checked against its information form in
+test_noise_and_dekf.py)."""
 
 from __future__ import annotations
 
@@ -60,8 +62,8 @@ def test_dekf_on_a_nonlinear_model_equals_the_hand_written_update():
                                                                                                    dtype=D)))
                 for x in torch.randn(6, 2, P_DIM, generator=gen, dtype=D)] for _ in range(4)]
     fm = FunctionalModel(TanhLast())
-    res = run_online(DEKF(fm, EKFConfig(sigma2=SIGMA2, q=Q, s0=S0)), streams, torch.zeros(P_DIM, dtype=D),
-                     InProcessTransport(make_topology("star", 4)))
+    dekf = DEKF(fm, EKFConfig(sigma2=SIGMA2, q=Q, s0=S0, linearisation="sequential"))
+    res = run_online(dekf, streams, torch.zeros(P_DIM, dtype=D), InProcessTransport(make_topology("star", 4)))
     ref = reference(streams, 6)
     for k in range(4):
         torch.testing.assert_close(res.final_thetas[k], ref[k], atol=1e-10, rtol=0)

@@ -20,10 +20,10 @@ def test_each_visit_raises_the_likelihood_to_two_edges_over_walk_steps_times_deg
     dpf = DPF(linear_fm, DPFConfig(walk_steps=2, pf=PFConfig(num_particles=10)))
     weigh = DPF._weigh
 
-    def spy(self, state, ob, power):  # on the class: the run builds its own DPF from dpf's settings
+    def spy(self, state, ob, power, sigma2):  # on the class: the run builds its own DPF from dpf's settings
         node = next(j for j in range(4) if ob is current[j])
         powers.setdefault(node, set()).add(round(power, 12))
-        return weigh(self, state, ob, power)
+        return weigh(self, state, ob, power, sigma2)
 
     streams, _ = linear_streams(4, 2, 3, sigma=0.1, seed=0)
     current = [stream[0] for stream in streams]

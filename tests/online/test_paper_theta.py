@@ -9,7 +9,6 @@ from torch.func import functional_call
 
 from distlstm.data.observation import Observation
 from distlstm.online import EKF, EKFConfig, regressor
-from distlstm.online.ekf import EKFState
 
 D = torch.float64
 
@@ -50,7 +49,7 @@ def test_single_bias_model_equals_nn_lstm_with_a_zero_second_bias():
 
 def ekf_predictions(fm, theta0, P0, stream, cfg):
     ekf = EKF(fm, cfg)
-    state, out = EKFState(theta0.clone(), P0), []
+    state, out = ekf.init(theta0, 0, torch.Generator())._replace(P=P0), []
     for ob in stream:
         pred = ekf.predict(state, ob.x)
         out.append(pred.mean)

@@ -1,7 +1,9 @@
 """Online algorithms: time per step, particles batched vs looped, EKF vs the memory floor.
 
 * Time per online step (4 nodes on a ring, sequences of 10 steps with p = 8 features)
-  for every algorithm at hidden sizes 8, 16, 32 (n_θ ≈ 600, 1,700, 5,400).
+  for every algorithm at hidden sizes 8, 16, 32 (n_θ ≈ 600, 1,700, 5,400), and the
+  DEKF in both linearisations (block: one update at the predicted state, the default;
+  sequential: one rank-1 update per neighbour) to compare with the EKF.
 * A particle filter's N model evaluations in one batched call against a Python loop.
 * One EKF step (gradient, gain, rank-1 covariance update) against one read and one
   write of the n_θ × n_θ covariance (``clone``): the memory-bandwidth floor of any
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -61,16 +64,19 @@ def bench_steps(hidden_sizes: tuple[int, ...] = (8, 16, 32), steps: int = 6, par
     rows = []
     streams = _streams(4, steps + 1, 8, 10)
     topology = make_topology("ring", 4)
+    runs: list[tuple[str, str, dict[str, Any]]] = [(name, name, {}) for name in ALGORITHMS]
+    runs.append(("dekf sequential", "dekf", {"linearisation": "sequential"}))
     for h in hidden_sizes:
         fm, _ = regressor(8, h, seed=0)
-        for name in ALGORITHMS:
+        for label, name, extra in runs:
             if progress:
-                progress(f"online step: {name}, hidden {h}")
-            settings = {"num_particles": particles} if "num_particles" in DEFAULT_SETTINGS[name] else {}
+                progress(f"online step: {label}, hidden {h}")
+            settings: dict[str, Any] = {"num_particles": particles} if "num_particles" in DEFAULT_SETTINGS[name] else {}
+            settings |= extra
             run_streams(OnlineProblem([s[:1] for s in streams]), name, topology, settings=settings, hidden=h)  # warm-up
             res = run_streams(OnlineProblem([s[1:] for s in streams]), name, topology, settings=settings,
                               hidden=h).records
-            rows.append(StepRow(name, h, fm.numel, res.seconds_per_step * 1e3, res.bytes_per_node_per_step))
+            rows.append(StepRow(label, h, fm.numel, res.seconds_per_step * 1e3, res.bytes_per_node_per_step))
     return rows
 
 

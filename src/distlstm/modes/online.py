@@ -61,7 +61,9 @@ from distlstm.network.transport import Transport
 from distlstm.online import ALGORITHMS, DEFAULT_SETTINGS, algorithm_settings, make_algorithm, regressor
 from distlstm.online.base import OnlineAlgorithm, Prediction, State
 from distlstm.online.baselines import reference_records, univariate_last_values
+from distlstm.online.ekf import LINEARISATIONS
 from distlstm.online.records import OnlineRecords, check_streams, node_generator, squared_error
+from distlstm.ops.noise import NOISE_MODES
 from distlstm.runs.config import LoopConfig, flag
 from distlstm.runs.files import plot_curves, write_csv
 from distlstm.runs.loop import run
@@ -121,6 +123,10 @@ _SETTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "joseph": ("joseph", ("ekf", "dekf")),
     "s0_carry": ("s0_carry", ("ekf",)),  # --stateful only
     "q_carry": ("q_carry", ("ekf",)),  # --stateful only
+    "noise": ("noise", ("ekf", "dekf", "pf", "dpf")),
+    "noise_window": ("noise_window", ("ekf", "dekf", "pf", "dpf")),
+    "interval_window": ("interval_window", ("ekf", "dekf", "pf", "dpf")),
+    "linearisation": ("linearisation", ("dekf",)),
 }
 
 
@@ -148,6 +154,18 @@ class OnlineConfig:
     s0_carry: float | None = flag(None, "initial variance of the carried state (ekf --stateful); default 0")
     q_carry: float | None = flag(None, "process noise variance on the carried state per step (ekf --stateful; the "
                                        "paper's noise covers the whole state); default 0")
+    noise: str | None = flag(None, "measurement noise σ² (ekf, dekf, pf, dpf): adaptive = estimated online from the "
+                                   "prediction errors, starting at --sigma2; fixed = --sigma2 throughout (default)",
+                             choices=NOISE_MODES)
+    noise_window: int | None = flag(None, "steps the adaptive σ² estimate averages over, older ones forgotten (ekf, "
+                                          "dekf, pf, dpf); default 100")
+    interval_window: int | None = flag(None, "calibrate the 95%% interval on each node's last W prediction errors "
+                                             "(ekf, dekf, pf, dpf): the variance is scaled so that 95%% of them fall "
+                                             "inside; 0 = the filter's own variance; default per algorithm")
+    linearisation: str | None = flag(None, "dekf: block = every neighbour's measurement linearised at the predicted "
+                                           "state and absorbed in one update (Cattivelli & Sayed; default); "
+                                           "sequential = one update per neighbour, re-linearised at the running "
+                                           "estimate", choices=LINEARISATIONS)
     joseph: bool = flag(False, "Joseph-form covariance update (ekf, dekf)")
     stateful: bool = flag(False, "ekf only: carry the LSTM state from each window to the next and filter [carry; θ]")
     on_node_loss: str = flag("stop", "when a node leaves the run (its worker process died, or --drop-node): stop "

@@ -10,7 +10,8 @@ target, inputs, window, horizon and past-target feature) and scales it:
 
 Each forecast is node 0's predictive distribution at the end of the run, without
 further updates: mean d̂ and, where the algorithm has one, variance v (EKF/DEKF:
-H Σ Hᵀ + q‖H‖² + σ²; PF/DPF: the particles' weighted spread + σ²), mapped back to the
+H Σ Hᵀ + q‖H‖² + σ²; PF/DPF: the particles' weighted spread + σ²; times the node's
+interval calibration factor c where the run has ``interval_window``), mapped back to the
 target's units: ``shift + scale · d̂`` and the 95% interval ``± 1.96 · scale · √v``.
 A stateful EKF carries its LSTM state from each window to the next through the file
 (its filter run forward with no labels).

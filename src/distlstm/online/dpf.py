@@ -22,6 +22,9 @@ component C the stationary law is deg(j)/2|E_C|, so the exponent is 2|E_C| / (K 
 that component's data. A survivor with no neighbour left keeps its particles and
 weighs them K times by the power 1/K: its own particle filter.
 
+σ² is fixed or node j's adaptive estimate σ̂²_j from its own prediction innovations
+(``noise="adaptive"``, as the PF): a particle visiting j is weighed with σ̂²_j.
+
 Data never travels: a particle is weighted by the node it visits. Each move sends one
 particle (n_θ numbers and its log-weight) to a neighbour. Cost O(K · N · n_θ) per node.
 The error to the centralized posterior vanishes as N, K → ∞, at a rate set by the
@@ -45,6 +48,7 @@ from distlstm.models.functional import FunctionalModel
 from distlstm.network.graphs import Topology
 from distlstm.network.transport import Transport
 from distlstm.online.base import NetworkAlgorithm, Observation, Prediction
+from distlstm.online.noise import next_noise, step_sigma2
 from distlstm.online.pf import (
     PF,
     ParticleState,
@@ -94,11 +98,13 @@ class DPF(NetworkAlgorithm):
         topo, pf = transport.topology, self.cfg.pf
         K = self.cfg.walk_steps
         exponent = walk_exponents(topo, K, transport.local_nodes)
-        propagated = {k: ParticleState(jitter(states[k].particles, pf.q, gens[k]), states[k].logw)
+        sigma2 = {k: step_sigma2(pf, states[k].noise) for k in transport.local_nodes}
+        noise = {k: next_noise(pf, states[k].noise, obs[k], preds[k], sigma2[k]) for k in transport.local_nodes}
+        propagated = {k: ParticleState(jitter(states[k].particles, pf.q, gens[k]), states[k].logw, noise[k])
                       for k in transport.local_nodes}
         here = dict(propagated)
         for _ in range(K):
-            here = {j: self._weigh(here[j], obs[j], exponent[j]) for j in transport.local_nodes}
+            here = {j: self._weigh(here[j], obs[j], exponent[j], sigma2[j]) for j in transport.local_nodes}
             if topo.num_edges:
                 here = self._walk(here, transport, gens)
         out = {}
@@ -109,11 +115,11 @@ class DPF(NetworkAlgorithm):
                 out[k] = resample_state(here[k], pf.num_particles, pf.resampling, gens[k])
         return out
 
-    def _weigh(self, state: ParticleState, ob: Observation, power: float) -> ParticleState:
+    def _weigh(self, state: ParticleState, ob: Observation, power: float, sigma2: float) -> ParticleState:
         if state.particles.shape[0] == 0 or not ob.labelled:
             return state
         h = self.output(state.particles, ob.x)
-        return ParticleState(state.particles, state.logw + power * gaussian_loglik(ob.d, h, self.cfg.pf.sigma2))
+        return ParticleState(state.particles, state.logw + power * gaussian_loglik(ob.d, h, sigma2), state.noise)
 
     def _walk(self, here: Mapping[int, ParticleState], transport: Transport,
               gens: Mapping[int, torch.Generator]) -> dict[int, ParticleState]:
@@ -138,5 +144,5 @@ class DPF(NetworkAlgorithm):
         for k in transport.local_nodes:
             blocks = [received[k][src] for src in sorted(received[k])]
             rows = torch.cat(blocks) if blocks else here[k].particles.new_zeros(0, n + 1)
-            result[k] = ParticleState(rows[:, :n], rows[:, n])
+            result[k] = ParticleState(rows[:, :n], rows[:, n], here[k].noise)  # σ̂² stays at its node
         return result | {j: here[j] for j in alone}

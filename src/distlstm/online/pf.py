@@ -13,10 +13,16 @@ Prediction before the label is the predictive mean Σ_i ω^i_{t-1} h(θ^i_{t-1};
 with variance Σ_i ω^i (h_i − d̂)² + σ². All particles go through the model in one
 batched call (:class:`~distlstm.models.functional.FunctionalModel`). Θ₀ ~ N(θ₀, s₀ I).
 
+σ² is fixed (``noise="fixed"``, the default) or estimated from the innovations
+(``noise="adaptive"``; :mod:`distlstm.ops.noise` with the particles' spread
+Σ_i ω^i (h_i − d̂)² as the parameter part of the predictive variance); the likelihood
+uses the same σ̂² as the prediction. ``interval_window`` calibrates the reported
+variance as in the EKF.
+
 | symbol | variable |
 |---|---|
 | θ^i, log ω^i | ``state.particles`` (N, n), ``state.logw`` (N,) |
-| q, σ², s₀ | ``cfg.q``, ``cfg.sigma2``, ``cfg.s0`` |
+| q, σ², s₀ | ``cfg.q``, ``cfg.sigma2`` (σ̂²: ``state.noise``), ``cfg.s0`` |
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from torch import Tensor
 
 from distlstm.models.functional import FunctionalModel
 from distlstm.online.base import LocalAlgorithm, Observation, Prediction, check_positive
+from distlstm.online.noise import next_noise, reported_variance, step_sigma2
+from distlstm.ops.noise import check_noise, initial_noise
 from distlstm.ops.resampling import RESAMPLERS, effective_sample_size, normalize_log_weights, resample
 
 
@@ -41,11 +49,15 @@ class PFConfig:
     s0: float = 0.01  # initial spread: Θ₀ ~ N(θ₀, s₀ I)
     resampling: str = "systematic"
     ess_threshold: float = 0.5  # resample when ESS < threshold · N; 1.0 = every step
+    noise: str = "fixed"  # or "adaptive": σ² estimated from the innovations (ops/noise.py)
+    noise_window: int = 100  # steps the adaptive σ² estimate averages over
+    interval_window: int = 0  # calibrate the 95% interval on this many recent errors (ops/noise.py); 0: off
 
     def __post_init__(self) -> None:
         if isinstance(self.num_particles, bool) or not isinstance(self.num_particles, int) or self.num_particles < 1:
             raise ValueError(f"num_particles (N) must be an int ≥ 1, got {self.num_particles!r}")
         check_positive(self.sigma2, "sigma2 (σ²)")
+        check_noise(self.noise, self.noise_window, self.interval_window)
         check_positive(self.s0, "s0")
         if not self.q >= 0:
             raise ValueError(f"q (jitter variance) must be ≥ 0, got {self.q}")
@@ -58,12 +70,13 @@ class PFConfig:
 class ParticleState(NamedTuple):
     particles: Tensor  # (N, n)
     logw: Tensor  # (N,) normalised log-weights
+    noise: Tensor  # (2,) the adaptive σ² estimate's [weight, mean] (constant with noise="fixed")
 
 
-def initial_particles(theta0: Tensor, num: int, s0: float, gen: torch.Generator) -> ParticleState:
-    noise = torch.randn(num, theta0.shape[0], generator=gen, dtype=theta0.dtype)
+def initial_particles(theta0: Tensor, num: int, s0: float, noise: Tensor, gen: torch.Generator) -> ParticleState:
+    jitter0 = torch.randn(num, theta0.shape[0], generator=gen, dtype=theta0.dtype)
     logw = torch.full((num,), -math.log(num), dtype=theta0.dtype)
-    return ParticleState(theta0 + math.sqrt(s0) * noise, logw)
+    return ParticleState(theta0 + math.sqrt(s0) * jitter0, logw, noise)
 
 
 def jitter(particles: Tensor, q: float, gen: torch.Generator) -> Tensor:
@@ -95,7 +108,8 @@ def resample_state(state: ParticleState, num: int, scheme: str, gen: torch.Gener
     """``num`` particles drawn by ``scheme``, equally weighted."""
     _, W = normalize_log_weights(state.logw)
     idx = resample(W, num, scheme, gen)
-    return ParticleState(state.particles[idx], torch.full((num,), -math.log(num), dtype=state.logw.dtype))
+    return ParticleState(state.particles[idx], torch.full((num,), -math.log(num), dtype=state.logw.dtype),
+                         state.noise)
 
 
 class PF(LocalAlgorithm):
@@ -108,21 +122,24 @@ class PF(LocalAlgorithm):
         self.cfg = cfg or PFConfig()
 
     def init(self, theta0: Tensor, node: int, gen: torch.Generator) -> ParticleState:
-        return initial_particles(theta0, self.cfg.num_particles, self.cfg.s0, gen)
+        return initial_particles(theta0, self.cfg.num_particles, self.cfg.s0,
+                                 initial_noise(self.cfg.sigma2, self.cfg.interval_window, theta0.dtype), gen)
 
     def predict(self, state: ParticleState, x: Tensor) -> Prediction:
-        return predictive(self.output(state.particles, x), state.logw, self.cfg.sigma2)
+        pred = predictive(self.output(state.particles, x), state.logw, step_sigma2(self.cfg, state.noise))
+        return Prediction(pred.mean, reported_variance(self.cfg, state.noise, pred.var))
 
     def update_node(self, state: ParticleState, obs: Observation, pred: Prediction, gen: torch.Generator,
                     where: str) -> ParticleState:
         particles = jitter(state.particles, self.cfg.q, gen)
         if not obs.labelled:
-            return ParticleState(particles, state.logw)
+            return ParticleState(particles, state.logw, state.noise)
         h = self.output(particles, obs.x)
-        logw, W = normalize_log_weights(state.logw + gaussian_loglik(obs.d, h, self.cfg.sigma2))
+        sigma2 = step_sigma2(self.cfg, state.noise)
+        logw, W = normalize_log_weights(state.logw + gaussian_loglik(obs.d, h, sigma2))
         if not bool(torch.isfinite(logw).all()):
             raise FloatingPointError(f"PF at {where}: particle weights became NaN; raise sigma2")
-        new = ParticleState(particles, logw)
+        new = ParticleState(particles, logw, next_noise(self.cfg, state.noise, obs, pred, sigma2))
         if float(effective_sample_size(W)) < self.cfg.ess_threshold * self.cfg.num_particles or \
                 self.cfg.ess_threshold >= 1.0:
             new = resample_state(new, self.cfg.num_particles, self.cfg.resampling, gen)

@@ -35,12 +35,15 @@ from torch.func import functional_call, jacrev
 from distlstm.models.functional import FunctionalModel
 from distlstm.online.base import LocalAlgorithm, Observation, Prediction, check_theta
 from distlstm.online.ekf import EKFConfig
+from distlstm.online.noise import next_noise, reported_variance, step_sigma2
 from distlstm.ops.kalman import check_covariance, scalar_update
+from distlstm.ops.noise import initial_noise
 
 
 class StatefulEKFState(NamedTuple):
     a: Tensor  # (n_s + n_θ,) [carry; θ]
     P: Tensor  # (n_a, n_a)
+    noise: Tensor  # (2,) the adaptive σ² estimate (see EKF)
 
 
 class StatefulEKF(LocalAlgorithm):
@@ -94,20 +97,21 @@ class StatefulEKF(LocalAlgorithm):
         a = torch.cat([theta0.new_zeros(self.n_s), theta0])
         diag = torch.full_like(a, self.cfg.s0)
         diag[: self.n_s] = self.cfg.s0_carry
-        return StatefulEKFState(a, torch.diag(diag))
+        return StatefulEKFState(a, torch.diag(diag), initial_noise(self.cfg.sigma2, self.cfg.interval_window, a.dtype))
 
     def predict(self, state: StatefulEKFState, x: Tensor) -> Prediction:
         out, jac = self._linearise(state.a, x)
         H = jac[0]
-        var = float(H @ (state.P @ H)) + float((self._q(H) * H) @ H) + self.cfg.sigma2
-        return Prediction(float(out[0]), var, H)
+        var = float(H @ (state.P @ H)) + float((self._q(H) * H) @ H) + step_sigma2(self.cfg, state.noise)
+        return Prediction(float(out[0]), reported_variance(self.cfg, state.noise, var), H)
 
     def update_node(self, state: StatefulEKFState, obs: Observation, pred: Prediction, gen: torch.Generator,
                     where: str) -> StatefulEKFState:
-        a, P = state
+        a, P, noise = state
         q = self._q(a)
+        sigma2 = step_sigma2(self.cfg, noise)
         if obs.labelled:
-            upd = scalar_update(a, P, pred.aux, torch.tensor(obs.d - pred.mean, dtype=P.dtype), self.cfg.sigma2,
+            upd = scalar_update(a, P, pred.aux, torch.tensor(obs.d - pred.mean, dtype=P.dtype), sigma2,
                                 self.cfg.joseph, q=q)
             a, P = upd.a, upd.P
         else:
@@ -115,7 +119,7 @@ class StatefulEKF(LocalAlgorithm):
         a, P = self._propagate_carry(a, P, obs.x)
         check_covariance(P, f"stateful EKF at {where}")
         check_theta(a, f"stateful EKF at {where}")
-        return StatefulEKFState(a, P)
+        return StatefulEKFState(a, P, next_noise(self.cfg, noise, obs, pred, sigma2))
 
     def _propagate_carry(self, a: Tensor, P: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """s ← g(s, θ; X) and Σ ← F Σ Fᵀ, touching only the carry rows and columns."""

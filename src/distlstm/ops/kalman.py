@@ -1,4 +1,4 @@
-"""Extended Kalman filter measurement update for a scalar measurement (rank-1).
+"""Extended Kalman filter measurement updates: one scalar measurement (rank 1), or m at once (rank m).
 
 For a measurement d = h(a) + ε, ε ~ N(0, σ²), linearised at the prior mean with
 row Jacobian H (1, n)::
@@ -26,6 +26,17 @@ The Joseph form, a rank-2 update, is symmetrised explicitly.
 | H | ``H`` (n,) |
 | d − h(â) | ``innovation`` |
 | σ² | ``sigma2`` |
+
+**Block update** (:func:`block_update`): m scalar measurements d_l = h_l(a) + ε_l,
+ε ~ N(0, σ² I), all linearised at the same prior mean, rows H (m, n)::
+
+    U = Σ_pred Hᵀ (n, m),   S = H U + σ² I = L Lᵀ (m, m),   W = U L⁻ᵀ (n, m)
+    â ← â + W L⁻¹ (d − h(â)),      Σ ← Σ_pred − W Wᵀ
+
+which is the information-form update Σ⁻¹ ← Σ_pred⁻¹ + Hᵀ H / σ²,
+â ← â + Σ Hᵀ (d − h(â)) / σ² written without inverting Σ. One pass over Σ for U and
+one for the rank-m downdate, whatever m; for a linear h it equals m scalar updates in
+sequence.
 """
 
 from __future__ import annotations
@@ -68,6 +79,36 @@ def scalar_update(a: Tensor, P: Tensor, H: Tensor, innovation: Tensor, sigma2: f
     if has_q:
         P.diagonal().add_(q)  # P is a fresh tensor: safe to write in place
     return KalmanUpdate(a, P, r)
+
+
+def block_update(a: Tensor, P: Tensor, H: Tensor, innovations: Tensor, sigma2: float, joseph: bool = False,
+                 q: float = 0.0) -> KalmanUpdate:
+    """Time update Σ + q I, then m scalar measurements at once, all linearised at ``a`` (see the module docstring).
+
+    Args:
+        a: (n,) prior mean; P: (n, n) covariance *before* the time update; H: (m, n) rows;
+        innovations: (m,) d − h(a); sigma2: σ² of every measurement; joseph: Joseph-form covariance;
+        q: process noise variance (q I).
+
+    Returns the posterior and S (m, m) as ``r``.
+    """
+    U = P @ H.mT  # (n, m)
+    if q:
+        U = U + q * H.mT
+    S = H @ U
+    S.diagonal().add_(sigma2)
+    L = torch.linalg.cholesky(S)
+    W = torch.linalg.solve_triangular(L, U.mT, upper=False).mT  # U L⁻ᵀ
+    a = a + W @ torch.linalg.solve_triangular(L, innovations[:, None], upper=False)[:, 0]
+    if joseph:  # (I − K H) Σ (I − K H)ᵀ + σ² K Kᵀ = Σ − K Uᵀ − U Kᵀ + W Wᵀ, K = W L⁻¹
+        K = torch.linalg.solve_triangular(L.mT, W.mT, upper=True).mT
+        P = P - K @ U.mT - U @ K.mT + W @ W.mT
+    else:
+        P = torch.addmm(P, W, W.mT, alpha=-1.0)
+    P = 0.5 * (P + P.mT)  # matmul blocking need not round (i, j) and (j, i) alike
+    if q:
+        P.diagonal().add_(q)
+    return KalmanUpdate(a, P, S)
 
 
 def check_covariance(P: Tensor, where: str) -> None:
