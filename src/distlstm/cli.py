@@ -333,8 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", "--checkpoint", dest="run", required=True, metavar="FOLDER",
                    help="run folder of distlstm train (--task char-lm or word-lm), distlstm es or a reproduction's "
                         "language-model run (or one checkpoint file in it); its newest readable checkpoint is used")
-    p.add_argument("--prompt", default="ROMEO.\n", help="text to start from (characters or words of the training "
-                   "text)")
+    p.add_argument("--prompt", default=None, help="text to start from (characters or words of the training "
+                   "text; default: 'ROMEO.' and a line break when the model knows those symbols, else a line break "
+                   "or the model's most frequent word)")
     p.add_argument("--length", type=positive_int, default=300, help="characters or words to generate")
     p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (> 0; 0 decodes greedily)")
     p.add_argument("--greedy", action="store_true", help="always take the most probable next symbol "

@@ -25,7 +25,7 @@ from typing import Any
 from torch import Tensor
 
 from distlstm._checks import check_positive_int
-from distlstm.data.text import SHAKESPEARE_TRAGEDIES, CharVocab, load_text, split_ids
+from distlstm.data.text import SHAKESPEARE_TRAGEDIES, CharVocab, held_out_slice, load_text, split_ids
 from distlstm.es.fitness import char_fitness, char_loss
 from distlstm.es.strategy import STRATEGIES, ESConfig, ESState, ask, init, tell
 from distlstm.es.text import build_model, generation_windows
@@ -116,7 +116,7 @@ class ESMode:
         if len(self.train_ids) <= cfg.window:
             raise ValueError(f"the training text has {len(self.train_ids)} characters, fewer than a window of "
                              f"{cfg.window} + 1: use a longer text or a shorter window")
-        self.val_ids = val[: cfg.eval_chars + 1]
+        self.val_ids = held_out_slice(val, cfg.eval_chars)
         self.fm = build_model(len(self.vocab), cfg.cell, cfg.hidden, seed)
         self.state = init(self.fm.flatten())
         share = cfg.population // comm.world_size

@@ -45,7 +45,7 @@ from distlstm.network.transport import Transport
 from distlstm.online import ALGORITHMS, DEFAULT_SETTINGS, algorithm_settings, make_algorithm, regressor
 from distlstm.online.base import OnlineAlgorithm, Prediction, State
 from distlstm.online.records import OnlineRecords, check_streams, node_generator, squared_error
-from distlstm.runs.config import LoopConfig, flag
+from distlstm.runs.config import Described, LoopConfig, flag
 from distlstm.runs.files import plot_curves, write_csv
 from distlstm.runs.loop import run
 from distlstm.runtime.comm import Communicator, LocalComm
@@ -439,7 +439,7 @@ def run_streams(problem: OnlineProblem, algorithm: str, topology: Topology, *, s
 # -- the command's configuration -----------------------------------------------------------------------------------
 
 SECTIONS: dict[str, type] = {"data": OnlineDataConfig, "online": OnlineConfig}
-LOOP_DEFAULTS: dict[str, Any] = {"steps": 1_000_000_000}  # the whole stream unless --steps says fewer
+LOOP_DEFAULTS: dict[str, Any] = {"steps": Described(1_000_000_000, "the whole stream")}  # unless --steps says fewer
 
 
 def make_online_mode(sections: Mapping[str, Any]) -> OnlineMode:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from distlstm.data.forecast import forecast_windows
+from distlstm.data.forecast import check_rows_for_run, forecast_windows
 from distlstm.data.observation import Observation
 from distlstm.data.table import read_table
 from distlstm.models.functional import FunctionalModel
@@ -77,6 +77,8 @@ class OnlineForecaster:
         self.check_columns(list(table.names), path)
         art = self.art
         fitted = art["scaling"] != "causal"
+        check_rows_for_run(table, window=int(art["window"]), horizon=int(art["horizon"]), scaling=str(art["scaling"]),
+                           warmup=int(art["warmup"]))
         fc = forecast_windows(table, int(art["target_index"]), list(art["input_indices"]), window=int(art["window"]),
                               horizon=int(art["horizon"]), scaling=str(art["scaling"]), warmup=int(art["warmup"]),
                               past_target=bool(art["past_target"]),

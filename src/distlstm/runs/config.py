@@ -145,7 +145,20 @@ def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse_or_none
 
 
+class Described(int):
+    """An int default that ``--help`` shows as a phrase (``--steps``' "the whole stream", not 1000000000)."""
+
+    text: str
+
+    def __new__(cls, value: int, text: str) -> Described:
+        out = super().__new__(cls, value)
+        out.text = text
+        return out
+
+
 def _show(value: Any) -> str:
+    if isinstance(value, Described):
+        return value.text
     if isinstance(value, tuple | list):
         return ",".join(str(v) for v in value)
     return str(value)
