@@ -251,9 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time torch.compile of the cell loop (adds about a minute of compilation per size)")
     p.add_argument("--repeats", type=positive_int, default=None, help="timed rounds per candidate "
                    "(default 10, or 3 with --quick)")
-    p.add_argument("--sections", default="cells,batched,online,es,bptt,lm",
+    p.add_argument("--sections", default="cells,batched,online,es,bptt,lm,longrun",
                    help="comma-separated sections to run: cells, batched, online, es, bptt, lm (word-LM training "
-                        "words/s: LSTMP, F-LSTM, G-LSTM), and evotorch (needs the "
+                        "words/s: LSTMP, F-LSTM, G-LSTM), longrun (memory over 10^5 online steps, checkpoint size, "
+                        "write time and overhead per mode), and evotorch (needs the "
                         "evotorch package: `make bench-evotorch`)")
     p.add_argument("--notes", default="docs/benchmark-notes.md",
                    help="Markdown appended to the report (analysis of the numbers); skipped if missing")

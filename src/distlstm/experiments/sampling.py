@@ -74,7 +74,8 @@ def sample_text(run: str | Path | LoadedRun, prompt: str | None, length: int, te
     missing = vocab.unknown_symbols(prompt)
     if missing and unknown == "error":
         raise ValueError(f"the prompt holds {what} outside the model's vocabulary: {missing[:10]}; change "
-                         f"{option('prompt', '--prompt')}, or --unknown replace (unknown='replace') maps them to {stand_in!r}")
+                         f"{option('prompt', '--prompt')}, or --unknown replace (unknown='replace') maps them to "
+                         f"{stand_in!r}")
     ids = vocab.encode(prompt, errors="replace")
     if words:
         assert isinstance(vocab, WordVocab)

@@ -17,7 +17,7 @@ gives a character model ready to sample from.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -167,7 +167,7 @@ class ESMode:
                 "evaluations": generation * population, "parameters": self.fm.numel,
                 "fitness_bytes_per_generation": population * self.state.theta.element_size()}
 
-    def write_outputs(self, folder: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    def write_outputs(self, folder: Path, rows: Iterable[Mapping[str, Any]]) -> None:
         """Nothing beyond the loop's files: the checkpoint is the model."""
 
 

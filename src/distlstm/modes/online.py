@@ -24,9 +24,11 @@ average of the nodes' θ (which need not agree without communication) is not.
 
 from __future__ import annotations
 
+import csv
 import math
+import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ from distlstm.network.transport import Transport
 from distlstm.online import ALGORITHMS, DEFAULT_SETTINGS, algorithm_settings, make_algorithm, regressor
 from distlstm.online.base import OnlineAlgorithm, Prediction, State
 from distlstm.online.records import OnlineRecords, check_streams, node_generator, squared_error
+from distlstm.ops.psd import check_psd
 from distlstm.runs.config import Described, LoopConfig, flag
 from distlstm.runs.files import plot_curves, write_csv
 from distlstm.runs.loop import run
@@ -128,10 +131,13 @@ class OnlineConfig:
     s0_carry: float | None = flag(None, "initial variance of the carried state (ekf --stateful); default 0")
     joseph: bool = flag(False, "Joseph-form covariance update (ekf, dekf)")
     stateful: bool = flag(False, "ekf only: carry the LSTM state from each window to the next and filter [carry; θ]")
+    check_every: int = flag(100, "ekf, dekf: test every node's covariance Σ for positive semidefiniteness (a "
+                                 "Cholesky factorisation) every N steps; a failure stops the run naming node and step")
 
     def __post_init__(self) -> None:
         _positive("nodes", self.nodes, "--nodes")
         _positive("hidden", self.hidden, "--hidden")
+        _positive("check_every", self.check_every, "--check-every")
         self.settings()  # a setting that does not apply to the algorithm is an error now, not at init
 
     def settings(self) -> dict[str, Any]:
@@ -236,7 +242,8 @@ class OnlineMode:
     plot_columns: Sequence[str] = ("mse", "running_mse")
 
     def __init__(self, problem: OnlineProblem, algorithm: str, settings: Mapping[str, Any], topology: Topology, *,
-                 hidden: int = 4, model: ModelBuilder | None = None, topology_name: str = "") -> None:
+                 hidden: int = 4, model: ModelBuilder | None = None, topology_name: str = "",
+                 keep_steps: bool = True, check_every: int = 100) -> None:
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {list(ALGORITHMS)}")
         self.problem, self.algorithm_name, self.settings = problem, algorithm, dict(settings)
@@ -245,6 +252,8 @@ class OnlineMode:
         self.model = model or (lambda seed: regressor(problem.input_size, hidden, seed))
         self.seed = 0
         self.comm: Communicator = LocalComm()
+        self.keep_steps, self.check_every = keep_steps, check_every
+        _positive("check_every", check_every, "--check-every")
 
     # -- the loop's interface -------------------------------------------------------------------------------------
 
@@ -256,7 +265,9 @@ class OnlineMode:
         nodes = self.transport.local_nodes
         self.gens = {k: node_generator(seed, k) for k in nodes}
         self.states: dict[int, State] = {k: self.algorithm.init(theta0, k, self.gens[k]) for k in nodes}
-        self.records = OnlineRecords(self.algorithm_name, self.topology.num_nodes)
+        self.records = OnlineRecords(self.algorithm_name, self.topology.num_nodes, keep_steps=self.keep_steps)
+        fc = self.problem.forecasts
+        self._factors = (fc.scale**2).tolist() if fc is not None else None  # scaled → data units, per observation
 
     def step(self, step: int) -> Mapping[str, float]:
         started = time.perf_counter()
@@ -271,11 +282,25 @@ class OnlineMode:
                               for i, k in enumerate(nodes)], dtype=torch.float64)
         every = self.comm.all_gather_cat(local).tolist()  # (K, 5): nodes are contiguous blocks in rank order
         k_all = self.topology.num_nodes
-        self.records.append([r[0] for r in every], [r[1] for r in every], sum(r[2] for r in every) / k_all,
-                            sum(r[3] for r in every) / k_all, max(r[4] for r in every))
+        factors = self._factors[step * k_all:(step + 1) * k_all] if self._factors is not None else None
+        sent, messages = sum(r[2] for r in every) / k_all, sum(r[3] for r in every) / k_all
+        self.records.append([r[0] for r in every], [r[1] for r in every], sent, messages, max(r[4] for r in every),
+                            factors)
+        if (step + 1) % self.check_every == 0:
+            self.check_covariances(step)
         rec = self.records
-        return {"mse": _nanmean(rec.sq_errors[-1]), "running_mse": rec.running_mse_now,
-                "bytes_per_node": rec.bytes_per_step[-1], "messages_per_node": rec.messages_per_step[-1]}
+        return {"mse": rec.last_mse, "running_mse": rec.running_mse_now, "bytes_per_node": sent,
+                "messages_per_node": messages}
+
+    def check_covariances(self, step: int) -> None:
+        """Every local node's Σ must still be a covariance (a Cholesky test; ``ops/psd.py``)."""
+        for k, state in self.states.items():
+            P = getattr(state, "P", None)
+            if P is not None:
+                check_psd(P, f"{self.algorithm_name} at node {k}, step {step + 1}",
+                          f"try {option('joseph', '--joseph')} (the Joseph-form update keeps Σ symmetric positive "
+                          f"semidefinite), a larger {option('sigma2', '--sigma2')} or a smaller "
+                          f"{option('s0', '--s0')}")
 
     @staticmethod
     def _squared_error(ob: Observation, pred: Prediction, where: str) -> float:
@@ -326,18 +351,17 @@ class OnlineMode:
         for k in nodes:
             self.gens[k].set_state(state["generators"]["nodes"][k].clone())
         self.records = OnlineRecords.from_tensors(self.algorithm_name, self.topology.num_nodes, algo["records"])
+        self.check_covariances(-1)  # a resumed Σ must be a covariance before the first step uses it
 
     def run_summary(self) -> RunSummary:
         """The reproduction's figures of the steps run so far."""
         rec = self.records
-        running = rec.running_mse()
-        steps = max(rec.steps, 1)
         return RunSummary(
             dataset=self.problem.dataset, algorithm=self.algorithm_name, final_mse=rec.final_mse(),
-            mse_naive=self._naive(scaled=True), running_mse_end=running[-1] if running else math.nan,
-            mean_running_mse=sum(running) / len(running) if running else math.nan, coverage95=rec.coverage95(),
+            mse_naive=self._naive(scaled=True), running_mse_end=rec.running_mse_now,
+            mean_running_mse=rec.mean_running_mse, coverage95=rec.coverage95(),
             seconds_per_step=rec.seconds_per_step, bytes_per_node_per_step=rec.bytes_per_node_per_step,
-            messages_per_node_per_step=sum(rec.messages_per_step) / steps, skipped_labels=rec.skipped_labels,
+            messages_per_node_per_step=rec.messages_per_node_per_step, skipped_labels=rec.skipped_labels,
             steps=rec.steps, n_theta=self.fm.numel, settings=dict(self.settings))
 
     def summary(self) -> dict[str, Any]:
@@ -354,11 +378,36 @@ class OnlineMode:
             "missing_labels": int(torch.isnan(fc.d).sum()), "observations": len(fc), "window": art["window"],
             "scaling": art["scaling"], "warmup": art["warmup"] if art["scaling"] == "causal" else 0}
 
-    def write_outputs(self, folder: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-        """``mse.csv`` (per-step node-averaged and running MSE, scaled units) and ``mse.png``."""
-        write_curves(folder, "mse", {self.algorithm_name: self.records},
-                     f"{self.algorithm_name} on {self.problem.dataset}, {self.topology.num_nodes} nodes "
-                     f"({self.topology_name})", reference={"last-value forecast": self._naive(scaled=True)})
+    def write_outputs(self, folder: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+        """``mse.csv`` (per-step node-averaged and running MSE, scaled units) and ``mse.png``.
+
+        Streamed from the loop's rows (read back from metrics.csv one at a time), so a
+        run of 10⁶ steps writes them in flat memory; the plot keeps about 2,000 points.
+        """
+        name = self.algorithm_name
+        stride = max(1, math.ceil(self.records.steps / 2000))
+        xs: list[float] = []
+        ys: list[float] = []
+        tmp = folder / "mse.csv.tmp"
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["step", f"{name}_mse", f"{name}_running_mse"])
+            for row in rows:
+                step = int(row["step"])
+                if step < 1:  # the evaluation before training has no error
+                    continue
+                running = float(row["running_mse"])
+                writer.writerow([step, _fmt(float(row["mse"])), _fmt(running)])
+                if step % stride == 0 and math.isfinite(running):
+                    xs.append(step)
+                    ys.append(running)
+        os.replace(tmp, folder / "mse.csv")
+        if xs:
+            plot_curves(folder / "mse.png", {name: (xs, ys)}, xlabel="time step (per node)",
+                        ylabel="running MSE (averaged over nodes)",
+                        title=f"{name} on {self.problem.dataset}, {self.topology.num_nodes} nodes "
+                              f"({self.topology_name})",
+                        hlines={"last-value forecast": self._naive(scaled=True)}, logy=True)
 
     # -- figures ---------------------------------------------------------------------------------------------------
 
@@ -377,16 +426,10 @@ class OnlineMode:
         return float((err * err).mean()) if len(err) else math.nan
 
     def _data_units(self, fc: Forecasts) -> dict[str, float | None]:
-        """The run's MSEs in the target's own units."""
-        k_all = self.topology.num_nodes
-        factor = (fc.scale**2).tolist()
+        """The run's MSEs in the target's own units (the records' data-units sums: e² · scale² per observation)."""
         rec = self.records
-        converted = OnlineRecords(rec.algorithm, k_all)
-        for t, (row, var) in enumerate(zip(rec.sq_errors, rec.variances, strict=True)):
-            converted.append([e * factor[t * k_all + k] for k, e in enumerate(row)], var, 0.0, 0.0, 0.0)
-        running = converted.running_mse()
-        values = {"final_mse_data_units": converted.final_mse(),
-                  "running_mse_end_data_units": running[-1] if running else math.nan,
+        values = {"final_mse_data_units": rec.final_mse(data_units=True),
+                  "running_mse_end_data_units": rec.running_mse_data_units,
                   "mse_naive_data_units": self._naive(scaled=False)}
         return {k: _none_if_nan(v) for k, v in values.items()}
 
@@ -428,7 +471,7 @@ def run_streams(problem: OnlineProblem, algorithm: str, topology: Topology, *, s
     ``settings`` override :data:`~distlstm.online.DEFAULT_SETTINGS`; ``steps`` stops early.
     """
     mode = OnlineMode(problem, algorithm, algorithm_settings(algorithm, settings), topology, hidden=hidden,
-                      model=model)
+                      model=model, keep_steps=True)
     assert mode.max_steps is not None
     total = mode.max_steps if steps is None else min(steps, mode.max_steps)
     run(mode, LoopConfig(steps=total, seed=seed, progress=False, eval_every=total, checkpoint_every=total),
@@ -451,7 +494,7 @@ def make_online_mode(sections: Mapping[str, Any]) -> OnlineMode:
     topology = make_topology(cfg.topology, cfg.nodes, seed=loop.seed,
                              edges=parse_edges(cfg.edges) if cfg.edges else None)
     return OnlineMode(problem, cfg.algorithm, algorithm_settings(cfg.algorithm, cfg.settings()), topology,
-                      hidden=cfg.hidden, topology_name=cfg.topology)
+                      hidden=cfg.hidden, topology_name=cfg.topology, keep_steps=False, check_every=cfg.check_every)
 
 
 def load(ckpt: Mapping[str, Any], folder: Path) -> Any:

@@ -226,7 +226,8 @@ def resolve_sections(sections: Mapping[str, type], args: argparse.Namespace, *,
         raise ValueError(f"{where}: unknown section(s) {unknown}; expected {sorted(sections)}")
     out = {}
     for name, cls in sections.items():
-        out[name] = build_section(cls, (mode_defaults or {}).get(name, {}),
+        plain = {k: int(v) if isinstance(v, Described) else v for k, v in (mode_defaults or {}).get(name, {}).items()}
+        out[name] = build_section(cls, plain,
                                   _absolute(cls, from_jsonable(cls, stored.get(name, {}), f"{where} [{name}]")),
                                   _absolute(cls, given_values(args, name)))
     return out

@@ -264,7 +264,7 @@ def _run(mode: Mode, loop: LoopConfig, comm: Communicator, out: Path | None, con
         plot_metrics(out / "metrics.png", read_metrics(out / METRICS), mode.plot_columns,
                      f"{command or mode.name}: {mode.name}, {comm.world_size} worker(s)", total=step + 1,
                      every_point=sorted(evaluated))
-        mode.write_outputs(out, metrics.rows())
+        mode.write_outputs(out, metrics.iter_rows())
     return RunResult(summary, metrics)
 
 
