@@ -24,7 +24,11 @@ def load_text(path: str | Path = SHAKESPEARE_TRAGEDIES) -> str:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no text file at {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); give a UTF-8 text "
+                         "file") from None
     if not text:
         raise ValueError(f"{path} is empty")
     return text

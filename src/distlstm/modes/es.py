@@ -25,6 +25,7 @@ from typing import Any
 from torch import Tensor
 
 from distlstm._checks import check_positive_int
+from distlstm._flags import option
 from distlstm.data.text import SHAKESPEARE_TRAGEDIES, CharVocab, held_out_slice, load_text, split_ids
 from distlstm.es.fitness import char_fitness, char_loss
 from distlstm.es.strategy import STRATEGIES, ESConfig, ESState, ask, init, tell
@@ -78,7 +79,12 @@ class ESRunConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float | None):
                 raise TypeError(f"{name} must be a number, got {value!r}")
-        self.strategy_config(seed=0)  # population, sigma, lr and weight decay checked by the strategy
+        try:  # population, sigma, lr and weight decay checked by the strategy
+            self.strategy_config(seed=0)
+        except ValueError as err:
+            flags = [option(f, "--" + f.replace("_", "-")) for f in ("population", "sigma", "lr", "weight_decay")
+                     if f.replace("_", " ") in str(err) or f in str(err)]
+            raise ValueError(f"{err} (fix {' / '.join(flags)})" if flags else str(err)) from None
 
     def strategy_config(self, seed: int) -> ESConfig:
         """The ask/tell settings: the strategy's preset with this run's P, σ, α, λ and seed."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -139,6 +140,32 @@ class OnlineConfig:
         _positive("hidden", self.hidden, "--hidden")
         _positive("check_every", self.check_every, "--check-every")
         self.settings()  # a setting that does not apply to the algorithm is an error now, not at init
+        self._check_values()
+        self._check_edges()
+
+    def _check_values(self) -> None:
+        """The algorithm's own checks of the settings' values, with the flag that fixes a bad one."""
+        try:
+            make_algorithm(self.algorithm, regressor(1, 1, 0)[0],
+                           **algorithm_settings(self.algorithm, self.settings()))
+        except ValueError as err:
+            flags = [option(f, "--" + f.replace("_", "-")) for f, (setting, _) in _SETTINGS.items()
+                     if re.search(rf"\b{setting}\b", str(err))]
+            raise ValueError(f"{err} (fix {' / '.join(flags)})" if flags else str(err)) from None
+
+    def _check_edges(self) -> None:
+        if self.topology == "edges" and not self.edges:
+            raise ValueError(f"{option('topology', '--topology')} edges needs an edge list: "
+                             f"{option('edges', '--edges')} '0-1,1-2,2-0'")
+        if self.edges and self.topology != "edges":
+            raise ValueError(f"{option('edges', '--edges')} is the edge list of {option('topology', '--topology')} "
+                             f"edges, not of {self.topology}")
+        if self.edges:
+            try:
+                make_topology("edges", self.nodes, edges=parse_edges(self.edges))
+            except ValueError as err:
+                raise ValueError(f"{err} (fix {option('edges', '--edges')}: pairs of node ids 0 … "
+                                 f"{self.nodes - 1}, or {option('nodes', '--nodes')})") from None
 
     def settings(self) -> dict[str, Any]:
         """The settings given, as the algorithm's config fields (defaults of :data:`DEFAULT_SETTINGS` not merged)."""

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from distlstm._flags import option
+
 CONFIG_FORMAT = 1
 
 
@@ -70,9 +72,10 @@ class LoopConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ValueError(f"{option(name, '--' + name.replace('_', '-'))} must be at least 1, got "
+                                 f"{getattr(self, name)}")
         if self.seconds is not None and not self.seconds > 0:
-            raise ValueError(f"seconds must be positive, got {self.seconds}")
+            raise ValueError(f"{option('seconds', '--seconds')} must be positive, got {self.seconds}")
 
 
 # What a resumed run may change: budgets and how it reports, never what it computes.

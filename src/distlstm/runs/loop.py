@@ -132,6 +132,18 @@ def _resume_command(command: str | None, folder: Path | None, world_size: int = 
     return f"{launcher} {command or '<command>'} --resume {folder}"
 
 
+def _check_budget_left(loop: LoopConfig, mode: Mode, step: int, seconds: float) -> None:
+    """A resumed run must have steps and seconds left: else it would only rewrite its files."""
+    if mode.max_steps is not None and step >= mode.max_steps:
+        raise ValueError(f"the run has done all {mode.max_steps} steps its data allows; there is nothing to resume")
+    if step >= loop.steps:
+        raise ValueError(f"the run has done {step} steps: {option('steps', '--steps')} {loop.steps} is a total, "
+                         f"give more than {step} to continue")
+    if loop.seconds is not None and seconds >= loop.seconds:
+        raise ValueError(f"the run has trained {seconds:.1f} s: {option('seconds', '--seconds')} {loop.seconds:g} "
+                         f"is a total, give more than {seconds:.1f} to continue")
+
+
 def run(mode: Mode, loop: LoopConfig, *, comm: Communicator | None = None, folder: Path | str | None = None,
         config: Mapping[str, Any] | None = None, resume: bool = False, overwrite: bool = False) -> RunResult:
     """Run ``mode`` under ``loop`` and return the summary and the metrics rows.
@@ -147,8 +159,13 @@ def run(mode: Mode, loop: LoopConfig, *, comm: Communicator | None = None, folde
     if out is not None and comm.is_main:
         if not resume:
             check_new(out, overwrite=overwrite)  # before the lock creates the folder: a file there is an error
-        with run_lock(out):
-            return _run(mode, loop, comm, out, dict(config or {}), resume, overwrite)
+        created = not out.exists()
+        try:
+            with run_lock(out):
+                return _run(mode, loop, comm, out, dict(config or {}), resume, overwrite)
+        finally:
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()  # a new run that failed before writing anything leaves no empty folder behind
     return _run(mode, loop, comm, out, dict(config or {}), resume, overwrite)
 
 
@@ -177,6 +194,7 @@ def _run(mode: Mode, loop: LoopConfig, comm: Communicator, out: Path | None, con
     if ckpt is not None:
         mode.load_state_dict(ckpt["state"])
         step, seconds, last = int(ckpt["step"]), float(ckpt["seconds"]), ckpt["last_metric"]
+        _check_budget_left(loop, mode, step, seconds)
         if write:
             assert out is not None
             record_resume(out, config)
