@@ -125,7 +125,8 @@ def bench_memory(marks: Sequence[int] = (1_000, 10_000, 100_000), *,
 
         def at(step: int, keep: bool = keep, started: float = started, first: list[float] = first) -> None:
             now = rss_mib()
-            first.append(now) if not first else None
+            if not first:
+                first.append(now)
             rows.append(MemoryRow(keep, step, now, now - first[0], time.perf_counter() - started))
 
         mode = long_ekf_mode(max(marks), keep_steps=keep)
