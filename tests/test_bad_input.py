@@ -269,3 +269,20 @@ def test_python_api_refuses_with_a_clear_message(inputs: dict[str, Path], call: 
 def test_the_suite_is_broad() -> None:
     assert len(CLI_CASES) + len(API_CASES) >= 60
     assert len({c[0] for c in CLI_CASES}) == len(CLI_CASES) and len({c[0] for c in API_CASES}) == len(API_CASES)
+
+
+def test_eval_chars_beyond_the_held_out_text_warns_with_the_number_used():
+    from distlstm.data.text import held_out_slice
+
+    val = torch.arange(31)
+    with pytest.warns(UserWarning, match=r"eval_chars= 100 asks for more than the held-out text's 30 characters; "
+                                         r"the evaluation uses all 30"):
+        assert torch.equal(held_out_slice(val, 100), val)
+    assert torch.equal(held_out_slice(val, 10), val[:11])
+
+
+def test_online_help_shows_the_whole_stream_as_the_steps_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["online", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: the whole stream)" in text and "1000000000" not in text
