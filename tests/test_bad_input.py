@@ -60,10 +60,11 @@ def _damaged_copies(d: Path, run: Path) -> None:
         if name == "nanrun":  # written with a valid checksum: only the value check can refuse it
             model[next(iter(model))].view(-1)[0] = float("nan")
             save_run_checkpoint(folder, body)
-        elif name == "nonpsd":  # node 1's Σ: positive diagonal, an eigenvalue of −4
+        elif name == "nonpsd":  # nodes 0 and 1: Σ with a positive diagonal and an eigenvalue of −4
             P = body["state"]["algorithm"]["states"]["P"]
-            P[1] = torch.eye(P.shape[-1], dtype=P.dtype)
-            P[1][0, 1] = P[1][1, 0] = 5.0
+            for k in (0, 1):
+                P[k] = torch.eye(P.shape[-1], dtype=P.dtype)
+                P[k][0, 1] = P[k][1, 0] = 5.0
             save_run_checkpoint(folder, body)
         elif name == "damaged":  # a changed weight under the old checksum
             ckpt["state"]["model"][next(iter(model))].view(-1)[0] += 1.0
@@ -151,7 +152,8 @@ CLI_CASES = [
     ("resume-other-command", "es --resume {o}", "resume it with distlstm online --resume"),
     ("resume-fewer-steps", "online --resume {o} --steps 2", "--steps 2 is a total"),
     ("resume-nan-state", "online --resume {d}/nanrun", "holds 1 NaN/inf value"),
-    ("resume-non-psd", "online --resume {d}/nonpsd", "node 1"),
+    ("resume-non-psd", "online --resume {d}/nonpsd", "ekf at node 0, in the checkpoint loaded: the covariance Σ"),
+    ("predict-non-psd", "predict --run {d}/nonpsd --data {d}/good.csv", "smallest eigenvalue -4"),
     ("config-missing", "online --config {d}/nope.json --out {d}/new", "no config file at"),
     ("config-bad-json", "online --config {d}/bad.json --out {d}/new", "bad.json is not valid JSON"),
     ("config-list", "online --config {d}/list.json --out {d}/new", "expected a JSON object of sections"),

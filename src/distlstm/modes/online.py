@@ -319,12 +319,13 @@ class OnlineMode:
         return {"mse": rec.last_mse, "running_mse": rec.running_mse_now, "bytes_per_node": sent,
                 "messages_per_node": messages}
 
-    def check_covariances(self, step: int) -> None:
-        """Every local node's Σ must still be a covariance (a Cholesky test; ``ops/psd.py``)."""
+    def check_covariances(self, step: int | None) -> None:
+        """Every local node's Σ must still be a covariance (a Cholesky test; ``ops/psd.py``); None: a loaded state."""
         for k, state in self.states.items():
             P = getattr(state, "P", None)
             if P is not None:
-                check_psd(P, f"{self.algorithm_name} at node {k}, step {step + 1}",
+                when = "in the checkpoint loaded" if step is None else f"step {step + 1}"
+                check_psd(P, f"{self.algorithm_name} at node {k}, {when}",
                           f"try {option('joseph', '--joseph')} (the Joseph-form update keeps Σ symmetric positive "
                           f"semidefinite), a larger {option('sigma2', '--sigma2')} or a smaller "
                           f"{option('s0', '--s0')}")
@@ -378,7 +379,7 @@ class OnlineMode:
         for k in nodes:
             self.gens[k].set_state(state["generators"]["nodes"][k].clone())
         self.records = OnlineRecords.from_tensors(self.algorithm_name, self.topology.num_nodes, algo["records"])
-        self.check_covariances(-1)  # a resumed Σ must be a covariance before the first step uses it
+        self.check_covariances(None)  # a resumed Σ must be a covariance before the first step uses it
 
     def run_summary(self) -> RunSummary:
         """The reproduction's figures of the steps run so far."""

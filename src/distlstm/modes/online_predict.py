@@ -34,6 +34,7 @@ from distlstm.modes import LoadedRun
 from distlstm.online import make_algorithm
 from distlstm.online.base import LocalAlgorithm, NetworkAlgorithm, OnlineAlgorithm, State
 from distlstm.online.records import Z95, node_generator
+from distlstm.ops.psd import check_psd
 
 
 def node_state(algorithm: OnlineAlgorithm, states: Mapping[str, torch.Tensor], node: int) -> State:
@@ -55,6 +56,8 @@ class OnlineForecaster:
         self.algorithm = make_algorithm(str(artifacts["algorithm"]), FunctionalModel(model),
                                         **dict(artifacts["settings"]))
         self.state = node_state(self.algorithm, states, 0)
+        if getattr(self.state, "P", None) is not None:  # its predictive variance comes from Σ
+            check_psd(self.state.P, "node 0's filter state in the checkpoint")
         self.gen = node_generator(seed, 0)
 
     def check_columns(self, names: list[str], path: Path) -> None:
