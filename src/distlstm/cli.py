@@ -289,10 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time torch.compile of the cell loop (adds about a minute of compilation per size)")
     p.add_argument("--repeats", type=positive_int, default=None, help="timed rounds per candidate "
                    "(default 10, or 3 with --quick)")
-    p.add_argument("--sections", default="cells,batched,online,es,bptt,fullbatch,lm",
+    p.add_argument("--sections", default="cells,batched,online,es,bptt,fullbatch,lm,longrun",
                    help="comma-separated sections to run: cells, batched, online, es, bptt, fullbatch (one "
                         "full-batch loss + gradient of the matrix-batch network), lm (word-LM training "
-                        "words/s: LSTMP, F-LSTM, G-LSTM), and evotorch (needs the "
+                        "words/s: LSTMP, F-LSTM, G-LSTM), longrun (memory over 10^5 online steps, checkpoint size, "
+                        "write time and overhead per mode), and evotorch (needs the "
                         "evotorch package: `make bench-evotorch`)")
     p.add_argument("--notes", default="docs/benchmark-notes.md",
                    help="Markdown appended to the report (analysis of the numbers); skipped if missing")
@@ -388,8 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", "--checkpoint", dest="run", required=True, metavar="FOLDER",
                    help="run folder of distlstm train (--task char-lm or word-lm), distlstm es or a reproduction's "
                         "language-model run (or one checkpoint file in it); its newest readable checkpoint is used")
-    p.add_argument("--prompt", default="ROMEO.\n", help="text to start from (characters or words of the training "
-                   "text)")
+    p.add_argument("--prompt", default=None, help="text to start from (characters or words of the training "
+                   "text; default: 'ROMEO.' and a line break when the model knows those symbols, else a line break "
+                   "or the model's most frequent word)")
     p.add_argument("--length", type=positive_int, default=300, help="characters or words to generate")
     p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (> 0; 0 decodes greedily)")
     p.add_argument("--greedy", action="store_true", help="always take the most probable next symbol "

@@ -35,3 +35,17 @@ def test_sampling_a_run_without_a_language_model_is_refused():
         sample_text(reg, "x", 3)
     with pytest.raises(ValueError, match="outside the model's vocabulary"):
         sample_text(char_run(), "zzz", 3)
+
+
+def test_the_default_prompt_falls_back_to_the_models_vocabulary():
+    from distlstm.data.words import WordVocab
+    from distlstm.experiments.sampling import DEFAULT_PROMPT, default_prompt
+
+    run = char_run()  # no capitals, no line break: "ROMEO.\n" cannot be encoded
+    out = sample_text(run, None, 5, temperature=0.0)
+    assert out.startswith(" ") and len(out) == 6  # no line break in the vocabulary: its first symbol
+    assert out == sample_text(run, default_prompt(CharVocab.from_text("to be or not to be")), 5, temperature=0.0)
+    assert default_prompt(CharVocab.from_text("ROMEO.\nJuliet")) == DEFAULT_PROMPT
+    assert default_prompt(CharVocab.from_text("abc\ndef")) == "\n"
+    assert default_prompt(WordVocab(("the", "<unk>", "<eol>", "and"))) == "the"
+    assert default_prompt(WordVocab(("<unk>", "romeo", ".", "<eol>"))) == DEFAULT_PROMPT

@@ -254,11 +254,3 @@ def test_evaluated_rows_are_the_rows_with_the_metric(tmp_path):
     assert [r["step"] for r in evaluated_rows(go(None, LoopConfig(steps=4, eval_every=2, progress=False)).rows,
                                               "loss")] == [0, 2, 4]  # in memory: rows without the key
 
-
-def test_resuming_a_run_whose_budget_is_spent_says_so(tmp_path, capsys):
-    loop = LoopConfig(steps=3, progress=False)
-    go(tmp_path / "r", loop)
-    capsys.readouterr()
-    again = go(tmp_path / "r", loop, resume=True)
-    assert again.summary["steps"] == 3
-    assert "nothing left to run: this run already took 3 step(s) and --steps is 3" in capsys.readouterr().err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,5 +59,5 @@ class ToyMode:
     def summary(self) -> dict[str, Any]:
         return {"theta_norm": float(self.theta.norm())}
 
-    def write_outputs(self, folder: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-        (folder / "toy.txt").write_text(f"{len(rows)} rows\n")
+    def write_outputs(self, folder: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+        (folder / "toy.txt").write_text(f"{sum(1 for _ in rows)} rows\n")

@@ -33,9 +33,10 @@ from distlstm.bench.evotorch_compare import EvoRow, bench_evotorch
 from distlstm.bench.functional import BatchedRow, bench_batched
 from distlstm.bench.lm import bench_lm, render_lm
 from distlstm.bench.online import EKFRow, ParticleRow, StepRow, bench_ekf_floor, bench_particles, bench_steps
+from distlstm.bench.robust import bench_checkpoint_every, bench_checkpoints, bench_memory, render_robust
 
-SECTIONS = ("cells", "batched", "online", "es", "bptt", "fullbatch", "lm", "evotorch")
-DEFAULT_SECTIONS = ("cells", "batched", "online", "es", "bptt", "fullbatch", "lm")  # evotorch needs its own environment
+SECTIONS = ("cells", "batched", "online", "es", "bptt", "fullbatch", "lm", "longrun", "evotorch")
+DEFAULT_SECTIONS = ("cells", "batched", "online", "es", "bptt", "fullbatch", "lm", "longrun")  # evotorch: own venv
 
 HEADER = """# distlstm benchmarks
 
@@ -340,6 +341,15 @@ def run(output: Path | None, *, quick: bool = False, compile: bool = False, repe
                            vocab=vocab, samples=samples, repeats=min(reps, 5), progress=progress)
         lm_text = render_lm(lm_rows, batch=batch, window=window, vocab=vocab, samples=samples)
         online = (online + "\n" + lm_text) if online else lm_text
+    if "longrun" in sections:
+        overhead_steps = 300 if quick else 2_000
+        longrun_text = render_robust(
+            bench_memory((100, 1_000, 3_000) if quick else (1_000, 10_000, 100_000), progress=progress),
+            bench_checkpoints(steps=1, repeats=1 if quick else 3, which=("online", "fullbatch") if quick else None,
+                              progress=progress),
+            bench_checkpoint_every(overhead_steps, (100, 10, 1), progress=progress), overhead_steps,
+            repeats=1 if quick else 3)
+        online = (online + "\n" + longrun_text) if online else longrun_text
     if "evotorch" in sections:
         evo_text = render_evotorch(bench_evotorch(generations=2 if quick else 5, progress=progress))
         online = (online + "\n" + evo_text) if online else evo_text

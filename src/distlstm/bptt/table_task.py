@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from distlstm._flags import option
 from distlstm.bptt.tasks import Batch, ShuffledMinibatches, model_from_spec
-from distlstm.data.forecast import forecast_windows
+from distlstm.data.forecast import check_rows_for_run, forecast_windows
 from distlstm.data.longlag import LongLagData
 from distlstm.data.table import read_table
 from distlstm.models.cells import State
@@ -141,6 +141,7 @@ def forecast_table(model: nn.Module, spec: Mapping[str, Any], path: str | Path) 
     if len(table.names) != spec["columns"]:
         raise ValueError(f"{path} has {len(table.names)} column(s); the model was trained on a table of "
                          f"{spec['columns']} ({', '.join(spec['features'])} among them)")
+    check_rows_for_run(table, window=spec["window"], horizon=spec["horizon"], scaling="none", warmup=0)
     fc = forecast_windows(table, spec["target"], spec["inputs"], window=spec["window"], horizon=spec["horizon"],
                           scaling="none", past_target=spec["past_target"], maps=spec["maps"])
     weight = next(model.parameters())

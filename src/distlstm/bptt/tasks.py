@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from distlstm._flags import option
 from distlstm.data.longlag import LongLagData, adding_problem, multiplication_problem
 from distlstm.data.partition import StreamShard, epoch_batches, partition_stream
-from distlstm.data.text import SHAKESPEARE_TRAGEDIES, CharVocab, load_text, split_ids
+from distlstm.data.text import SHAKESPEARE_TRAGEDIES, CharVocab, held_out_slice, load_text, split_ids
 from distlstm.data.words import SHAKESPEARE_COMPLETE, load_word_corpus
 from distlstm.models.cells import State
 from distlstm.models.heads import sequence_cross_entropy
@@ -154,7 +154,7 @@ class CharStreamTask(_StreamWindows):
 
     def evaluate(self, model: nn.Module) -> float:
         device = next(model.parameters()).device
-        return sequence_nats(model, self.val[: self.eval_chars + 1].to(device))
+        return sequence_nats(model, held_out_slice(self.val, self.eval_chars).to(device))
 
 
 @dataclass

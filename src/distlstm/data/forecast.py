@@ -75,6 +75,21 @@ class Forecasts:
         return self.shift + self.scale * scaled
 
 
+def check_rows_for_run(table: Table, *, window: int, horizon: int, scaling: str, warmup: int) -> None:
+    """A file forecast with a trained run's settings must hold one window at least.
+
+    The window, horizon and warm-up are the run's, not flags of the forecasting
+    command, so the message asks for a longer file instead of naming them as flags.
+    """
+    first = max(window, warmup) if scaling == "causal" else window
+    need = first + horizon
+    if len(table) < need:
+        parts = f"a window of {window} rows" + (f" after the causal scaler's warm-up of {warmup} rows"
+                                                if first > window else "") + f" and a horizon of {horizon}"
+        raise ValueError(f"{table.path} has {len(table)} data rows; the run's model needs at least {need} ({parts}) "
+                         "to forecast one value: give a file with more rows")
+
+
 def forecast_windows(table: Table, target: str | int, inputs: Sequence[str | int] = (), *, window: int = 2,
                      horizon: int = 1, scaling: str = "causal", warmup: int = 20, past_target: bool = True,
                      fit_rows: int | None = None, maps: Sequence[tuple[float, float]] | None = None) -> Forecasts:

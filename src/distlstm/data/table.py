@@ -62,12 +62,16 @@ def read_table(path: str | Path) -> Table:
         raise FileNotFoundError(f"no CSV file at {path}")
     rows: list[list[str]] = []
     lines: list[int] = []
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        for row in reader:
-            if row and any(cell.strip() for cell in row):
-                rows.append([cell.strip() for cell in row])
-                lines.append(reader.line_num)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            for row in reader:
+                if row and any(cell.strip() for cell in row):
+                    rows.append([cell.strip() for cell in row])
+                    lines.append(reader.line_num)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not a UTF-8 text file (byte {err.start}: {err.reason}); a CSV must be "
+                         "UTF-8 text") from None
     if not rows:
         raise ValueError(f"{path} has no rows")
     has_header = any(cell and not _is_number(cell) for cell in rows[0])

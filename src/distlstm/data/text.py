@@ -6,12 +6,15 @@ any UTF-8 text file works the same way.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from distlstm._flags import option
 
 SHAKESPEARE_TRAGEDIES = Path(__file__).with_name("tragedies.txt")
 
@@ -21,7 +24,11 @@ def load_text(path: str | Path = SHAKESPEARE_TRAGEDIES) -> str:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no text file at {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); give a UTF-8 text "
+                         "file") from None
     if not text:
         raise ValueError(f"{path} is empty")
     return text
@@ -85,6 +92,19 @@ def split_ids(ids: Tensor, val_fraction: float = 0.1) -> tuple[Tensor, Tensor]:
     if cut < 2 or len(ids) - cut < 2:
         raise ValueError(f"a corpus of {len(ids)} characters is too short to split at {val_fraction}")
     return ids[:cut], ids[cut:]
+
+
+def held_out_slice(val: Tensor, eval_chars: int) -> Tensor:
+    """The first ``eval_chars`` + 1 ids of the held-out part (inputs and their next-character targets).
+
+    Asking for more characters than the held-out part has is not silent: a warning
+    names ``--eval-chars`` and the number actually evaluated.
+    """
+    if eval_chars + 1 > len(val):
+        warnings.warn(f"{option('eval_chars', '--eval-chars')} {eval_chars} asks for more than the held-out text's "
+                      f"{max(len(val) - 1, 0)} characters; the evaluation uses all {max(len(val) - 1, 0)}",
+                      stacklevel=2)
+    return val[: eval_chars + 1]
 
 
 def random_windows(ids: Tensor, batch: int, length: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:

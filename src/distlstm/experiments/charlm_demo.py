@@ -13,7 +13,7 @@ demo's own files: loss.png with the entropy levels, sample.txt and report.md.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,7 +98,8 @@ class DemoMode(DDPMode):
         return {**super().summary(), "unigram_entropy": round(h1, 4), "bigram_entropy": round(h2, 4),
                 "vocab_size": len(self._char()[0].vocab)}
 
-    def write_outputs(self, folder: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    def write_outputs(self, folder: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+        rows = list(rows)  # the demo's few thousand rows, read twice
         (task, model), cfg = self._char(), self.demo
         vocab = task.vocab
         h1, h2 = self._entropies()

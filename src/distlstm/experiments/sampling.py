@@ -13,12 +13,28 @@ from pathlib import Path
 
 import torch
 
+from distlstm._flags import option
 from distlstm.data.text import CharVocab
-from distlstm.data.words import UNKNOWN, WordVocab
+from distlstm.data.words import EOL, UNKNOWN, WordVocab
 from distlstm.models.networks import CharLM, WordLM
 from distlstm.modes import LoadedRun, load_run
 
 UNKNOWN_POLICIES = ("error", "replace")
+DEFAULT_PROMPT = "ROMEO.\n"  # the shipped corpora's speaker line
+
+
+def default_prompt(vocab: CharVocab | WordVocab) -> str:
+    """:data:`DEFAULT_PROMPT` when the vocabulary holds all of it, else a symbol of the model's own vocabulary.
+
+    A model trained on another text may lack "R" or "romeo": a line break (a character
+    model) or the most frequent known word (a word model, whose vocabulary is ranked)
+    starts it instead of an error about a prompt the user never gave.
+    """
+    if not vocab.unknown_symbols(DEFAULT_PROMPT):
+        return DEFAULT_PROMPT
+    if isinstance(vocab, WordVocab):
+        return next(w for w in vocab.words if w not in (UNKNOWN, EOL))
+    return "\n" if "\n" in vocab.chars else vocab.chars[0]
 
 
 def language_model(run: LoadedRun) -> tuple[CharLM | WordLM, CharVocab | WordVocab]:
@@ -38,25 +54,28 @@ def load_language_model(folder: str | Path) -> tuple[CharLM | WordLM, CharVocab 
     return language_model(load_run(folder))
 
 
-def sample_text(run: str | Path | LoadedRun, prompt: str, length: int, temperature: float = 0.8, seed: int = 0,
+def sample_text(run: str | Path | LoadedRun, prompt: str | None, length: int, temperature: float = 0.8, seed: int = 0,
                 unknown: str = "error") -> str:
     """``prompt`` followed by ``length`` generated characters or words.
 
     ``run`` is a run folder (or a checkpoint file in one) or a loaded run.
     ``temperature=0`` decodes greedily. Prompt symbols outside the vocabulary are an
     error with ``unknown="error"``; ``"replace"`` maps them to the unknown symbol.
+    ``prompt=None`` starts from :func:`default_prompt`.
     """
     if unknown not in UNKNOWN_POLICIES:
         raise ValueError(f"unknown must be one of {UNKNOWN_POLICIES}, got {unknown!r}")
-    if not prompt:
-        raise ValueError("the prompt must hold at least one character")
+    if prompt is not None and not prompt:
+        raise ValueError(f"the prompt must hold at least one character (fix {option('prompt', '--prompt')})")
     model, vocab = language_model(run if isinstance(run, LoadedRun) else load_run(run))
+    prompt = default_prompt(vocab) if prompt is None else prompt
     words = isinstance(vocab, WordVocab)
     what, stand_in = ("words", UNKNOWN) if words else ("characters", getattr(vocab, "unknown", ""))
     missing = vocab.unknown_symbols(prompt)
     if missing and unknown == "error":
-        raise ValueError(f"the prompt holds {what} outside the model's vocabulary: {missing[:10]}; "
-                         f"--unknown replace (unknown='replace') maps them to {stand_in!r}")
+        raise ValueError(f"the prompt holds {what} outside the model's vocabulary: {missing[:10]}; change "
+                         f"{option('prompt', '--prompt')}, or --unknown replace (unknown='replace') maps them to "
+                         f"{stand_in!r}")
     ids = vocab.encode(prompt, errors="replace")
     if words:
         assert isinstance(vocab, WordVocab)

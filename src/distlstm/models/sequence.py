@@ -212,6 +212,9 @@ class LSTM(nn.Module):
             unbatched = input.dim() == 2
             x = input.unsqueeze(0) if unbatched else (input if self.batch_first else input.transpose(0, 1))
         check_size(x.shape[-1], self.input_size, "input feature size (last dimension)")
+        if not x.is_floating_point():
+            raise TypeError(f"input must be a floating-point tensor (the model's weights are "
+                            f"{next(self.parameters()).dtype}), got {x.dtype}; convert it with .float()")
         check_finite(x, "input")
         batch, steps = x.shape[0], x.shape[1]
         if steps == 0:

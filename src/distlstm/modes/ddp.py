@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,7 +173,7 @@ class DDPMode:
                 "parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
                 **(describe() if describe is not None else {})}
 
-    def write_outputs(self, folder: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    def write_outputs(self, folder: Path, rows: Iterable[Mapping[str, Any]]) -> None:
         """Nothing beyond the loop's files: metrics.png draws the training loss and the metric."""
 
 

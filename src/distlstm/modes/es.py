@@ -28,7 +28,7 @@ gives a character model ready to sample from.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,8 @@ import torch
 from torch import Tensor
 
 from distlstm._checks import check_positive_int
-from distlstm.data.text import SHAKESPEARE_TRAGEDIES, CharVocab, load_text
+from distlstm._flags import option
+from distlstm.data.text import SHAKESPEARE_TRAGEDIES, CharVocab, held_out_slice, load_text
 from distlstm.data.text_shards import HOLDOUTS, SPLITS, client_shards, holdout_split
 from distlstm.es.fitness import char_fitness, char_loss
 from distlstm.es.strategy import STRATEGIES, ESConfig, ESState, ask, init, noise, tell
@@ -116,7 +117,12 @@ class ESRunConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float | None):
                 raise TypeError(f"{name} must be a number, got {value!r}")
-        self.strategy_config(seed=0)  # population, sigma, lr and weight decay checked by the strategy
+        try:  # population, sigma, lr and weight decay checked by the strategy
+            self.strategy_config(seed=0)
+        except ValueError as err:
+            flags = [option(f, "--" + f.replace("_", "-")) for f in ("population", "sigma", "lr", "weight_decay")
+                     if f.replace("_", " ") in str(err) or f in str(err)]
+            raise ValueError(f"{err} (fix {' / '.join(flags)})" if flags else str(err)) from None
 
     def strategy_config(self, seed: int) -> ESConfig:
         """The ask/tell settings: the strategy's preset with this run's P, σ, α, λ and seed."""
@@ -162,7 +168,7 @@ class ESMode:
         if len(self.train_ids) <= cfg.window:
             raise ValueError(f"the training text has {len(self.train_ids)} characters, fewer than a window of "
                              f"{cfg.window} + 1: use a longer text or a shorter window")
-        self.val_ids = val[: cfg.eval_chars + 1]
+        self.val_ids = held_out_slice(val, cfg.eval_chars)
         self.fm = build_model(len(self.vocab), cfg.cell, cfg.hidden, seed, compile=cfg.compile)
         self.state = init(self.fm.flatten())
         if not cfg.federated:
@@ -238,7 +244,7 @@ class ESMode:
                 "data_split": self.cfg.data_split, "clients": clients,
                 "fitness_bytes_per_generation": clients * population * self.state.theta.element_size()}
 
-    def write_outputs(self, folder: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    def write_outputs(self, folder: Path, rows: Iterable[Mapping[str, Any]]) -> None:
         """Nothing beyond the loop's files: the checkpoint is the model."""
 
 

@@ -16,7 +16,7 @@ for bit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -181,7 +181,7 @@ class FullBatchMode:
                 "training_samples": self.n, "parameters": sum(p.numel() for p in self.model.parameters()),
                 **describe}
 
-    def write_outputs(self, folder: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    def write_outputs(self, folder: Path, rows: Iterable[Mapping[str, Any]]) -> None:
         """Nothing beyond the loop's files (metrics.png draws the training loss and the metric)."""
 
 

@@ -29,11 +29,13 @@ Under torchrun, :meth:`OnlineMode.recover` is what the loop calls when a peer di
 
 from __future__ import annotations
 
+import csv
 import math
 import os
+import re
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -64,7 +66,8 @@ from distlstm.online.baselines import reference_records, univariate_last_values
 from distlstm.online.ekf import LINEARISATIONS
 from distlstm.online.records import OnlineRecords, check_streams, node_generator, squared_error
 from distlstm.ops.noise import NOISE_MODES
-from distlstm.runs.config import LoopConfig, flag
+from distlstm.ops.psd import check_psd
+from distlstm.runs.config import Described, LoopConfig, flag
 from distlstm.runs.files import plot_curves, write_csv
 from distlstm.runs.loop import run
 from distlstm.runtime.comm import Communicator, LocalComm
@@ -176,13 +179,42 @@ class OnlineConfig:
     drop_node: str | None = flag(None, "fault injection: NODE@STEP[,NODE@STEP…] removes NODE before its 0-based step "
                                        "STEP (NODE@0: a run that never had it); under torchrun the worker that runs "
                                        "NODE kills itself there, taking all its nodes along", metavar="NODE@STEP")
+    check_every: int = flag(100, "ekf, dekf: test every node's covariance Σ for positive semidefiniteness (a "
+                                 "Cholesky factorisation) every N steps; a failure stops the run naming node and step")
 
     def __post_init__(self) -> None:
         _positive("nodes", self.nodes, "--nodes")
         _positive("hidden", self.hidden, "--hidden")
         check_policy(self.on_node_loss)
         parse_drops(self.drop_node, self.nodes)
+        _positive("check_every", self.check_every, "--check-every")
         self.settings()  # a setting that does not apply to the algorithm is an error now, not at init
+        self._check_values()
+        self._check_edges()
+
+    def _check_values(self) -> None:
+        """The algorithm's own checks of the settings' values, with the flag that fixes a bad one."""
+        try:
+            make_algorithm(self.algorithm, regressor(1, 1, 0)[0],
+                           **algorithm_settings(self.algorithm, self.settings()))
+        except ValueError as err:
+            flags = [option(f, "--" + f.replace("_", "-")) for f, (setting, _) in _SETTINGS.items()
+                     if re.search(rf"\b{setting}\b", str(err))]
+            raise ValueError(f"{err} (fix {' / '.join(flags)})" if flags else str(err)) from None
+
+    def _check_edges(self) -> None:
+        if self.topology == "edges" and not self.edges:
+            raise ValueError(f"{option('topology', '--topology')} edges needs an edge list: "
+                             f"{option('edges', '--edges')} '0-1,1-2,2-0'")
+        if self.edges and self.topology != "edges":
+            raise ValueError(f"{option('edges', '--edges')} is the edge list of {option('topology', '--topology')} "
+                             f"edges, not of {self.topology}")
+        if self.edges:
+            try:
+                make_topology("edges", self.nodes, edges=parse_edges(self.edges))
+            except ValueError as err:
+                raise ValueError(f"{err} (fix {option('edges', '--edges')}: pairs of node ids 0 … "
+                                 f"{self.nodes - 1}, or {option('nodes', '--nodes')})") from None
 
     def settings(self) -> dict[str, Any]:
         """The settings given, as the algorithm's config fields (defaults of :data:`DEFAULT_SETTINGS` not merged)."""
@@ -295,7 +327,7 @@ class OnlineMode:
     def __init__(self, problem: OnlineProblem, algorithm: str, settings: Mapping[str, Any], topology: Topology, *,
                  hidden: int = 4, model: ModelBuilder | None = None, topology_name: str = "",
                  on_node_loss: str = "stop", drops: Mapping[int, int] | None = None,
-                 single_bias: bool = False) -> None:
+                 single_bias: bool = False, keep_steps: bool = True, check_every: int = 100) -> None:
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {list(ALGORITHMS)}")
         self.problem, self.algorithm_name, self.settings = problem, algorithm, dict(settings)
@@ -307,6 +339,10 @@ class OnlineMode:
         self.comm: Communicator = LocalComm()
         self.on_node_loss, self.drops = check_policy(on_node_loss), dict(drops or {})
         self.losses: list[NodeLoss] = []
+        # a run that may lose nodes keeps its per-step records: the survivors' error and the rollback read them
+        self.keep_steps = keep_steps or on_node_loss == "continue" or bool(self.drops)
+        self.check_every = check_every
+        _positive("check_every", check_every, "--check-every")
 
     # -- the loop's interface -------------------------------------------------------------------------------------
 
@@ -318,9 +354,11 @@ class OnlineMode:
         nodes = self.transport.local_nodes
         self.gens = {k: node_generator(seed, k) for k in nodes}
         self.states: dict[int, State] = {k: self.algorithm.init(theta0, k, self.gens[k]) for k in nodes}
-        self.records = OnlineRecords(self.algorithm_name, self.topology.num_nodes)
+        self.records = OnlineRecords(self.algorithm_name, self.topology.num_nodes, keep_steps=self.keep_steps)
         self.losses = []
         self._start: tuple[int, dict[int, State], dict[int, Tensor]] | None = None
+        fc = self.problem.forecasts
+        self._factors = (fc.scale**2).tolist() if fc is not None else None  # scaled → data units, per observation
 
     def step(self, step: int) -> Mapping[str, float]:
         self._drop_due(step)
@@ -341,11 +379,27 @@ class OnlineMode:
         live = self.transport.topology.survivors  # all K nodes unless some left the run
         by_node = dict(zip(live, every, strict=True))
         rows = [by_node.get(k, [math.nan] * 5) for k in range(self.topology.num_nodes)]
-        self.records.append([r[0] for r in rows], [r[1] for r in rows], sum(r[2] for r in every) / len(live),
-                            sum(r[3] for r in every) / len(live), max(r[4] for r in every))
+        k_all = self.topology.num_nodes
+        factors = self._factors[step * k_all:(step + 1) * k_all] if self._factors is not None else None
+        sent, messages = sum(r[2] for r in every) / len(live), sum(r[3] for r in every) / len(live)
+        self.records.append([r[0] for r in rows], [r[1] for r in rows], sent, messages, max(r[4] for r in every),
+                            factors)
+        if (step + 1) % self.check_every == 0:
+            self.check_covariances(step)
         rec = self.records
-        return {"mse": _nanmean(rec.sq_errors[-1]), "running_mse": rec.running_mse_now,
-                "bytes_per_node": rec.bytes_per_step[-1], "messages_per_node": rec.messages_per_step[-1]}
+        return {"mse": rec.last_mse, "running_mse": rec.running_mse_now, "bytes_per_node": sent,
+                "messages_per_node": messages}
+
+    def check_covariances(self, step: int | None) -> None:
+        """Every local node's Σ must still be a covariance (a Cholesky test; ``ops/psd.py``); None: a loaded state."""
+        for k, state in self.states.items():
+            P = getattr(state, "P", None)
+            if P is not None:
+                when = "in the checkpoint loaded" if step is None else f"step {step + 1}"
+                check_psd(P, f"{self.algorithm_name} at node {k}, {when}",
+                          f"try {option('joseph', '--joseph')} (the Joseph-form update keeps Σ symmetric positive "
+                          f"semidefinite), a larger {option('sigma2', '--sigma2')} or a smaller "
+                          f"{option('s0', '--s0')}")
 
     # -- nodes that leave the run (modes/node_loss.py) -------------------------------------------------------------
 
@@ -396,9 +450,12 @@ class OnlineMode:
             for k, g in gens.items():
                 self.gens[k].set_state(g)
         if done > agreed:
-            self.records = OnlineRecords.from_tensors(
-                self.algorithm_name, self.topology.num_nodes,
-                {k: v[:agreed] if v.dim() else v for k, v in self.records.to_tensors().items()})
+            old, k_all = self.records, self.topology.num_nodes
+            self.records = OnlineRecords(self.algorithm_name, k_all, keep_steps=True)
+            for t in range(agreed):  # the steps every survivor completed, replayed into fresh sums
+                factors = self._factors[t * k_all:(t + 1) * k_all] if self._factors is not None else None
+                self.records.append(old.sq_errors[t], old.variances[t], old.bytes_per_step[t],
+                                    old.messages_per_step[t], old.seconds / old.steps, factors)
         if gone:
             self.lose_nodes(gone, agreed)
         return agreed
@@ -426,9 +483,9 @@ class OnlineMode:
         node_states = {f: self._gather(torch.stack([getattr(self.states[k], f) for k in nodes]))
                        for f in first._fields}
         gens = self._gather(torch.stack([self.gens[k].get_state() for k in nodes]))
-        if self.losses:  # rows by node id: NaN states and zero generators where a node left
+        if self.losses:  # rows by node id: zero states and generators where a node left (node_loss says which)
             live = self.transport.topology.survivors
-            node_states = {f: self._by_node(v, live, math.nan) for f, v in node_states.items()}
+            node_states = {f: self._by_node(v, live, 0.0) for f, v in node_states.items()}
             gens = self._by_node(gens, live, 0)
         shown = self.transport.topology.survivors[0]  # node 0, or the first survivor
         theta0 = self.algorithm.estimate(type(first)(*(node_states[f][shown] for f in first._fields)))
@@ -471,21 +528,19 @@ class OnlineMode:
         for k in nodes:
             self.gens[k].set_state(state["generators"]["nodes"][k].clone())
         self.records = OnlineRecords.from_tensors(self.algorithm_name, self.topology.num_nodes, algo["records"])
+        self.check_covariances(None)  # a resumed Σ must be a covariance before the first step uses it
 
     def run_summary(self) -> RunSummary:
         """The reproduction's figures of the steps run so far."""
         rec = self.records
-        running = rec.running_mse()
-        steps = max(rec.steps, 1)
         refs = {name: {"final_mse": r.final_mse(), "mean_running_mse": _mean(r.running_mse())}
                 for name, r in self.references().items()}
         return RunSummary(
             dataset=self.problem.dataset, algorithm=self.algorithm_name, final_mse=rec.final_mse(),
-            mse_naive=refs.get("last_value", {}).get("final_mse", math.nan),
-            running_mse_end=running[-1] if running else math.nan,
-            mean_running_mse=_mean(running), coverage95=rec.coverage95(),
+            mse_naive=refs.get("last_value", {}).get("final_mse", math.nan), running_mse_end=rec.running_mse_now,
+            mean_running_mse=rec.mean_running_mse, coverage95=rec.coverage95(),
             seconds_per_step=rec.seconds_per_step, bytes_per_node_per_step=rec.bytes_per_node_per_step,
-            messages_per_node_per_step=sum(rec.messages_per_step) / steps,
+            messages_per_node_per_step=rec.messages_per_node_per_step,
             skipped_labels=rec.skipped_labels - lost_slots(self.losses, rec.steps),
             steps=rec.steps, n_theta=self.fm.numel, settings=dict(self.settings), references=refs)
 
@@ -514,11 +569,36 @@ class OnlineMode:
                 "survivors_final_mse": _none_if_nan(survivors_final_mse(self.records.sq_errors, reduced.survivors)),
                 "node_loss_report": "; ".join(e.describe() for e in self.losses)}
 
-    def write_outputs(self, folder: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-        """``mse.csv`` (per-step node-averaged and running MSE, scaled units; the references' too) and ``mse.png``."""
-        write_curves(folder, "mse", {self.algorithm_name: self.records} | self.references(),
-                     f"{self.algorithm_name} on {self.problem.dataset}, {self.topology.num_nodes} nodes "
-                     f"({self.topology_name})")
+    def write_outputs(self, folder: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+        """``mse.csv`` (per-step node-averaged and running MSE, scaled units) and ``mse.png`` (with the references).
+
+        Streamed from the loop's rows (read back from metrics.csv one at a time), so a
+        run of 10⁶ steps writes them in flat memory; the plot keeps about 2,000 points.
+        """
+        name = self.algorithm_name
+        stride = max(1, math.ceil(self.records.steps / 2000))
+        xs: list[float] = []
+        ys: list[float] = []
+        tmp = folder / "mse.csv.tmp"
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["step", f"{name}_mse", f"{name}_running_mse"])
+            for row in rows:
+                step = int(row["step"])
+                if step < 1:  # the evaluation before training has no error
+                    continue
+                running = float(row["running_mse"])
+                writer.writerow([step, _fmt(float(row["mse"])), _fmt(running)])
+                if step % stride == 0 and math.isfinite(running):
+                    xs.append(step)
+                    ys.append(running)
+        os.replace(tmp, folder / "mse.csv")
+        if xs:
+            plot_curves(folder / "mse.png", {name: (xs, ys)}, xlabel="time step (per node)",
+                        ylabel="running MSE (averaged over nodes)",
+                        title=f"{name} on {self.problem.dataset}, {self.topology.num_nodes} nodes "
+                              f"({self.topology_name})",
+                        hlines={f"{ref} (final MSE)": r.final_mse() for ref, r in self.references().items()}, logy=True)
 
     # -- figures ---------------------------------------------------------------------------------------------------
 
@@ -538,7 +618,7 @@ class OnlineMode:
         return reference_records(streams, self.records.steps, last)
 
     def _in_data_units(self, fc: Forecasts, rec: OnlineRecords) -> OnlineRecords:
-        """``rec`` with every squared error in the target's units (× scale² of its observation)."""
+        """``rec`` (kept per step) with every squared error in the target's units (× scale² of its observation)."""
         k_all = self.topology.num_nodes
         factor = (fc.scale**2).tolist()
         converted = OnlineRecords(rec.algorithm, k_all)
@@ -547,12 +627,11 @@ class OnlineMode:
         return converted
 
     def _data_units(self, fc: Forecasts) -> dict[str, float | None]:
-        """The run's MSEs in the target's own units (the last-value reference's over the same steps)."""
-        converted = self._in_data_units(fc, self.records)
-        running = converted.running_mse()
+        """The run's MSEs in the target's own units (the records' data-units sums: e² · scale² per observation)."""
+        rec = self.records
         naive = self.references().get("last_value")
-        values = {"final_mse_data_units": converted.final_mse(),
-                  "running_mse_end_data_units": running[-1] if running else math.nan,
+        values = {"final_mse_data_units": rec.final_mse(data_units=True),
+                  "running_mse_end_data_units": rec.running_mse_data_units,
                   "mse_naive_data_units": self._in_data_units(fc, naive).final_mse() if naive else math.nan}
         return {k: _none_if_nan(v) for k, v in values.items()}
 
@@ -604,7 +683,7 @@ def run_streams(problem: OnlineProblem, algorithm: str, topology: Topology, *, s
     ``settings`` override :data:`~distlstm.online.DEFAULT_SETTINGS`; ``steps`` stops early.
     """
     mode = OnlineMode(problem, algorithm, algorithm_settings(algorithm, settings), topology, hidden=hidden,
-                      model=model, single_bias=single_bias)
+                      model=model, single_bias=single_bias, keep_steps=True)
     assert mode.max_steps is not None
     total = mode.max_steps if steps is None else min(steps, mode.max_steps)
     run(mode, LoopConfig(steps=total, seed=seed, progress=False, eval_every=total, checkpoint_every=total),
@@ -615,7 +694,7 @@ def run_streams(problem: OnlineProblem, algorithm: str, topology: Topology, *, s
 # -- the command's configuration -----------------------------------------------------------------------------------
 
 SECTIONS: dict[str, type] = {"data": OnlineDataConfig, "online": OnlineConfig}
-LOOP_DEFAULTS: dict[str, Any] = {"steps": 1_000_000_000}  # the whole stream unless --steps says fewer
+LOOP_DEFAULTS: dict[str, Any] = {"steps": Described(1_000_000_000, "the whole stream")}  # unless --steps says fewer
 
 
 def make_online_mode(sections: Mapping[str, Any]) -> OnlineMode:
@@ -628,7 +707,8 @@ def make_online_mode(sections: Mapping[str, Any]) -> OnlineMode:
                              edges=parse_edges(cfg.edges) if cfg.edges else None)
     return OnlineMode(problem, cfg.algorithm, algorithm_settings(cfg.algorithm, cfg.settings()), topology,
                       hidden=cfg.hidden, topology_name=cfg.topology, on_node_loss=cfg.on_node_loss,
-                      drops=parse_drops(cfg.drop_node, cfg.nodes), single_bias=cfg.single_bias)
+                      drops=parse_drops(cfg.drop_node, cfg.nodes), single_bias=cfg.single_bias, keep_steps=False,
+                      check_every=cfg.check_every)
 
 
 def load(ckpt: Mapping[str, Any], folder: Path) -> Any:

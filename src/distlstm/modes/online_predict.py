@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from distlstm.data.forecast import forecast_windows
+from distlstm.data.forecast import check_rows_for_run, forecast_windows
 from distlstm.data.observation import Observation
 from distlstm.data.table import read_table
 from distlstm.models.functional import FunctionalModel
@@ -35,6 +35,7 @@ from distlstm.modes import LoadedRun
 from distlstm.online import make_algorithm
 from distlstm.online.base import LocalAlgorithm, NetworkAlgorithm, OnlineAlgorithm, State
 from distlstm.online.records import Z95, node_generator
+from distlstm.ops.psd import check_psd
 
 
 def _model(art: Mapping[str, Any]) -> SequenceRegressor:
@@ -62,6 +63,8 @@ class OnlineForecaster:
         self.algorithm = make_algorithm(str(artifacts["algorithm"]), FunctionalModel(model),
                                         **dict(artifacts["settings"]))
         self.state = node_state(self.algorithm, states, 0)
+        if getattr(self.state, "P", None) is not None:  # its predictive variance comes from Σ
+            check_psd(self.state.P, "node 0's filter state in the checkpoint")
         self.gen = node_generator(seed, 0)
 
     def check_columns(self, names: list[str], path: Path) -> None:
@@ -84,6 +87,8 @@ class OnlineForecaster:
         self.check_columns(list(table.names), path)
         art = self.art
         fitted = art["scaling"] != "causal"
+        check_rows_for_run(table, window=int(art["window"]), horizon=int(art["horizon"]), scaling=str(art["scaling"]),
+                           warmup=int(art["warmup"]))
         fc = forecast_windows(table, int(art["target_index"]), list(art["input_indices"]), window=int(art["window"]),
                               horizon=int(art["horizon"]), scaling=str(art["scaling"]), warmup=int(art["warmup"]),
                               past_target=bool(art["past_target"]),

@@ -1,11 +1,18 @@
 """What an online run records, and the figures computed from the records.
 
-At every step every node predicts its label before seeing it; the run keeps, per
+At every step every node predicts its label before seeing it; the run records, per
 step and node, the squared error (d − d̂)² (NaN: no label) and the predictive
 variance (NaN where the algorithm has none), and per step the bytes and messages
-sent (mean over nodes) and the step's seconds. The learning curve, final MSE and
-95% coverage are pure functions of these records, so a resumed run (whose records
-come back from its checkpoint) reports exactly what an uninterrupted one does.
+sent (mean over nodes) and the step's seconds.
+
+Memory stays flat however long the run: the summaries are running sums (the running
+MSE Σe²/n, the area under the learning curve, the 95% interval's hits, bytes and
+messages), and the final-window MSE comes from :class:`WindowSums`, at most
+:data:`MAX_BLOCKS` blocks of steps. The per-step curve is streamed to disk by the run
+loop (``metrics.csv``: ``mse``, ``running_mse``); the per-node lists are kept in memory
+only with ``keep_steps=True`` (in-memory studies and tests, which read them). A
+checkpoint stores the sums, so a resumed run reports exactly what an uninterrupted
+one does.
 
 Randomness: node k's generator is seeded from ``(seed, k)`` (:func:`node_generator`).
 """
@@ -21,6 +28,7 @@ import torch
 from distlstm.online.base import Observation
 
 Z95 = 1.959963984540054
+MAX_BLOCKS = 4096  # final-window resolution: exact up to this many steps
 
 
 def node_generator(seed: int, node: int) -> torch.Generator:
@@ -29,67 +37,173 @@ def node_generator(seed: int, node: int) -> torch.Generator:
 
 
 @dataclass
+class WindowSums:
+    """Per-block sums of (squared error, count, squared error in data units), for the final-window MSE.
+
+    Steps are grouped in blocks of ``block`` = 2^j steps; when more than
+    :data:`MAX_BLOCKS` blocks would be needed, neighbouring blocks merge and the block
+    doubles. The window of the last fraction f of S steps starts at the block boundary
+    at or before step ⌊(1 − f)·S⌋: exact while S ≤ MAX_BLOCKS, and otherwise holding at
+    most block − 1 < S / (MAX_BLOCKS / 2) extra steps (under 0.25% of a 20% window).
+    """
+
+    block: int = 1
+    sums: list[list[float]] = field(default_factory=list)  # [error sum, count, data-units error sum] per block
+    steps: int = 0
+
+    def add(self, total: float, count: int, total_data: float) -> None:
+        if self.steps % self.block == 0:
+            if len(self.sums) == MAX_BLOCKS:
+                self.sums = [[a + b for a, b in zip(self.sums[i], self.sums[i + 1], strict=True)]
+                             for i in range(0, MAX_BLOCKS, 2)]
+                self.block *= 2
+            if self.steps % self.block == 0:
+                self.sums.append([0.0, 0.0, 0.0])
+        last = self.sums[-1]
+        last[0] += total
+        last[1] += count
+        last[2] += total_data
+        self.steps += 1
+
+    def final_mse(self, fraction: float, data_units: bool = False) -> float:
+        """MSE over the last ``fraction`` of the steps (see the class docstring for the window's start)."""
+        first = int(self.steps * (1 - fraction)) // self.block
+        picked = self.sums[first:]
+        count = sum(b[1] for b in picked)
+        return sum(b[2 if data_units else 0] for b in picked) / count if count else math.nan
+
+    def to_tensor(self) -> torch.Tensor:
+        return torch.tensor([[float(self.block), float(self.steps), 0.0], *self.sums], dtype=torch.float64)
+
+    @classmethod
+    def from_tensor(cls, saved: torch.Tensor) -> WindowSums:
+        head, *rows = saved.tolist()
+        return cls(block=int(head[0]), sums=[list(r) for r in rows], steps=int(head[1]))
+
+
+_SUMS = ("seconds", "total", "count", "total_data", "running_sum", "hits", "covered", "bytes", "messages",
+         "skipped_labels", "steps")
+
+
+@dataclass
 class OnlineRecords:
-    """Per-step, per-node records of one online run (lists indexed [step][node])."""
+    """Running sums of one online run, and with ``keep_steps`` its per-step lists ([step][node])."""
 
     algorithm: str
     num_nodes: int
+    keep_steps: bool = True
     sq_errors: list[list[float]] = field(default_factory=list)  # NaN where the label was missing
     variances: list[list[float]] = field(default_factory=list)  # NaN where not modelled
     bytes_per_step: list[float] = field(default_factory=list)  # mean over nodes
     messages_per_step: list[float] = field(default_factory=list)
     seconds: float = 0.0
     skipped_labels: int = 0
-    _total: float = 0.0  # running sums of the squared errors and their count (the running MSE)
-    _count: int = 0
+    steps: int = 0
+    total: float = 0.0  # Σ e² and its count: the running MSE
+    count: int = 0
+    total_data: float = 0.0  # Σ e² in the target's own units (when the caller gives factors)
+    running_sum: float = 0.0  # Σ_t running MSE_t: the area under the learning curve
+    hits: int = 0  # labels inside the 95% interval, of ``covered`` with a variance
+    covered: int = 0
+    bytes: float = 0.0
+    messages: float = 0.0
+    last_mse: float = math.nan  # the node-averaged squared error of the last step
+    window: WindowSums = field(default_factory=WindowSums)
 
     def append(self, errors: list[float], variances: list[float], sent_bytes: float, messages: float,
-               seconds: float) -> None:
-        """One step's records: every node's squared error and variance, the mean bytes and messages per node."""
-        self.sq_errors.append(errors)
-        self.variances.append(variances)
-        self.bytes_per_step.append(sent_bytes)
-        self.messages_per_step.append(messages)
+               seconds: float, factors: Sequence[float] | None = None) -> None:
+        """One step: every node's squared error and variance, the mean bytes and messages per node.
+
+        ``factors`` (one per node) turn the errors into the target's own units (the scale²
+        of each node's observation); without them the data-units sums equal the scaled ones.
+        """
+        if self.keep_steps:
+            self.sq_errors.append(errors)
+            self.variances.append(variances)
+            self.bytes_per_step.append(sent_bytes)
+            self.messages_per_step.append(messages)
         self.seconds += seconds
-        self.skipped_labels += sum(math.isnan(e) for e in errors)
-        vals = [v for v in errors if not math.isnan(v)]
-        self._total += sum(vals)
-        self._count += len(vals)
+        self.bytes += sent_bytes
+        self.messages += messages
+        step_total, step_data, step_count = 0.0, 0.0, 0
+        for k, (e, v) in enumerate(zip(errors, variances, strict=True)):
+            if math.isnan(e):
+                self.skipped_labels += 1
+                continue
+            step_total += e
+            step_data += e * (factors[k] if factors is not None else 1.0)
+            step_count += 1
+            if not math.isnan(v):
+                self.covered += 1
+                self.hits += e <= Z95 * Z95 * v
+        self.total += step_total
+        self.total_data += step_data
+        self.count += step_count
+        self.last_mse = step_total / step_count if step_count else math.nan
+        self.running_sum += self.running_mse_now
+        self.window.add(step_total, step_count, step_data)
+        self.steps += 1
 
     @property
     def running_mse_now(self) -> float:
-        """The running MSE after the last step (the last point of :meth:`running_mse`)."""
-        return self._total / self._count if self._count else math.nan
-
-    def to_tensors(self) -> dict[str, torch.Tensor]:
-        """The records as float64 tensors (what a checkpoint stores)."""
-        k = self.num_nodes
-        return {"sq_errors": torch.tensor(self.sq_errors, dtype=torch.float64).reshape(-1, k),
-                "variances": torch.tensor(self.variances, dtype=torch.float64).reshape(-1, k),
-                "bytes": torch.tensor(self.bytes_per_step, dtype=torch.float64),
-                "messages": torch.tensor(self.messages_per_step, dtype=torch.float64),
-                "seconds": torch.tensor(self.seconds, dtype=torch.float64)}
-
-    @classmethod
-    def from_tensors(cls, algorithm: str, num_nodes: int, saved: dict[str, torch.Tensor]) -> OnlineRecords:
-        """The records :meth:`to_tensors` stored (the running sums rebuilt in the same order)."""
-        out = cls(algorithm, num_nodes)
-        for errors, variances, b, m in zip(saved["sq_errors"].tolist(), saved["variances"].tolist(),
-                                           saved["bytes"].tolist(), saved["messages"].tolist(), strict=True):
-            out.append(errors, variances, b, m, 0.0)
-        out.seconds = float(saved["seconds"])
-        return out
+        """The running MSE after the last step (the last point of the learning curve)."""
+        return self.total / self.count if self.count else math.nan
 
     @property
-    def steps(self) -> int:
-        return len(self.sq_errors)
+    def running_mse_data_units(self) -> float:
+        return self.total_data / self.count if self.count else math.nan
+
+    @property
+    def mean_running_mse(self) -> float:
+        """The area under the learning curve over the steps (NaN while a step had no label yet)."""
+        return self.running_sum / self.steps if self.steps else math.nan
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """The sums as float64 tensors (what a checkpoint stores: a few numbers and the window's blocks)."""
+        saved = {"sums": torch.tensor([float(getattr(self, f)) for f in _SUMS], dtype=torch.float64),
+                 "last_mse": torch.tensor(self.last_mse, dtype=torch.float64),
+                 "window": self.window.to_tensor()}
+        if self.keep_steps and self.steps:  # records that keep their steps (in-memory studies, node loss) keep them
+            saved |= {"step_sq_errors": torch.tensor(self.sq_errors, dtype=torch.float64),
+                      "step_variances": torch.tensor(self.variances, dtype=torch.float64),
+                      "step_bytes": torch.tensor(self.bytes_per_step, dtype=torch.float64),
+                      "step_messages": torch.tensor(self.messages_per_step, dtype=torch.float64)}
+        return saved
+
+    @classmethod
+    def from_tensors(cls, algorithm: str, num_nodes: int, saved: dict[str, torch.Tensor],
+                     keep_steps: bool = False) -> OnlineRecords:
+        """The records :meth:`to_tensors` stored (per-step lists are not stored: they stay empty)."""
+        if "sq_errors" in saved:  # a checkpoint of before the sums: replay its per-step lists
+            out = cls(algorithm, num_nodes, keep_steps=keep_steps)
+            for errors, variances, b, m in zip(saved["sq_errors"].tolist(), saved["variances"].tolist(),
+                                               saved["bytes"].tolist(), saved["messages"].tolist(), strict=True):
+                out.append(errors, variances, b, m, 0.0)
+            out.seconds = float(saved["seconds"])
+            return out
+        out = cls(algorithm, num_nodes, keep_steps=False, window=WindowSums.from_tensor(saved["window"]))
+        for name, value in zip(_SUMS, saved["sums"].tolist(), strict=True):
+            setattr(out, name, int(value) if isinstance(getattr(out, name), int) else value)
+        out.last_mse = float(saved["last_mse"])
+        if "step_sq_errors" in saved:
+            out.keep_steps = True
+            out.sq_errors, out.variances = saved["step_sq_errors"].tolist(), saved["step_variances"].tolist()
+            out.bytes_per_step, out.messages_per_step = saved["step_bytes"].tolist(), saved["step_messages"].tolist()
+        return out
+
+    def _kept(self) -> None:
+        if not self.keep_steps:
+            raise ValueError("this run keeps no per-step records in memory (keep_steps=False, as distlstm online "
+                             "runs); its per-step curve is in the run folder's metrics.csv and mse.csv")
 
     def mse_curve(self) -> list[float]:
-        """Node-averaged squared error at each step (labelled nodes only)."""
+        """Node-averaged squared error at each step (labelled nodes only); needs ``keep_steps``."""
+        self._kept()
         return [_nanmean(row) for row in self.sq_errors]
 
     def running_mse(self) -> list[float]:
-        """Time-averaged MSE up to each step: the paper's learning curve."""
+        """Time-averaged MSE up to each step: the paper's learning curve; needs ``keep_steps``."""
+        self._kept()
         out, total, count = [], 0.0, 0
         for row in self.sq_errors:
             vals = [v for v in row if not math.isnan(v)]
@@ -98,21 +212,13 @@ class OnlineRecords:
             out.append(total / count if count else math.nan)
         return out
 
-    def final_mse(self, fraction: float = 0.2) -> float:
-        """Mean squared error over the last ``fraction`` of the steps."""
-        start = int(self.steps * (1 - fraction))
-        return _nanmean([v for row in self.sq_errors[start:] for v in row])
+    def final_mse(self, fraction: float = 0.2, data_units: bool = False) -> float:
+        """Mean squared error over the last ``fraction`` of the steps (:class:`WindowSums` says where it starts)."""
+        return self.window.final_mse(fraction, data_units)
 
     def coverage95(self) -> float:
         """Fraction of labels inside the 95% predictive interval (NaN without variances)."""
-        hits, total = 0, 0
-        for errs, vars_ in zip(self.sq_errors, self.variances, strict=True):
-            for e, v in zip(errs, vars_, strict=True):
-                if math.isnan(e) or math.isnan(v):
-                    continue
-                total += 1
-                hits += e <= Z95 * Z95 * v
-        return hits / total if total else math.nan
+        return self.hits / self.covered if self.covered else math.nan
 
     @property
     def seconds_per_step(self) -> float:
@@ -120,7 +226,11 @@ class OnlineRecords:
 
     @property
     def bytes_per_node_per_step(self) -> float:
-        return sum(self.bytes_per_step) / max(self.steps, 1)
+        return self.bytes / max(self.steps, 1)
+
+    @property
+    def messages_per_node_per_step(self) -> float:
+        return self.messages / max(self.steps, 1)
 
 
 def squared_error(d: float, d_hat: float) -> float:

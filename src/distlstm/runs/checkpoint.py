@@ -111,9 +111,47 @@ def check_checkpoint(ckpt: Mapping[str, Any], path: Path, mode: str | None = Non
                          f"({CHECKPOINT_VERSION}); start a new run")
     if "checksum" in ckpt and ckpt["checksum"] != state_digest(ckpt.get("state")):
         raise ValueError(f"{path} is damaged: its tensors do not match the checksum written with them")
+    check_state_values(ckpt.get("state"), path)
     if mode is not None and ckpt.get("mode") != mode:
         raise ValueError(f"{path} is a checkpoint of a {ckpt.get('mode')!r} run, not of a {mode!r} run; "
                          f"use the command that wrote it")
+
+
+ABSURD = 1e12  # no trained weight of a working model is this large: a bigger one is damage, not training
+
+
+def check_state_values(state: Any, path: Path) -> None:
+    """The state's ``model`` and ``algorithm`` tensors must be finite, and the model's weights below :data:`ABSURD`.
+
+    A checksum proves the file holds what was written, not that what was written is a
+    model: a state saved after a divergence (or edited by hand) would resume or predict
+    with NaN. ``records`` (summaries that are NaN until a label is seen) are not checked.
+    """
+    if not isinstance(state, Mapping):
+        return
+
+    def visit(x: Any, where: str, limit: float | None) -> None:
+        if isinstance(x, torch.Tensor):
+            if not (x.is_floating_point() or x.is_complex()) or x.numel() == 0:
+                return
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(f"{path}: {where} holds {int((~torch.isfinite(x)).sum())} NaN/inf value(s); the "
+                                 "state is unusable (a diverged run or a damaged file): resume from an earlier "
+                                 "checkpoint or start a new run")
+            if limit is not None and float(x.abs().max()) > limit:
+                raise ValueError(f"{path}: {where} holds a value of {float(x.abs().max()):.3g}, beyond any trained "
+                                 f"weight (|w| > {limit:g}); the file is damaged or the run diverged")
+        elif isinstance(x, Mapping):
+            for k, v in x.items():
+                visit(v, f"{where}[{k!r}]", limit)
+        elif isinstance(x, list | tuple):
+            for i, v in enumerate(x):
+                visit(v, f"{where}[{i}]", limit)
+
+    visit(state.get("model"), "the model", ABSURD)
+    algorithm = state.get("algorithm")
+    if isinstance(algorithm, Mapping):
+        visit({k: v for k, v in algorithm.items() if k != "records"}, "the algorithm state", None)
 
 
 def load_run_checkpoint(folder: Path, mode: str | None = None) -> tuple[dict[str, Any], Path]:

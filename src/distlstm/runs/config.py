@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from distlstm._flags import option
+
 CONFIG_FORMAT = 1
 
 
@@ -70,9 +72,10 @@ class LoopConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ValueError(f"{option(name, '--' + name.replace('_', '-'))} must be at least 1, got "
+                                 f"{getattr(self, name)}")
         if self.seconds is not None and not self.seconds > 0:
-            raise ValueError(f"seconds must be positive, got {self.seconds}")
+            raise ValueError(f"{option('seconds', '--seconds')} must be positive, got {self.seconds}")
 
 
 # What a resumed run may change: budgets and how it reports, never what it computes.
@@ -145,7 +148,20 @@ def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse_or_none
 
 
+class Described(int):
+    """An int default that ``--help`` shows as a phrase (``--steps``' "the whole stream", not 1000000000)."""
+
+    text: str
+
+    def __new__(cls, value: int, text: str) -> Described:
+        out = super().__new__(cls, value)
+        out.text = text
+        return out
+
+
 def _show(value: Any) -> str:
+    if isinstance(value, Described):
+        return value.text
     if isinstance(value, tuple | list):
         return ",".join(str(v) for v in value)
     return str(value)
@@ -213,7 +229,8 @@ def resolve_sections(sections: Mapping[str, type], args: argparse.Namespace, *,
         raise ValueError(f"{where}: unknown section(s) {unknown}; expected {sorted(sections)}")
     out = {}
     for name, cls in sections.items():
-        out[name] = build_section(cls, (mode_defaults or {}).get(name, {}),
+        plain = {k: int(v) if isinstance(v, Described) else v for k, v in (mode_defaults or {}).get(name, {}).items()}
+        out[name] = build_section(cls, plain,
                                   _absolute(cls, from_jsonable(cls, stored.get(name, {}), f"{where} [{name}]")),
                                   _absolute(cls, given_values(args, name)))
     return out

@@ -143,6 +143,18 @@ def _resume_command(command: str | None, folder: Path | None, world_size: int = 
     return f"{launcher} {command or '<command>'} --resume {folder}"
 
 
+def _check_budget_left(loop: LoopConfig, mode: Mode, step: int, seconds: float) -> None:
+    """A resumed run must have steps and seconds left: else it would only rewrite its files."""
+    if mode.max_steps is not None and step >= mode.max_steps:
+        raise ValueError(f"the run has done all {mode.max_steps} steps its data allows; there is nothing to resume")
+    if step >= loop.steps:
+        raise ValueError(f"the run has done {step} steps: {option('steps', '--steps')} {loop.steps} is a total, "
+                         f"give more than {step} to continue")
+    if loop.seconds is not None and seconds >= loop.seconds:
+        raise ValueError(f"the run has trained {seconds:.1f} s: {option('seconds', '--seconds')} {loop.seconds:g} "
+                         f"is a total, give more than {seconds:.1f} to continue")
+
+
 def run(mode: Mode, loop: LoopConfig, *, comm: Communicator | None = None, folder: Path | str | None = None,
         config: Mapping[str, Any] | None = None, resume: bool = False, overwrite: bool = False) -> RunResult:
     """Run ``mode`` under ``loop`` and return the summary and the metrics rows.
@@ -158,8 +170,13 @@ def run(mode: Mode, loop: LoopConfig, *, comm: Communicator | None = None, folde
     if out is not None and comm.is_main:
         if not resume:
             check_new(out, overwrite=overwrite)  # before the lock creates the folder: a file there is an error
-        with run_lock(out):
-            return _run(mode, loop, comm, out, dict(config or {}), resume, overwrite)
+        created = not out.exists()
+        try:
+            with run_lock(out):
+                return _run(mode, loop, comm, out, dict(config or {}), resume, overwrite)
+        finally:
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()  # a new run that failed before writing anything leaves no empty folder behind
     return _run(mode, loop, comm, out, dict(config or {}), resume, overwrite)
 
 
@@ -188,6 +205,7 @@ def _run(mode: Mode, loop: LoopConfig, comm: Communicator, out: Path | None, con
     if ckpt is not None:
         mode.load_state_dict(ckpt["state"])
         step, seconds, last = int(ckpt["step"]), float(ckpt["seconds"]), ckpt["last_metric"]
+        _check_budget_left(loop, mode, step, seconds)
         if write:
             assert out is not None
             record_resume(out, config)
@@ -223,8 +241,6 @@ def _run(mode: Mode, loop: LoopConfig, comm: Communicator, out: Path | None, con
     cap = loop.steps if mode.max_steps is None else min(loop.steps, mode.max_steps)
     reached = reached_stop_at()
     stopped = "stop_at" if reached else "steps"
-    if ckpt is not None and main:
-        _say_if_nothing_left(step, seconds, cap, loop)
     interrupted = [False]
     label = mode.name if command in (None, mode.name) else f"{command} ({mode.name})"
     bar = tqdm(total=cap, initial=min(step, cap), desc=label, unit="step",
@@ -283,25 +299,12 @@ def _run(mode: Mode, loop: LoopConfig, comm: Communicator, out: Path | None, con
         plot_metrics(out / "metrics.png", read_metrics(out / METRICS), mode.plot_columns,
                      f"{command or mode.name}: {mode.name}, {comm.world_size} worker(s)", total=step + 1,
                      every_point=sorted(evaluated))
-        mode.write_outputs(out, metrics.rows())
+        mode.write_outputs(out, metrics.iter_rows())
     if stopped == "interrupted":  # after the outputs: an interrupted run's folder is as readable as a finished one's
         where = f"checkpoint written to {out}" if out is not None else "nothing written (no run folder)"
         raise RunInterrupted(f"interrupted at step {step}: {where}; continue with "
                              f"{_resume_command(command, out, comm.world_size)}")
     return RunResult(summary, metrics)
-
-
-def _say_if_nothing_left(step: int, seconds: float, cap: int, loop: LoopConfig) -> None:
-    """A resumed run whose budget is already spent says so (budgets are totals, not more on top)."""
-    if step >= cap and cap < loop.steps:
-        print(f"nothing left to run: the method ended this run at step {step} (it could go no further)",
-              file=sys.stderr)
-    elif step >= cap:
-        print(f"nothing left to run: this run already took {step} step(s) and --steps is {cap}; "
-              "give a larger --steps (a total, not more on top) to go on", file=sys.stderr)
-    elif loop.seconds is not None and seconds >= loop.seconds:
-        print(f"nothing left to run: this run already took {seconds:.1f} s of steps and --seconds is "
-              f"{loop.seconds:g}; give a larger --seconds (a total) to go on", file=sys.stderr)
 
 
 def print_interrupted(err: RunInterrupted) -> int:

@@ -121,7 +121,11 @@ class MetricsStream:
 
     def rows(self) -> list[dict[str, Any]]:
         """Every row so far (read back from the CSV for a run with a folder)."""
-        return list(self.memory) if self.path is None else list(read_metrics(self.path))
+        return list(self.iter_rows())
+
+    def iter_rows(self) -> Iterator[dict[str, Any]]:
+        """Every row so far, one at a time (from the CSV for a run with a folder: flat memory however long)."""
+        return iter(list(self.memory)) if self.path is None else read_metrics(self.path)
 
 
 def read_metrics(path: Path) -> Iterator[dict[str, Any]]:

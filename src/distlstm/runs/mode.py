@@ -11,7 +11,8 @@ then calls, on every worker::
     mode.state_dict() / load_state_dict   everything needed to continue bit for bit: "model",
                                           "algorithm", "generators", "artifacts" (vocabulary, scaler)
     mode.summary() -> dict                figures for summary.json beyond the loop's own
-    mode.write_outputs(folder, rows)      rank 0 only: files of its own (plots, samples)
+    mode.write_outputs(folder, rows)      rank 0 only: files of its own (plots, samples); ``rows`` is an
+                                          iterator over metrics.csv (read lazily: make a list to reuse it)
 
 Metrics of ``step`` must be the same on every worker (reduce them first); the loop
 records rank 0's. An optional ``devices`` tuple names the device types the mode
@@ -24,7 +25,7 @@ reports ``stopped_by: "max_steps"``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,4 +44,4 @@ class Mode(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
     def summary(self) -> dict[str, Any]: ...
-    def write_outputs(self, folder: Path, rows: Sequence[Mapping[str, Any]]) -> None: ...
+    def write_outputs(self, folder: Path, rows: Iterable[Mapping[str, Any]]) -> None: ...
