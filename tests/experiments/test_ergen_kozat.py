@@ -143,8 +143,8 @@ def test_online_command_single_bias_is_the_papers_theta_and_loads_back(tmp_path)
     assert len(loaded.forecaster(data)) > 0
 
 
-def test_seeds_flag_belongs_to_ergen_kozat(tmp_path, capsys):
-    assert main(["reproduce", "matrix-batch", "--seeds", "3", "--out", str(tmp_path), "--no-progress"]) == 2
-    assert "--seeds applies to ergen-kozat only" in capsys.readouterr().err
+def test_seeds_flag_belongs_to_ergen_kozat_and_matrix_batch(tmp_path, capsys):
+    assert main(["reproduce", "flstm-glstm", "--seeds", "3", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "--seeds applies to ergen-kozat and matrix-batch, not flstm-glstm" in capsys.readouterr().err
     with pytest.raises(ValueError, match="fix --seeds"):
         ErgenKozatConfig(seeds=0)
