@@ -51,19 +51,13 @@ def test_train_char_lm_command_two_workers_equal_one(tmp_path):
         launch([*resume, "--steps", "8", "--resume", str(tmp_path / "two")], None, 1)
 
 
-def test_es_plain_rule_with_the_lstm_two_workers_equal_one(tmp_path):
-    args = ["es", "--cell", "lstm", "--strategy", "plain", "--steps", "3", "--hidden", "8", "--population", "8",
-            "--windows", "2", "--window", "8", "--eval-every", "3", "--eval-chars", "300", "--no-progress"]
-    launch(args, tmp_path / "one", 1)
-    launch(args, tmp_path / "two", 2)
-    a, b = (load_run_checkpoint(tmp_path / d)[0]["state"]["algorithm"] for d in ("one", "two"))
-    assert a["generation"] == b["generation"] == 3
-    assert torch.equal(a["theta"], b["theta"])
-
-
-def test_federated_es_two_clients_in_two_processes_equal_one_process_simulating_them(tmp_path):
-    args = ["es", "--data-split", "by-play", "--clients", "2", "--steps", "3", "--hidden", "8", "--population", "8",
-            "--windows", "2", "--window", "8", "--eval-every", "3", "--eval-chars", "300", "--no-progress"]
+@pytest.mark.parametrize("variant", [
+    ["--cell", "lstm", "--strategy", "plain"],  # the plain rule with the LSTM
+    ["--data-split", "by-play", "--clients", "2"],  # federated: two clients in two processes, or simulated in one
+], ids=["plain-lstm", "federated"])
+def test_es_two_workers_equal_one(tmp_path, variant):
+    args = ["es", *variant, "--steps", "3", "--hidden", "8", "--population", "8", "--windows", "2", "--window", "8",
+            "--eval-every", "3", "--eval-chars", "300", "--no-progress"]
     launch(args, tmp_path / "one", 1)
     launch(args, tmp_path / "two", 2)
     a, b = (load_run_checkpoint(tmp_path / d)[0]["state"]["algorithm"] for d in ("one", "two"))

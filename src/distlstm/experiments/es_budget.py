@@ -20,9 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from distlstm.data.text import SHAKESPEARE_TRAGEDIES, CharVocab, load_text, split_ids
-from distlstm.experiments.charlm_demo import entropies
-from distlstm.experiments.es_shakespeare import es_loop, reference_levels, run_es
+from distlstm.experiments.es_shakespeare import es_loop, reference_levels, run_es, training_entropies
 from distlstm.modes.es import ESRunConfig
 from distlstm.runs import atomic_write_text, plot_curves, write_json
 
@@ -64,10 +62,7 @@ def run(cfg: ESBudgetConfig, out: Path, show_progress: bool = True) -> list[dict
     """The ladder (run folders ``rung_<k>``) and the tuned run (``tuned``); ``report.md``, plot and summary."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", asdict(cfg))
-    text = load_text(SHAKESPEARE_TRAGEDIES)
-    vocab = CharVocab.from_text(text)
-    train, _ = split_ids(vocab.encode(text))
-    h1, h2 = entropies(train, len(vocab))
+    h1, h2 = training_entropies()
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[dict[str, Any]]] = {}
     rungs = cfg.rungs()

@@ -77,6 +77,14 @@ def run_es(es_cfg: ESRunConfig, loop: LoopConfig, folder: Path, curves: dict[str
     return {k: result.summary[k] for k in RUN_KEYS}
 
 
+def training_entropies() -> tuple[float, float]:
+    """Unigram and bigram conditional entropies (nats/char) of the tragedies' training part (the last 10% held out)."""
+    text = load_text(SHAKESPEARE_TRAGEDIES)
+    vocab = CharVocab.from_text(text)
+    train, _ = split_ids(vocab.encode(text))
+    return entropies(train, len(vocab))
+
+
 def reference_levels(h1: float, h2: float) -> dict[str, float]:
     """The horizontal lines of every ES plot: the entropies of the training text and the source's plateau."""
     return {"unigram entropy": h1, "bigram entropy": h2, "source's ES plateau": SOURCE_PLATEAU}
@@ -86,10 +94,7 @@ def run(cfg: ESShakespeareConfig, out: Path, show_progress: bool = True) -> list
     """Train every model and method, write the run folder, return the summary rows."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", asdict(cfg))
-    text = load_text(SHAKESPEARE_TRAGEDIES)
-    vocab = CharVocab.from_text(text)
-    train, _ = split_ids(vocab.encode(text))
-    h1, h2 = entropies(train, len(vocab))
+    h1, h2 = training_entropies()
     runs: list[dict[str, Any]] = []
     curves: dict[str, list[dict[str, Any]]] = {}
     models: dict[str, Path] = {}  # the run folder each sample comes from
