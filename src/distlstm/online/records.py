@@ -81,8 +81,8 @@ class WindowSums:
         return cls(block=int(head[0]), sums=[list(r) for r in rows], steps=int(head[1]))
 
 
-_SUMS = ("seconds", "total", "count", "total_data", "running_sum", "hits", "covered", "bytes", "messages",
-         "skipped_labels", "steps")
+_SUMS = ("total", "count", "total_data", "running_sum", "hits", "covered", "bytes", "messages", "skipped_labels",
+         "steps")  # the numbers; the time taken is stored apart (``seconds``), as a measurement
 
 
 @dataclass
@@ -161,6 +161,7 @@ class OnlineRecords:
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """The sums as float64 tensors (what a checkpoint stores: a few numbers and the window's blocks)."""
         saved = {"sums": torch.tensor([float(getattr(self, f)) for f in _SUMS], dtype=torch.float64),
+                 "seconds": torch.tensor(self.seconds, dtype=torch.float64),
                  "last_mse": torch.tensor(self.last_mse, dtype=torch.float64),
                  "window": self.window.to_tensor()}
         if self.keep_steps and self.steps:  # records that keep their steps (in-memory studies, node loss) keep them
@@ -185,6 +186,7 @@ class OnlineRecords:
         for name, value in zip(_SUMS, saved["sums"].tolist(), strict=True):
             setattr(out, name, int(value) if isinstance(getattr(out, name), int) else value)
         out.last_mse = float(saved["last_mse"])
+        out.seconds = float(saved["seconds"])
         if "step_sq_errors" in saved:
             out.keep_steps = True
             out.sq_errors, out.variances = saved["step_sq_errors"].tolist(), saved["step_variances"].tolist()
