@@ -85,3 +85,13 @@ def test_a_missing_input_cell_names_file_line_and_column(tmp_path, capsys):
     assert main(["online", "--data", str(data), "--inputs", "a,b", "--target", "y", "--out", str(tmp_path / "o"),
                  "--no-progress"]) == 2
     assert "multi.csv, line 7, column 'a': empty cell" in capsys.readouterr().err
+
+
+def test_the_last_value_reference_in_data_units_is_the_scaled_one_times_the_scale_squared(tmp_path):
+    """With --scaling standardize every observation has the same scale s, so each data-units MSE is s² times
+    the scaled one: the reference's as the learner's (both from the records' per-observation factors)."""
+    data = three_input_csv(tmp_path / "t.csv")
+    s = online(tmp_path, data, "std", "--inputs", "a,b,c", "--target", "y", "--scaling", "standardize")
+    s2 = s["final_mse_data_units"] / s["final_mse"]
+    assert s2 != pytest.approx(1.0)  # the scale is not 1: the check below can tell the units apart
+    assert s["mse_naive_data_units"] == pytest.approx(s["mse_naive"] * s2, rel=1e-9)

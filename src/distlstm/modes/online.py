@@ -530,11 +530,11 @@ class OnlineMode:
         self.records = OnlineRecords.from_tensors(self.algorithm_name, self.topology.num_nodes, algo["records"])
         self.check_covariances(None)  # a resumed Σ must be a covariance before the first step uses it
 
-    def run_summary(self) -> RunSummary:
-        """The reproduction's figures of the steps run so far."""
+    def run_summary(self, references: Mapping[str, OnlineRecords] | None = None) -> RunSummary:
+        """The reproduction's figures of the steps run so far (``references``: :meth:`references`, if computed)."""
         rec = self.records
         refs = {name: {"final_mse": r.final_mse(), "mean_running_mse": _mean(r.running_mse())}
-                for name, r in self.references().items()}
+                for name, r in (self.references() if references is None else references).items()}
         return RunSummary(
             dataset=self.problem.dataset, algorithm=self.algorithm_name, final_mse=rec.final_mse(),
             mse_naive=refs.get("last_value", {}).get("final_mse", math.nan), running_mse_end=rec.running_mse_now,
@@ -545,13 +545,14 @@ class OnlineMode:
             steps=rec.steps, n_theta=self.fm.numel, settings=dict(self.settings), references=refs)
 
     def summary(self) -> dict[str, Any]:
-        out = self.run_summary().as_dict() | {"nodes": self.topology.num_nodes, "topology": self.topology_name,
-                                              "hidden": self.hidden, "seed": self.seed,
-                                              "processes": self.comm.world_size} | self._loss_summary()
+        references = self.references()  # replays every stream: once per summary
+        out = self.run_summary(references).as_dict() | {
+            "nodes": self.topology.num_nodes, "topology": self.topology_name, "hidden": self.hidden, "seed": self.seed,
+            "processes": self.comm.world_size} | self._loss_summary()
         fc, art = self.problem.forecasts, self.problem.artifacts
         if fc is None:
             return out
-        return out | self._data_units(fc) | {
+        return out | self._data_units(references) | {
             "mse_units": f"final_mse, mse_naive, references, running_mse_end and mse.csv: scaled {fc.target} "
                          f"({art['scaling']}); "
                          f"*_data_units: squared units of {fc.target}",
@@ -615,24 +616,15 @@ class OnlineMode:
                                               for k in range(k_all)]
         else:
             last = univariate_last_values(streams)
-        return reference_records(streams, self.records.steps, last)
+        return reference_records(streams, self.records.steps, last, self._factors)
 
-    def _in_data_units(self, fc: Forecasts, rec: OnlineRecords) -> OnlineRecords:
-        """``rec`` (kept per step) with every squared error in the target's units (× scale² of its observation)."""
-        k_all = self.topology.num_nodes
-        factor = (fc.scale**2).tolist()
-        converted = OnlineRecords(rec.algorithm, k_all)
-        for t, (row, var) in enumerate(zip(rec.sq_errors, rec.variances, strict=True)):
-            converted.append([e * factor[t * k_all + k] for k, e in enumerate(row)], var, 0.0, 0.0, 0.0)
-        return converted
-
-    def _data_units(self, fc: Forecasts) -> dict[str, float | None]:
+    def _data_units(self, refs: Mapping[str, OnlineRecords]) -> dict[str, float | None]:
         """The run's MSEs in the target's own units (the records' data-units sums: e² · scale² per observation)."""
         rec = self.records
-        naive = self.references().get("last_value")
+        naive = refs.get("last_value")
         values = {"final_mse_data_units": rec.final_mse(data_units=True),
                   "running_mse_end_data_units": rec.running_mse_data_units,
-                  "mse_naive_data_units": self._in_data_units(fc, naive).final_mse() if naive else math.nan}
+                  "mse_naive_data_units": naive.final_mse(data_units=True) if naive else math.nan}
         return {k: _none_if_nan(v) for k, v in values.items()}
 
 

@@ -64,11 +64,14 @@ class RecursiveLeastSquares:
 
 
 def reference_records(streams: Sequence[Sequence[Observation]], steps: int,
-                      last_values: Sequence[Sequence[float]] | None = None) -> dict[str, OnlineRecords]:
+                      last_values: Sequence[Sequence[float]] | None = None,
+                      factors: Sequence[float] | None = None) -> dict[str, OnlineRecords]:
     """Records of every reference over the first ``steps`` steps of every node's stream.
 
     ``last_values[k][t]`` is the target's last observed value before node k's label at
     step t (NaN where unknown); without it there is no ``last_value`` reference.
+    ``factors[t·K + k]`` (scale² of that observation) gives the records their MSEs in the
+    target's own units too, as the learner's records have them.
     """
     num_nodes = len(streams)
     names = [n for n in REFERENCES if n != "last_value" or last_values is not None]
@@ -93,7 +96,8 @@ def reference_records(streams: Sequence[Sequence[Observation]], steps: int,
                 counts[k] += 1
                 rls[k].update(phi, ob.d)
         for name in names:
-            out[name].append(errors[name], [math.nan] * num_nodes, 0.0, 0.0, 0.0)
+            out[name].append(errors[name], [math.nan] * num_nodes, 0.0, 0.0, 0.0,
+                             factors[t * num_nodes:(t + 1) * num_nodes] if factors is not None else None)
     return out
 
 
