@@ -126,12 +126,12 @@ def test_forecaster_equals_the_model_at_the_final_theta(tmp_path, scaling):
     assert torch.allclose(torch.tensor([r["prediction"] for r in rows], dtype=torch.float64), direct,
                           rtol=0, atol=1e-12)
     # the interval: node 0's c · (H Σ Hᵀ + q‖H‖² + σ²), from the checkpoint's covariance, and c the conformal
-    # quantile of the node's normalised errors (the calibration's ring buffer of the last 100)
+    # quantile at level 1 − α_t of the node's normalised errors (the calibration's ring buffer of the last 100)
     P = ckpt["state"]["algorithm"]["states"]["P"][0]
     noise = ckpt["state"]["algorithm"]["states"]["noise"][0]
-    n = min(int(noise[2]), 100)
-    ratios = sorted(noise[3 : 3 + n].tolist())
-    c = ratios[min(math.ceil(0.95 * (n + 1)), n) - 1] / 1.959963984540054**2
+    n, level = min(int(noise[2]), 100), 1 - float(noise[3])  # α_t: the adaptive conformal level's miss rate
+    ratios = sorted(noise[4 : 4 + n].tolist())
+    c = ratios[max(min(math.ceil(level * (n + 1)), n), 1) - 1] / 1.959963984540054**2
     params = dict(model.named_parameters())
     names = list(params)
     i = 5

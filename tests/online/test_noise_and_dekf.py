@@ -15,10 +15,13 @@ from distlstm.online import DEKF, EKF, PF, EKFConfig, PFConfig
 from distlstm.online.base import Observation
 from distlstm.ops.kalman import block_update
 from distlstm.ops.noise import (
+    ACI_STEP,
     FLOOR_FRACTION,
+    Z95,
     initial_noise,
     interval_scale,
     noise_variance,
+    update_level,
     update_noise,
     update_ratios,
 )
@@ -213,6 +216,42 @@ def test_interval_scale_is_the_conformal_quantile_of_the_last_window_of_ratios()
         noise = update_ratios(noise, r * 2.0, 2.0)  # (d − d̂)² / v = r
     kept = sorted(ratios[-window:])  # 11..40; rank ⌈0.95 · 31⌉ = 30: the largest
     assert interval_scale(noise) == pytest.approx(kept[29] / 1.959963984540054**2)
+
+
+def test_the_adaptive_level_moves_by_gamma_times_alpha_minus_the_miss():
+    noise = initial_noise(0.1, 10)
+    assert float(noise[3]) == pytest.approx(0.05)
+    hit, miss = update_level(noise, False), update_level(noise, True)
+    assert float(hit[3]) == pytest.approx(0.05 + ACI_STEP * 0.05, rel=1e-12)
+    assert float(miss[3]) == pytest.approx(0.05 - ACI_STEP * 0.95, rel=1e-12)
+    torch.testing.assert_close(hit[torch.arange(14) != 3], noise[torch.arange(14) != 3])  # only α_t moves
+    # a lower α_t asks for a higher order statistic of the window: c grows
+    for r in range(1, 11):
+        noise = update_ratios(noise, float(r), 1.0)
+    low = noise.clone()
+    low[3] = 0.3
+    assert interval_scale(low) < interval_scale(noise)
+
+
+def _window_coverage(adaptive: bool, steps: int = 4000, seed: int = 0) -> float:
+    """Coverage of d̂ ± z√(c v) on errors whose scale cycles (volatility clusters), v = 1, window 100."""
+    gen = torch.Generator().manual_seed(seed)
+    noise, hits = initial_noise(0.1, 100), 0
+    for t in range(steps):
+        scale = math.exp(2.0 * math.sin(2 * math.pi * t / 400))
+        sq_error = (float(torch.randn((), generator=gen, dtype=D)) * scale) ** 2
+        missed = sq_error > Z95 * Z95 * interval_scale(noise)
+        hits += not missed
+        noise = update_ratios(noise, sq_error, 1.0)
+        if adaptive:
+            noise = update_level(noise, missed)
+    return hits / steps
+
+
+def test_adaptive_conformal_level_holds_coverage_where_a_sliding_window_does_not():
+    """Gibbs & Candès: the miss-driven level keeps long-run coverage at 95% where the window's ratios lag the scale."""
+    assert _window_coverage(adaptive=False) < 0.90  # the window's quantile trails a rising scale
+    assert 0.94 < _window_coverage(adaptive=True) < 0.96
 
 
 def test_interval_calibration_brings_uniform_noise_coverage_to_95_percent(linear_fm):

@@ -4,7 +4,8 @@ For EKF, DEKF, PF and DPF at their default settings (the reproduction's sentence
 settings on the sentence task), each in three variants (:data:`VARIANTS`,
 :mod:`distlstm.ops.noise`): **fixed** σ² and the filter's own predictive variance;
 **adaptive** σ² estimated from the innovations; **calibrated**: fixed σ², the interval's
-variance scaled by c, the 95% quantile of the last W normalised errors. On three data sets:
+variance scaled by c, a quantile of the last W normalised errors at a level that the
+node's misses steer towards 95% coverage (adaptive conformal inference). On three data sets:
 
 * **exchange** — the reproduction's exchange-rate task (:func:`ergen_kozat.exchange_streams`);
 * **sentences** — the reproduction's sentence-valence task (:func:`ergen_kozat.sentence_streams`);
@@ -154,8 +155,9 @@ def render_report(cfg: CalibrationConfig, rows: list[dict[str, Any]]) -> str:
              f"{cfg.nodes} nodes, graph {cfg.edges}; every filter at its default settings (sentences: the "
              "reproduction's sentence settings). Variants: **fixed** σ² (the configured value) and the filter's own "
              "predictive variance; **adaptive** σ² estimated online from the innovations (`noise=adaptive`, "
-             "window `noise_window` = 100); **calibrated**: fixed σ², the interval's variance scaled by c so that it "
-             f"would have covered 95% of the node's last {INTERVAL_WINDOW} normalised errors (`interval_window`). "
+             "window `noise_window` = 100); **calibrated**: fixed σ², the interval's variance scaled by c, the "
+             f"quantile of the node's last {INTERVAL_WINDOW} normalised errors at level 1 − α_t, where α_t follows the "
+             "node's misses (α_{t+1} = α_t + 0.005 (0.05 − miss_t), adaptive conformal inference; `interval_window`). "
              "Coverage is the fraction "
              "of labels inside d̂ ± 1.96 √v over all nodes and steps, with its Wilson 95% confidence interval. "
              f"Goal: {GOAL[0]:.0%}–{GOAL[1]:.0%}.", "",

@@ -18,7 +18,8 @@ H Σ_{t|t-1} Hᵀ + σ². Σ₀ = s₀ I. Cost O(n_θ²) time and memory per ste
 estimated online from the innovations (``noise="adaptive"``, :mod:`distlstm.ops.noise`,
 starting at the configured value); the step's update uses the σ̂² its prediction used.
 With ``interval_window=W`` (the run default, W = 100) the reported variance is scaled by
-the conformal factor c of the node's last W normalised errors, so that the 95% interval
+the conformal factor c of the node's last W normalised errors, at a level steered by the
+node's own misses (adaptive conformal inference, :mod:`distlstm.ops.noise`), so that the 95% interval
 covers 95% (docs/results/calibration); the filter's update never sees c.
 
 | symbol | variable |

@@ -1,7 +1,7 @@
 """The measurement noise σ² a filter uses at each step: fixed, or the adaptive estimate of :mod:`distlstm.ops.noise`.
 
 Shared by the EKF, DEKF, PF and DPF: each keeps the estimate's state (``noise``,
-[w, m, count, ratios…]) in its per-node state, reads σ² before the label (:func:`step_sigma2`,
+[w, m, count, α_t, ratios…]) in its per-node state, reads σ² before the label (:func:`step_sigma2`,
 used by both the prediction and the update of the step), reports its predictive
 variance scaled by the interval calibration c (:func:`reported_variance`), and moves
 both with the label's squared error (:func:`next_noise`).
@@ -14,7 +14,7 @@ from typing import Protocol
 from torch import Tensor
 
 from distlstm.online.base import Observation, Prediction
-from distlstm.ops.noise import interval_scale, noise_variance, update_noise, update_ratios
+from distlstm.ops.noise import Z95, interval_scale, noise_variance, update_level, update_noise, update_ratios
 
 
 class NoiseSettings(Protocol):
@@ -49,7 +49,7 @@ def next_noise(cfg: NoiseSettings, noise: Tensor, obs: Observation, pred: Predic
     sq_error = (obs.d - pred.mean) ** 2
     own = pred.var / interval_scale(noise) if cfg.interval_window else pred.var
     if cfg.interval_window:
-        noise = update_ratios(noise, sq_error, own)
+        noise = update_level(update_ratios(noise, sq_error, own), missed=sq_error > Z95 * Z95 * pred.var)
     if cfg.noise == "adaptive":
         noise = update_noise(noise, sq_error, own - sigma2, cfg.noise_window)
     return noise

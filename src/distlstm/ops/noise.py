@@ -21,12 +21,20 @@ the truth far less. **Interval calibration** therefore scales the reported predi
 variance, v ← c · v, with c from the node's last W normalised errors r_i = (d_i − d̂_i)² / v_i
 (online split-conformal calibration on a sliding window)::
 
-    c_t = r_(⌈0.95 (n + 1)⌉) / z²,     n = min(t − 1, W) errors so far, z = 1.96
+    c_t = r_(⌈(1 − α_t)(n + 1)⌉) / z²,     n = min(t − 1, W) errors so far, z = 1.96
 
-(the order statistic of the n ratios; while n < 19, where that rank exceeds n, the
-largest ratio so far, and c = 1 before the first error).
-If the ratios are exchangeable, the interval d̂ ± z √(c v) covers the next label with
-probability ≥ 95% whatever the error distribution; the sliding window follows a drift.
+(the order statistic of the n ratios; where that rank exceeds n, the largest ratio so
+far, and c = 1 before the first error). With α_t fixed at α = 0.05 this is split-conformal
+calibration: if the ratios were exchangeable, d̂ ± z √(c v) would cover the next label with
+probability ≥ 95% whatever the error distribution. A price series is not exchangeable
+(volatility clusters), and a window of W recent ratios then over- or under-covers
+(0.98 on the exchange rates). **Adaptive conformal inference** (Gibbs & Candès, 2021)
+steers the level by the misses themselves::
+
+    α_{t+1} = α_t + γ (α − err_t),     err_t = 1 if d_t fell outside the interval of step t, else 0
+
+which holds the long-run miss rate at α for any sequence: |mean(err) − α| ≤
+(max(α₁, 1 − α₁) + γ) / (γ T) after T labelled steps (their Proposition 4.1). γ = ``ACI_STEP``.
 c rescales the interval only; the filter's own update never sees it.
 
 m itself is kept unclipped (a clipped running mean would be biased upwards); only the
@@ -40,7 +48,8 @@ stacks into checkpoints with the rest of a node's filter state.
 |---|---|
 | w, m | ``noise[0]``, ``noise[1]`` |
 | σ₀², W (σ̂²) | ``sigma2``, ``window`` |
-| t − 1, r_i, W (c) | ``noise[2]``, ``noise[3:]`` (ring buffer), ``interval_window`` |
+| t − 1, α_t, r_i, W (c) | ``noise[2]``, ``noise[3]``, ``noise[4:]`` (ring buffer), ``interval_window`` |
+| α, γ | ``MISS_RATE``, ``ACI_STEP`` |
 """
 
 from __future__ import annotations
@@ -55,12 +64,15 @@ FLOOR_FRACTION = 1e-2  # σ̂² never falls below this fraction of σ₀²
 
 
 COVERAGE = 0.95
+MISS_RATE = 1.0 - COVERAGE  # α: the target rate of labels outside the interval
 Z95 = 1.959963984540054
+ACI_STEP = 0.005  # γ: Gibbs & Candès's choice; α_t moves by γ·0.95 after a miss, γ·0.05 after a hit
+HEAD = 4  # [w, m, errors seen, α_t] before the ring buffer of ratios
 
 
 def initial_noise(sigma2: float, interval_window: int = 0, dtype: torch.dtype = torch.float64) -> Tensor:
-    """[w₀, m₀, 0 errors seen, W empty ratio slots] = [PRIOR_WEIGHT, σ₀², 0, 0…]."""
-    head = torch.tensor([PRIOR_WEIGHT, sigma2, 0.0], dtype=dtype)
+    """[w₀, m₀, 0 errors seen, α₁, W empty ratio slots] = [PRIOR_WEIGHT, σ₀², 0, α, 0…]."""
+    head = torch.tensor([PRIOR_WEIGHT, sigma2, 0.0, MISS_RATE], dtype=dtype)
     return torch.cat([head, torch.zeros(interval_window, dtype=dtype)])
 
 
@@ -71,12 +83,12 @@ def noise_variance(noise: Tensor, sigma2: float) -> float:
 
 def interval_scale(noise: Tensor) -> float:
     """c, the factor on the predictive variance that calibrates the 95% interval (1 before the first error)."""
-    window = noise.shape[0] - 3
+    window = noise.shape[0] - HEAD
     n = min(int(noise[2]), window)
     if n == 0:
         return 1.0
-    rank = min(math.ceil(COVERAGE * (n + 1)), n)  # 1-based
-    ratio = float(torch.kthvalue(noise[3 : 3 + n], rank).values)
+    rank = max(min(math.ceil((1.0 - float(noise[3])) * (n + 1)), n), 1)  # 1-based; α_t may leave [0, 1]
+    ratio = float(torch.kthvalue(noise[HEAD : HEAD + n], rank).values)
     return max(ratio / (Z95 * Z95), 1e-12)
 
 
@@ -91,10 +103,17 @@ def update_noise(noise: Tensor, sq_error: float, spread: float, window: int) -> 
 
 def update_ratios(noise: Tensor, sq_error: float, var: float) -> Tensor:
     """The ring buffer with r = (d − d̂)² / v of this step added (v: the filter's own variance, before c)."""
-    window = noise.shape[0] - 3
+    window = noise.shape[0] - HEAD
     out = noise.clone()
-    out[3 + int(noise[2]) % window] = sq_error / var
+    out[HEAD + int(noise[2]) % window] = sq_error / var
     out[2] = noise[2] + 1
+    return out
+
+
+def update_level(noise: Tensor, missed: bool) -> Tensor:
+    """α_{t+1} = α_t + γ (α − err_t): the adaptive conformal level after a label inside (err 0) or outside (1)."""
+    out = noise.clone()
+    out[3] = noise[3] + ACI_STEP * (MISS_RATE - float(missed))
     return out
 
 
