@@ -67,7 +67,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     text = run(out, quick=args.quick, compile=args.compile, repeats=args.repeats,
                notes_file=Path(args.notes) if args.notes else None,
                sections=tuple(part.strip() for part in args.sections.split(",") if part.strip()),
-               progress=lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True))
+               progress=lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True), update=args.update)
     if out is None:
         print(text)
     else:
@@ -297,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "evotorch package: `make bench-evotorch`)")
     p.add_argument("--notes", default="docs/benchmark-notes.md",
                    help="Markdown appended to the report (analysis of the numbers); skipped if missing")
+    p.add_argument("--update", action="store_true",
+                   help="replace only the sections run in the existing --output file and keep the others (the "
+                        "header names the refreshed sections), e.g. --sections longrun --update")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="train a character LSTM on Shakespeare (the README's main job)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 import os
 import platform
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from distlstm.bench.functional import BatchedRow, bench_batched
 from distlstm.bench.lm import bench_lm, render_lm
 from distlstm.bench.online import EKFRow, ParticleRow, StepRow, bench_ekf_floor, bench_particles, bench_steps
 from distlstm.bench.robust import bench_checkpoint_every, bench_checkpoints, bench_memory, render_robust
+from distlstm.runs.files import atomic_write_text
 
 SECTIONS = ("cells", "batched", "online", "es", "bptt", "fullbatch", "lm", "longrun", "evotorch")
 DEFAULT_SECTIONS = ("cells", "batched", "online", "es", "bptt", "fullbatch", "lm", "longrun")  # evotorch: own venv
@@ -277,6 +279,38 @@ def render(cell_rows: list[CellRow], batched_rows: list[BatchedRow], *, command:
     return "".join(parts)
 
 
+def _split_sections(text: str) -> tuple[str, list[tuple[str, str]]]:
+    """A report's header (before the first ``## `` line) and its (heading line, whole section) pairs, in order."""
+    lines = text.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.startswith("## ")]
+    if not starts:
+        return text, []
+    bounds = [*starts, len(lines)]
+    return "".join(lines[:starts[0]]), [(lines[a].strip(), "".join(lines[a:b])) for a, b in itertools.pairwise(bounds)]
+
+
+def merge_sections(old: str, new: str, *, command: str) -> str:
+    """``old`` with each ``## `` section of ``new`` in place of the one of the same heading.
+
+    Sections that ``old`` lacks go before its notes (the last section when it is
+    ``## Notes…``), and the header gains a line naming what was refreshed, by which
+    command and on which machine, so the file says which figures are newer.
+    """
+    old_header, old_sections = _split_sections(old)
+    new_header, new_sections = _split_sections(new)
+    if not old_sections and not old_header.strip():
+        return new
+    fresh = dict(new_sections)
+    merged = [(h, fresh.pop(h, body)) for h, body in old_sections]
+    at = len(merged) - 1 if merged and merged[-1][0].startswith("## Notes") else len(merged)
+    merged[at:at] = [(h, body if body.endswith("\n\n") else body + "\n") for h, body in fresh.items()]
+    machine = next((line for line in new_header.splitlines() if line.startswith("Machine:")), "")
+    names = ", ".join(h.removeprefix("## ") for h, _ in new_sections)
+    note = (f"Refreshed by `{command}` on {datetime.date.today().isoformat()}: {names}. "
+            f"{machine.replace('Machine:', 'Machine for those:')}\n\n")
+    return old_header.rstrip("\n") + "\n\n" + note + "".join(body for _, body in merged)
+
+
 def _compiled_cells(r: BatchedRow) -> str:
     if r.compiled_ms is None or r.compiled_speedup is None:
         return "— | —"
@@ -285,8 +319,12 @@ def _compiled_cells(r: BatchedRow) -> str:
 
 def run(output: Path | None, *, quick: bool = False, compile: bool = False, repeats: int | None = None,
         notes_file: Path | None = None, sections: tuple[str, ...] = DEFAULT_SECTIONS,
-        progress: Callable[[str], None] | None = None) -> str:
-    """Run the chosen benchmark sections and return (and write, if ``output``) the Markdown report."""
+        progress: Callable[[str], None] | None = None, update: bool = False) -> str:
+    """Run the chosen benchmark sections and return (and write, if ``output``) the Markdown report.
+
+    With ``update`` the sections run replace their namesakes in the existing ``output``
+    (:func:`merge_sections`) and the rest of it is kept.
+    """
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise ValueError(f"unknown benchmark sections {sorted(unknown)}; expected some of {list(SECTIONS)}")
@@ -356,10 +394,15 @@ def run(output: Path | None, *, quick: bool = False, compile: bool = False, repe
     command = "distlstm bench" + (" --quick" if quick else "") + (" --compile" if compile else "")
     if tuple(sections) != DEFAULT_SECTIONS:
         command += " --sections " + ",".join(sections)
-    notes = notes_file.read_text() if notes_file and notes_file.exists() else ""
+    notes = notes_file.read_text() if notes_file and notes_file.exists() and not update else ""
     text = render(cell_rows, batched_rows, command=command, notes=notes, steps=steps, online=online)
+    return write_report(output, text, command=command, update=update)
+
+
+def write_report(output: Path | None, text: str, *, command: str, update: bool = False) -> str:
+    """Write ``text`` to ``output`` atomically (merged into the existing file with ``update``); return the text."""
+    if update and output is not None and output.is_file():
+        text = merge_sections(output.read_text(), text, command=command + " --update")
     if output is not None:
-        tmp = output.with_suffix(output.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(output)
+        atomic_write_text(output, text)
     return text
