@@ -192,6 +192,20 @@ def test_an_old_node_loss_checkpoint_with_per_step_lists_resumes_flat(linear_fm,
     assert not any(name.startswith("step_") for name in saved) and "node_window" in saved
 
 
+def test_a_stop_run_resumed_to_continue_has_no_survivors_mse_rather_than_a_wrong_one(linear_fm, tmp_path):
+    """Its checkpoint kept no per-node sums: the survivors' MSE over a window that began before the resume is
+    unknown (null), while everything else is reported as by the run that could lose nodes from the start."""
+    streams, _ = linear_streams(4, STEPS, 3, sigma=0.1, seed=4)
+    ring = make_topology("ring", 4)
+    records_of(linear_fm, streams, "dsgd", ring, steps=7, policy="stop", folder=tmp_path / "r", keep_steps=False)
+    resumed = records_of(linear_fm, streams, "dsgd", ring, drops={1: 9}, folder=tmp_path / "r", resume=True,
+                         keep_steps=False)
+    straight = records_of(linear_fm, streams, "dsgd", ring, drops={1: 9})
+    s, want = resumed.summary(), straight.summary()
+    assert s["survivors_final_mse"] is None and want["survivors_final_mse"] is not None
+    assert without_timing(s) == without_timing(want) | {"survivors_final_mse": None}
+
+
 def test_the_stop_policy_ends_the_run_naming_the_node_and_the_flag(linear_fm):
     streams, _ = linear_streams(3, STEPS, 3, sigma=0.1, seed=0)
     with pytest.raises(NodeLeft, match=r"node 1 left before step 4 and on_node_loss= is stop"):
