@@ -18,15 +18,20 @@ from distlstm.runs.loop import run
 from distlstm.runtime.comm import LocalComm
 
 
-def _random_records(steps: int, nodes: int = 3, seed: int = 0, keep: bool = True) -> OnlineRecords:
+def _random_step(gen: torch.Generator, nodes: int) -> tuple[list[float], list[float], float, float, float]:
+    errors = (torch.rand(nodes, generator=gen, dtype=torch.float64) ** 2).tolist()
+    variances = (torch.rand(nodes, generator=gen, dtype=torch.float64) * 0.2).tolist()
+    if torch.rand((), generator=gen) < 0.2:
+        errors[0] = math.nan  # a missing label
+    return errors, variances, 10.0, 2.0, 0.001
+
+
+def _random_records(steps: int, nodes: int = 3, seed: int = 0, keep: bool = True,
+                    per_node: bool = False) -> OnlineRecords:
     gen = torch.Generator().manual_seed(seed)
-    rec = OnlineRecords("ekf", nodes, keep_steps=keep)
+    rec = OnlineRecords("ekf", nodes, keep_steps=keep, per_node=per_node)
     for _ in range(steps):
-        errors = (torch.rand(nodes, generator=gen, dtype=torch.float64) ** 2).tolist()
-        variances = (torch.rand(nodes, generator=gen, dtype=torch.float64) * 0.2).tolist()
-        if torch.rand((), generator=gen) < 0.2:
-            errors[0] = math.nan  # a missing label
-        rec.append(errors, variances, 10.0, 2.0, 0.001)
+        rec.append(*_random_step(gen, nodes))
     return rec
 
 
@@ -46,6 +51,46 @@ def test_final_window_is_the_last_fifth_exact_while_blocks_are_single_steps(monk
     if steps <= 8:
         assert block == 1 and start == cut
     assert rec.final_mse() == pytest.approx(_window_reference(rec, start), rel=1e-12)
+
+
+@pytest.mark.parametrize("steps", [1, 5, 8, 9, 37, 123])
+def test_per_node_final_window_equals_the_per_step_reference(monkeypatch, steps):
+    monkeypatch.setattr(records_module, "MAX_BLOCKS", 8)
+    rec = _random_records(steps, nodes=4, per_node=True)
+    start = int(steps * 0.8) // rec.window.block * rec.window.block
+    for nodes in ([0], [1, 3], [0, 1, 2, 3]):
+        vals = [row[k] for row in rec.sq_errors[start:] for k in nodes if not math.isnan(row[k])]
+        want = sum(vals) / len(vals) if vals else math.nan
+        assert rec.final_mse_of(nodes) == pytest.approx(want, rel=1e-12, nan_ok=True)
+    assert rec.final_mse_of([0, 1, 2, 3]) == pytest.approx(rec.final_mse(), rel=1e-12, nan_ok=True)
+    assert math.isnan(_random_records(steps, nodes=4).final_mse_of([0]))  # no per-node sums kept
+
+
+def test_undoing_the_last_step_is_exact_across_block_merges(monkeypatch):
+    """Appending step t, undoing it and appending another gives the records of the other alone, bit for bit
+    (every t of 40 with 4 blocks at most: merges at steps 4, 8, 16 and 32)."""
+    monkeypatch.setattr(records_module, "MAX_BLOCKS", 4)
+    gen = torch.Generator().manual_seed(5)
+    steps = [_random_step(gen, 3) for _ in range(40)]
+    others = [_random_step(gen, 3) for _ in range(40)]
+    for t in range(40):
+        undone = OnlineRecords("ekf", 3, keep_steps=True, per_node=True)
+        direct = OnlineRecords("ekf", 3, keep_steps=True, per_node=True)
+        for s in steps[:t]:
+            undone.append(*s)
+            direct.append(*s)
+        undone.append(*steps[t])
+        undone.undo_last()
+        with pytest.raises(RuntimeError, match="only the last step"):
+            undone.undo_last()
+        for rec in (undone, direct):
+            rec.append(*others[t])
+            for s in steps[t + 1:]:
+                rec.append(*s)
+        got, want = undone.to_tensors(), direct.to_tensors()
+        assert got.keys() == want.keys()
+        for name in got:
+            assert torch.equal(got[name].nan_to_num(), want[name].nan_to_num()), (t, name)  # step_* lists too
 
 
 def test_running_sums_equal_the_per_step_reference():
@@ -88,6 +133,21 @@ def test_a_checkpoint_with_per_step_lists_still_loads():
     back = OnlineRecords.from_tensors("ekf", 3, old)
     assert back.final_mse() == pytest.approx(rec.final_mse(), rel=1e-12)
     assert back.coverage95() == rec.coverage95() and back.steps == 40
+
+
+def test_a_node_loss_checkpoint_with_per_step_lists_loads_flat():
+    """Before the per-node sums, a run that could lose nodes stored its per-step lists: a flat run rebuilds the
+    per-node sums from them and drops the lists; a run that keeps its lists gets them back."""
+    rec = _random_records(40, nodes=4, per_node=True)
+    old = {name: t for name, t in rec.to_tensors().items() if name != "node_window"}
+    assert "step_sq_errors" in old
+    flat = OnlineRecords.from_tensors("ekf", 4, old, keep_steps=False, per_node=True)
+    assert flat.sq_errors == [] and not flat.keep_steps
+    assert flat.final_mse_of([1, 2]) == rec.final_mse_of([1, 2]) and flat.final_mse() == rec.final_mse()
+    assert not any(name.startswith("step_") for name in flat.to_tensors())
+    kept = OnlineRecords.from_tensors("ekf", 4, old, keep_steps=True, per_node=True)
+    back = torch.tensor(kept.sq_errors, dtype=torch.float64)
+    assert kept.keep_steps and torch.equal(back.nan_to_num(), old["step_sq_errors"].nan_to_num())
 
 
 def test_per_step_lists_are_refused_clearly_when_not_kept():

@@ -17,13 +17,15 @@ import pytest
 import torch
 
 from distlstm.cli import main
-from distlstm.modes.node_loss import NodeLeft, parse_drops, survivors_final_mse
+from distlstm.modes.node_loss import NodeLeft, parse_drops
 from distlstm.modes.online import OnlineConfig, OnlineMode, OnlineProblem
 from distlstm.network import InProcessTransport, make_topology
 from distlstm.network.graphs import Topology
 from distlstm.online import algorithm_settings
+from distlstm.online import records as records_module
 from distlstm.online.dpf import walk_exponents
-from distlstm.runs.checkpoint import load_run_checkpoint
+from distlstm.online.records import OnlineRecords
+from distlstm.runs.checkpoint import load_run_checkpoint, save_run_checkpoint
 from distlstm.runs.config import LoopConfig
 from distlstm.runs.loop import run
 from distlstm.runs.metrics import read_metrics
@@ -38,16 +40,38 @@ STEPS = 12
 
 def records_of(fm, streams, algorithm: str, topo: Topology, settings: dict | None = None, *, drops=None,
                steps: int = STEPS, policy: str = "continue", folder=None, resume: bool = False,
-               checkpoint_every: int = 1000) -> OnlineMode:
+               checkpoint_every: int = 1000, keep_steps: bool = True) -> OnlineMode:
     mode = OnlineMode(OnlineProblem(streams), algorithm, algorithm_settings(algorithm, settings), topo,
-                      model=lambda _seed: (fm, torch.zeros(3, dtype=D)), on_node_loss=policy, drops=drops)
+                      model=lambda _seed: (fm, torch.zeros(3, dtype=D)), on_node_loss=policy, drops=drops,
+                      keep_steps=keep_steps)
     run(mode, LoopConfig(steps=steps, seed=3, progress=False, checkpoint_every=checkpoint_every), folder=folder,
         resume=resume)
     return mode
 
 
+def survivors_final_mse(sq_errors: list[list[float]], survivors: list[int], fraction: float = 0.2) -> float:
+    """The reference: the survivors' labelled squared errors over the last ``fraction`` of the kept steps."""
+    start = int(len(sq_errors) * (1 - fraction))
+    vals = [row[k] for row in sq_errors[start:] for k in survivors if not math.isnan(row[k])]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
 def column(mode: OnlineMode, k: int) -> list[float]:
     return [row[k] for row in mode.records.sq_errors]
+
+
+def without_timing(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k not in ("seconds_per_step",)}
+
+
+def assert_flat_equals_kept(flat: OnlineMode, kept: OnlineMode) -> None:
+    """A flat run (no per-step lists) reports what the run that kept them does, and the survivors' final MSE
+    is the one computed by hand from the kept lists."""
+    assert flat.records.sq_errors == [] and not flat.records.keep_steps
+    s = flat.summary()
+    assert without_timing(s) == without_timing(kept.summary())
+    by_hand = survivors_final_mse(kept.records.sq_errors, s["survivors"])
+    assert s["survivors_final_mse"] == pytest.approx(by_hand, rel=1e-12)
 
 
 @pytest.mark.parametrize("algorithm", ["dsgd", "dekf"])
@@ -98,16 +122,88 @@ def test_a_loss_mid_run_keeps_the_past_and_the_survivors_go_on_over_the_reduced_
     assert s["node_loss_report"] == "node 1 left at step 5; survivors 0,2,3 go on connected"
 
 
-def test_stopped_and_resumed_after_a_loss_equals_uninterrupted(linear_fm, tmp_path):
+@pytest.mark.parametrize("algorithm", ["dsgd", "dekf", "dpf"])
+def test_a_flat_node_loss_run_reports_what_the_per_step_lists_give(linear_fm, algorithm):
+    """Node 1 leaves at step 5, node 3 at step 10: inside the last 20% (steps 9-11), so its step 9 counts in
+    final_mse but not in the survivors' final MSE; the ring falls apart into {0} and {2}."""
+    streams, _ = linear_streams(4, STEPS, 3, sigma=0.1, seed=6)
+    ring = make_topology("ring", 4)
+    settings = {"num_particles": 20, "walk_steps": 2} if algorithm == "dpf" else None
+    kept = records_of(linear_fm, streams, algorithm, ring, settings, drops={1: 5, 3: 10})
+    flat = records_of(linear_fm, streams, algorithm, ring, settings, drops={1: 5, 3: 10}, keep_steps=False)
+    assert_flat_equals_kept(flat, kept)
+    s = flat.summary()
+    assert s["survivors"] == [0, 2] and s["components"] == [[0], [2]]
+    with_3 = survivors_final_mse(kept.records.sq_errors, [0, 2, 3])
+    assert s["survivors_final_mse"] != pytest.approx(with_3, rel=1e-6)  # node 3's last error is left out
+    assert s["final_mse"] == pytest.approx(with_3, rel=1e-12)
+
+
+@pytest.mark.parametrize("keep_steps", [True, False])
+def test_stopped_and_resumed_after_a_loss_equals_uninterrupted(linear_fm, tmp_path, keep_steps):
     streams, _ = linear_streams(4, STEPS, 3, sigma=0.1, seed=4)
     line = make_topology("line", 4)
     straight = records_of(linear_fm, streams, "dekf", line, drops={2: 3})
-    records_of(linear_fm, streams, "dekf", line, drops={2: 3}, steps=7, folder=tmp_path / "r")
-    resumed = records_of(linear_fm, streams, "dekf", line, drops={2: 3}, folder=tmp_path / "r", resume=True)
-    got, want = torch.tensor(resumed.records.sq_errors), torch.tensor(straight.records.sq_errors)
-    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
+    records_of(linear_fm, streams, "dekf", line, drops={2: 3}, steps=7, folder=tmp_path / "r", keep_steps=keep_steps)
+    resumed = records_of(linear_fm, streams, "dekf", line, drops={2: 3}, folder=tmp_path / "r", resume=True,
+                         keep_steps=keep_steps)
+    if keep_steps:
+        got, want = torch.tensor(resumed.records.sq_errors), torch.tensor(straight.records.sq_errors)
+        assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
+        assert without_timing(resumed.summary()) == without_timing(straight.summary())
+    else:
+        assert_flat_equals_kept(resumed, straight)
     assert resumed.summary()["node_loss"] == straight.summary()["node_loss"]
     assert resumed.summary()["components"] == [[0, 1], [3]]
+
+
+def test_a_node_loss_checkpoint_does_not_grow_with_the_steps(linear_fm, tmp_path, monkeypatch):
+    monkeypatch.setattr(records_module, "MAX_BLOCKS", 8)  # the block sums reach their bound after 8 steps
+    streams, _ = linear_streams(4, 200, 3, sigma=0.1, seed=7)
+    sizes = {}
+    for steps in (40, 200):
+        mode = records_of(linear_fm, streams, "dsgd", make_topology("ring", 4), drops={1: 20}, steps=steps,
+                          folder=tmp_path / str(steps), keep_steps=False)
+        saved = load_run_checkpoint(tmp_path / str(steps), "online")[0]["state"]["algorithm"]["records"]
+        assert not any(name.startswith("step_") for name in saved) and "node_window" in saved
+        sizes[steps] = sum(t.numel() for t in saved.values())
+        assert mode.summary()["survivors_final_mse"] is not None
+    # ≤ 8 blocks (and a header) of 2·4 per-node and 3 run sums, the sums, last MSE, seconds: whatever the steps
+    bound = 2 * 4 * (8 + 1) + 3 * (8 + 1) + len(records_module._SUMS) + 2
+    assert max(sizes.values()) <= bound < 200 * 4  # one per-step list alone would hold 200·4 numbers
+
+
+def test_an_old_node_loss_checkpoint_with_per_step_lists_resumes_flat(linear_fm, tmp_path):
+    """A checkpoint written before the per-node sums (step_* lists, no node_window) resumes in a flat run:
+    the per-node sums are rebuilt from its lists, which are then dropped."""
+    streams, _ = linear_streams(4, STEPS, 3, sigma=0.1, seed=4)
+    line = make_topology("line", 4)
+    straight = records_of(linear_fm, streams, "dekf", line, drops={2: 3, 0: 9})
+    records_of(linear_fm, streams, "dekf", line, drops={2: 3, 0: 9}, steps=10, folder=tmp_path / "r")
+    ckpt, _ = load_run_checkpoint(tmp_path / "r", "online")
+    records = ckpt["state"]["algorithm"]["records"]
+    assert "step_sq_errors" in records
+    del records["node_window"]
+    save_run_checkpoint(tmp_path / "r", {k: v for k, v in ckpt.items() if k not in ("format", "version", "checksum")})
+    resumed = records_of(linear_fm, streams, "dekf", line, drops={2: 3, 0: 9}, folder=tmp_path / "r", resume=True,
+                         keep_steps=False)
+    assert_flat_equals_kept(resumed, straight)
+    saved = load_run_checkpoint(tmp_path / "r", "online")[0]["state"]["algorithm"]["records"]
+    assert not any(name.startswith("step_") for name in saved) and "node_window" in saved
+
+
+def test_a_stop_run_resumed_to_continue_has_no_survivors_mse_rather_than_a_wrong_one(linear_fm, tmp_path):
+    """Its checkpoint kept no per-node sums: the survivors' MSE over a window that began before the resume is
+    unknown (null), while everything else is reported as by the run that could lose nodes from the start."""
+    streams, _ = linear_streams(4, STEPS, 3, sigma=0.1, seed=4)
+    ring = make_topology("ring", 4)
+    records_of(linear_fm, streams, "dsgd", ring, steps=7, policy="stop", folder=tmp_path / "r", keep_steps=False)
+    resumed = records_of(linear_fm, streams, "dsgd", ring, drops={1: 9}, folder=tmp_path / "r", resume=True,
+                         keep_steps=False)
+    straight = records_of(linear_fm, streams, "dsgd", ring, drops={1: 9})
+    s, want = resumed.summary(), straight.summary()
+    assert s["survivors_final_mse"] is None and want["survivors_final_mse"] is not None
+    assert without_timing(s) == without_timing(want) | {"survivors_final_mse": None}
 
 
 def test_the_stop_policy_ends_the_run_naming_the_node_and_the_flag(linear_fm):
@@ -133,9 +229,13 @@ def test_bad_policy_is_refused():
 
 
 def test_survivors_final_mse_by_hand():
-    rows = [[1.0, 2.0, math.nan]] * 5 + [[3.0, math.nan, 5.0]] * 5
-    assert survivors_final_mse(rows, [0, 2], fraction=0.2) == pytest.approx(4.0)
-    assert math.isnan(survivors_final_mse(rows, [1], fraction=0.2))
+    """The last 2 of 10 steps: node 0's errors 3, 3 and node 2's 5, 5 give 4 (node 1 has no label there);
+    the last 6: node 0's 1 and five 3s give 16/6."""
+    records = OnlineRecords("dsgd", 3, keep_steps=False, per_node=True)
+    for row in [[1.0, 2.0, math.nan]] * 5 + [[3.0, math.nan, 5.0]] * 5:
+        records.append(row, [math.nan] * 3, 0.0, 0.0, 0.0)
+    assert records.final_mse_of([0, 2], fraction=0.2) == 4.0 and records.final_mse_of([0], fraction=0.6) == 8 / 3
+    assert math.isnan(records.final_mse_of([1], fraction=0.2))
 
 
 def test_dpf_exponents_on_a_reduced_graph_by_hand():
@@ -226,12 +326,14 @@ class TwoRanks(LocalComm):
         return [0], self.agreed
 
 
-@pytest.mark.parametrize(("algorithm", "where"), [("dpf", "in the step"), ("dpf", "after the step"),
-                                                  ("dekf", "after the step")])
-def test_a_survivor_rolls_back_to_the_step_the_others_failed_in(linear_fm, algorithm, where):
+@pytest.mark.parametrize(("algorithm", "where", "keep_steps"), [
+    ("dpf", "in the step", True), ("dpf", "after the step", True), ("dekf", "after the step", True),
+    ("dpf", "after the step", False), ("dsgd", "after the step", False)])
+def test_a_survivor_rolls_back_to_the_step_the_others_failed_in(linear_fm, algorithm, where, keep_steps):
     """Rank 1 (nodes 2, 3) dies during step 6: this survivor failed inside step 6 (its state half-updated,
     its generators drawn from), or finished step 6 and failed in the loop's reduction after it. Either
-    way it repeats step 6 without nodes 2 and 3 — the simulator's run with both dropped before step 6."""
+    way it repeats step 6 without nodes 2 and 3 — the simulator's run with both dropped before step 6.
+    A flat run (no per-step lists) takes the finished step 6 out of its sums instead."""
     streams, _ = linear_streams(4, STEPS, 3, sigma=0.1, seed=5)
     ring = make_topology("ring", 4)
     settings = {"num_particles": 20, "walk_steps": 2} if algorithm == "dpf" else None
@@ -239,12 +341,21 @@ def test_a_survivor_rolls_back_to_the_step_the_others_failed_in(linear_fm, algor
     comm = TwoRanks(agreed=6, fail_at_round=6 * rounds_per_step + 2 if where == "in the step" else None,
                     fail_reduce=7 if where == "after the step" else None)
     mode = OnlineMode(OnlineProblem(streams), algorithm, algorithm_settings(algorithm, settings), ring,
-                      model=lambda _seed: (linear_fm, torch.zeros(3, dtype=D)), on_node_loss="continue")
+                      model=lambda _seed: (linear_fm, torch.zeros(3, dtype=D)), on_node_loss="continue",
+                      keep_steps=keep_steps)
     run(mode, LoopConfig(steps=STEPS, seed=3, progress=False), comm=comm, folder=None)
     assert comm.positions == [6 if where == "in the step" else 7]
     simulated = records_of(linear_fm, streams, algorithm, ring, settings, drops={2: 6, 3: 6})
-    got, want = torch.tensor(mode.records.sq_errors), torch.tensor(simulated.records.sq_errors)
-    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
+    if keep_steps:
+        got, want = torch.tensor(mode.records.sq_errors), torch.tensor(simulated.records.sq_errors)
+        assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
+    else:
+        assert_flat_equals_kept(mode, simulated)
+        flat = records_of(linear_fm, streams, algorithm, ring, settings, drops={2: 6, 3: 6}, keep_steps=False)
+        assert mode.records.to_tensors().keys() == flat.records.to_tensors().keys()
+        for name, value in mode.records.to_tensors().items():  # the sums undone exactly, not to rounding
+            if name != "seconds":
+                assert torch.equal(value.nan_to_num(), flat.records.to_tensors()[name].nan_to_num()), name
     assert mode.summary()["node_loss"] == simulated.summary()["node_loss"]
 
 

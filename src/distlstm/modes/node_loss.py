@@ -7,14 +7,15 @@ a node at a chosen step, the simulator of the same event. With
 (:meth:`~distlstm.network.graphs.Topology.without`): Metropolis weights, the DPF's
 walk and likelihood exponents are those of the reduced graph, and a graph that fell
 apart goes on as separate components. Each loss is one :class:`NodeLoss` event in
-the summary; the survivors' final error (:func:`survivors_final_mse`) is the figure
-to compare with a run that had only the survivors from the start (``--drop-node
-NODE@0``: the same streams, seeds and node ids, without the lost nodes at any step).
+the summary; the survivors' final error (their MSE over the last 20% of the steps, from
+per-node window sums: :meth:`~distlstm.online.records.OnlineRecords.final_mse_of`) is
+the figure to compare with a run that had only the survivors from the start
+(``--drop-node NODE@0``: the same streams, seeds and node ids, without the lost nodes
+at any step).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -95,17 +96,9 @@ class NodeLoss:
         return f"{text}; survivors {','.join(map(str, self.survivors))} go on connected"
 
 
-def survivors_final_mse(sq_errors: Sequence[Sequence[float]], survivors: Sequence[int],
-                        fraction: float = 0.2) -> float:
-    """Mean squared error of the ``survivors`` over the last ``fraction`` of the steps (labelled steps only)."""
-    start = int(len(sq_errors) * (1 - fraction))
-    vals = [row[k] for row in sq_errors[start:] for k in survivors if not math.isnan(row[k])]
-    return sum(vals) / len(vals) if vals else math.nan
-
-
 def lost_slots(losses: Sequence[NodeLoss], steps: int) -> int:
     """How many (step, node) records belong to nodes already gone (NaN, but not missing labels)."""
     return sum(len(e.nodes) * max(steps - e.step, 0) for e in losses)
 
 
-__all__ = ["POLICIES", "NodeLeft", "NodeLoss", "check_policy", "lost_slots", "parse_drops", "survivors_final_mse"]
+__all__ = ["POLICIES", "NodeLeft", "NodeLoss", "check_policy", "lost_slots", "parse_drops"]

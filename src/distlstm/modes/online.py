@@ -56,7 +56,6 @@ from distlstm.modes.node_loss import (
     check_policy,
     lost_slots,
     parse_drops,
-    survivors_final_mse,
 )
 from distlstm.network.graphs import TOPOLOGIES, Topology, make_topology, parse_edges
 from distlstm.network.transport import Transport
@@ -339,8 +338,8 @@ class OnlineMode:
         self.comm: Communicator = LocalComm()
         self.on_node_loss, self.drops = check_policy(on_node_loss), dict(drops or {})
         self.losses: list[NodeLoss] = []
-        # a run that may lose nodes keeps its per-step records: the survivors' error and the rollback read them
-        self.keep_steps = keep_steps or on_node_loss == "continue" or bool(self.drops)
+        self.keep_steps = keep_steps
+        self.per_node = on_node_loss == "continue"  # per-node window sums: the final MSE of whoever survives
         self.check_every = check_every
         _positive("check_every", check_every, "--check-every")
 
@@ -354,7 +353,8 @@ class OnlineMode:
         nodes = self.transport.local_nodes
         self.gens = {k: node_generator(seed, k) for k in nodes}
         self.states: dict[int, State] = {k: self.algorithm.init(theta0, k, self.gens[k]) for k in nodes}
-        self.records = OnlineRecords(self.algorithm_name, self.topology.num_nodes, keep_steps=self.keep_steps)
+        self.records = OnlineRecords(self.algorithm_name, self.topology.num_nodes, keep_steps=self.keep_steps,
+                                     per_node=self.per_node)
         self.losses = []
         self._start: tuple[int, dict[int, State], dict[int, Tensor]] | None = None
         fc = self.problem.forecasts
@@ -449,13 +449,11 @@ class OnlineMode:
             self.states = dict(states)
             for k, g in gens.items():
                 self.gens[k].set_state(g)
-        if done > agreed:
-            old, k_all = self.records, self.topology.num_nodes
-            self.records = OnlineRecords(self.algorithm_name, k_all, keep_steps=True)
-            for t in range(agreed):  # the steps every survivor completed, replayed into fresh sums
-                factors = self._factors[t * k_all:(t + 1) * k_all] if self._factors is not None else None
-                self.records.append(old.sq_errors[t], old.variances[t], old.bytes_per_step[t],
-                                    old.messages_per_step[t], old.seconds / old.steps, factors)
+        if done > agreed + 1:
+            raise RuntimeError(f"this survivor completed {done} steps and the others {agreed}: a survivor can be "
+                               "at most one step ahead (it cannot pass a gather the others did not reach)")
+        if done > agreed:  # the step the others did not complete is taken out of the records
+            self.records.undo_last()
         if gone:
             self.lose_nodes(gone, agreed)
         return agreed
@@ -527,7 +525,8 @@ class OnlineMode:
         self.states = {k: kind(*(saved[f][k].clone() for f in kind._fields)) for k in nodes}
         for k in nodes:
             self.gens[k].set_state(state["generators"]["nodes"][k].clone())
-        self.records = OnlineRecords.from_tensors(self.algorithm_name, self.topology.num_nodes, algo["records"])
+        self.records = OnlineRecords.from_tensors(self.algorithm_name, self.topology.num_nodes, algo["records"],
+                                                  keep_steps=self.keep_steps, per_node=self.per_node)
         self.check_covariances(None)  # a resumed Σ must be a covariance before the first step uses it
 
     def run_summary(self, references: Mapping[str, OnlineRecords] | None = None) -> RunSummary:
@@ -567,7 +566,7 @@ class OnlineMode:
         reduced = self.transport.topology
         return {"node_loss": [e.as_dict() for e in self.losses], "survivors": reduced.survivors,
                 "components": reduced.components(),
-                "survivors_final_mse": _none_if_nan(survivors_final_mse(self.records.sq_errors, reduced.survivors)),
+                "survivors_final_mse": _none_if_nan(self.records.final_mse_of(reduced.survivors)),
                 "node_loss_report": "; ".join(e.describe() for e in self.losses)}
 
     def write_outputs(self, folder: Path, rows: Iterable[Mapping[str, Any]]) -> None:
