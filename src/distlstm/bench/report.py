@@ -394,7 +394,7 @@ def run(output: Path | None, *, quick: bool = False, compile: bool = False, repe
     command = "distlstm bench" + (" --quick" if quick else "") + (" --compile" if compile else "")
     if tuple(sections) != DEFAULT_SECTIONS:
         command += " --sections " + ",".join(sections)
-    notes = notes_file.read_text() if notes_file and notes_file.exists() and not update else ""
+    notes = notes_file.read_text() if notes_file and notes_file.exists() else ""
     text = render(cell_rows, batched_rows, command=command, notes=notes, steps=steps, online=online)
     return write_report(output, text, command=command, update=update)
 
