@@ -182,8 +182,8 @@ def render_report(cfg: ESShakespeareConfig, runs: list[dict[str, Any]], h1: floa
         "",
         "Two further parts of this reproduction: `distlstm reproduce es-shakespeare --federated` compares shared "
         "windows with federated clients holding IID and by-play shards ([federated.md](federated.md)), and "
-        "`--budget` gives ES 30 minutes with tuned settings and what each change bought "
-        "([its report](../es-shakespeare-30min/report.md)).", "",
+        "`--budget` gives ES 30 minutes with tuned settings and writes what each change bought into its own "
+        "`report.md` in the folder it is given.", "",
         "## Samples (prompt `ROMEO.`)", "",
     ]
     for name, by_t in samples.items():
