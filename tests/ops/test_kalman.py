@@ -52,5 +52,6 @@ def test_symmetrise_in_place_gives_the_out_of_place_numbers(n, tile):
     P = torch.randn(n, n, generator=gen, dtype=torch.float64)
     want = 0.5 * (P + P.mT)
     got = P.clone()
-    assert symmetrise_(got, tile) is got
+    assert symmetrise_(got, tile, in_place_from=1) is got
     assert torch.equal(got, want)  # bit for bit, including the tiles' edges
+    assert torch.equal(symmetrise_(P.clone(), tile, in_place_from=n + 1), want)  # small: the plain expression
