@@ -156,9 +156,11 @@ class DPF(NetworkAlgorithm):
             if transport.topology.num_edges:
                 at = self._move(at, transport, gens, row_bytes=(theta.shape[1] + 1, theta.element_size()))
         factor = logw.new_zeros(theta.shape[0], len(nodes))  # factor[i, c]: the power of node c's likelihood
+        chunk = max(first[c + 1] - first[c] for c in range(len(nodes)))  # calls no larger than a PF's (cache)
         for c, j in enumerate(nodes):
-            ids = torch.cat([v[j] for v in visits]).unique()
-            if obs[j].labelled and ids.numel():
+            if not obs[j].labelled:
+                continue
+            for ids in torch.cat([v[j] for v in visits]).unique().split(max(chunk, 1)):
                 h = self.output(theta[ids], obs[j].x)
                 factor[ids, c] = exponent[j] * gaussian_loglik(obs[j].d, h, sigma2[j])
         column = torch.empty(theta.shape[0], dtype=torch.long)
