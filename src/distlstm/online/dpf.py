@@ -28,8 +28,8 @@ weighs them K times by the power 1/K: its own particle filter.
 Data never travels: a particle is weighted by the node it visits. Each move sends one
 particle (n_θ numbers and its log-weight) to a neighbour. Cost O(K · N · n_θ) per node.
 When one process holds every node (the in-process transport, one rank) the walk is run on
-particle indices and node j evaluates all the particles that ever visit it in one batched
-call, once each (``_hops_in_process``; the same particles and weights, bit for bit, as
+particle indices and node j evaluates all the particles that ever visit it in batched
+calls of at most N, once each (``_hops_in_process``; the same particles and weights, bit for bit, as
 the hop-by-hop messages of ``_hops_routed``, tests/online/test_dpf_fast.py). The model
 evaluations then bound the step: N for the prediction plus one per distinct (particle,
 node) pair visited, against the PF's 2N (on a ring with K = 4 a walk visits 3 distinct
@@ -141,9 +141,10 @@ class DPF(NetworkAlgorithm):
         A particle's θ does not change on the walk, only its place and weight, so the walk is
         simulated first on particle indices (each node draws its moves from its own generator,
         in the same order and amounts as the routed walk); then node j evaluates every
-        particle that visits it, once, in one batched call (a particle that comes back is not
-        evaluated again); then each particle's log-weight adds its factors in the order it
-        met them. Bytes are counted as if the rows [θ | log ω] had been sent.
+        particle that visits it, once, in batched calls of at most one node's particle count
+        (a particle that comes back is not evaluated again); then each particle's log-weight
+        adds its factors in the order it met them. Bytes are counted as if the rows [θ | log ω]
+        had been sent.
         """
         nodes = transport.local_nodes
         theta = torch.cat([propagated[k].particles for k in nodes])  # (M, n): every node's particles
