@@ -113,6 +113,7 @@ def routed_update(alg, states, obs, preds, transport, gens, walked):
     ("star", 3, 3, ()),  # so few particles that some nodes receive none and keep their own
     ("complete", 25, 2, ()),
     ("line", 30, 4, (1,)),  # node 0 is left alone: it weighs its own particles K times
+    ("ring", 400, 4, ()),  # ≈ 1,200 particles visit each node: evaluated in more than one call
 ])
 @pytest.mark.parametrize("update", [fast_update, routed_update])
 def test_dpf_paths_give_the_old_steps_particles(graph, particles, walk, lost, update):

@@ -28,9 +28,10 @@ weighs them K times by the power 1/K: its own particle filter.
 Data never travels: a particle is weighted by the node it visits. Each move sends one
 particle (n_θ numbers and its log-weight) to a neighbour. Cost O(K · N · n_θ) per node.
 When one process holds every node (the in-process transport, one rank) the walk is run on
-particle indices and node j evaluates all the particles that ever visit it in batched
-calls of at most N, once each (``_hops_in_process``; the same particles and weights, bit for bit, as
-the hop-by-hop messages of ``_hops_routed``, tests/online/test_dpf_fast.py). The model
+particle indices and node j evaluates all the particles that ever visit it, once each,
+in batched calls of about 1,000 rows or N (``_hops_in_process``; the same particles and
+weights, bit for bit, as the hop-by-hop messages of ``_hops_routed``,
+tests/online/test_dpf_fast.py). The model
 evaluations then bound the step: N for the prediction plus one per distinct (particle,
 node) pair visited, against the PF's 2N (on a ring with K = 4 a walk visits 3 distinct
 nodes on average, so ≈ 4N: about twice a PF step's evaluations).
@@ -141,7 +142,7 @@ class DPF(NetworkAlgorithm):
         A particle's θ does not change on the walk, only its place and weight, so the walk is
         simulated first on particle indices (each node draws its moves from its own generator,
         in the same order and amounts as the routed walk); then node j evaluates every
-        particle that visits it, once, in batched calls of at most one node's particle count
+        particle that visits it, once, in batched calls of ~1,000 rows or one node's count
         (a particle that comes back is not evaluated again); then each particle's log-weight
         adds its factors in the order it met them. Bytes are counted as if the rows [θ | log ω]
         had been sent.
@@ -157,11 +158,13 @@ class DPF(NetworkAlgorithm):
             if transport.topology.num_edges:
                 at = self._move(at, transport, gens, row_bytes=(theta.shape[1] + 1, theta.element_size()))
         factor = logw.new_zeros(theta.shape[0], len(nodes))  # factor[i, c]: the power of node c's likelihood
-        chunk = max(first[c + 1] - first[c] for c in range(len(nodes)))  # calls no larger than a PF's (cache)
+        # calls of ~1,000 rows or one node's set: a much larger vmapped call spills the per-particle weights
+        # out of cache and costs more per row (hidden 8); a much smaller one pays the call's overhead
+        chunk = max(1024, *(first[c + 1] - first[c] for c in range(len(nodes))))
         for c, j in enumerate(nodes):
             if not obs[j].labelled:
                 continue
-            for ids in torch.cat([v[j] for v in visits]).unique().split(max(chunk, 1)):
+            for ids in torch.cat([v[j] for v in visits]).unique().split(chunk):
                 h = self.output(theta[ids], obs[j].x)
                 factor[ids, c] = exponent[j] * gaussian_loglik(obs[j].d, h, sigma2[j])
         column = torch.empty(theta.shape[0], dtype=torch.long)
