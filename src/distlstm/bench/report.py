@@ -129,8 +129,9 @@ work; both share the jitter (N × n_θ normal draws) and the resampling, which b
 below that. The DEKF's block update touches Σ for Σ Hᵀ, a rank-|N_k| downdate into a fresh
 n_θ × n_θ matrix and an in-place symmetrisation, against the EKF's matrix-vector product and
 rank-1 downdate: at large n_θ the fresh matrix (its page faults) dominates both; at small
-n_θ (hidden 8) the DEKF's Jacobian rows of its neighbours' sequences (reverse mode, vmapped)
-and the small Cholesky solves dominate, not Σ.
+n_θ (hidden 8) Σ is cheap and gradients dominate: a DEKF node differentiates its own and its
+two neighbours' sequences against the EKF's one, the neighbours' rows by vmapped reverse
+mode (`jacrev`, which runs the LSTM's Python step loop rather than the fused kernel).
 """
 
 
