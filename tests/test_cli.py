@@ -82,6 +82,7 @@ def test_bench_quick_writes_markdown(tmp_path):
                  "--notes", str(tmp_path / "none")]) == 0
     text = out.read_text()
     assert "| nn.LSTM (baseline) |" in text and "speed-up" in text and "| dpf | 8 |" in text
+    assert "| dpf | pf | 8 | 50 |" in text and "| dekf block | ekf | 8 |" in text  # ratios beside their baselines
     assert main(["bench", "--sections", "cells,gpus", "--output", "-"]) == 2
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distlstm.ops.kalman import scalar_update
+from distlstm.ops.kalman import scalar_update, symmetrise_
 
 D = torch.float64
 
@@ -44,3 +44,14 @@ def test_covariance_stays_exactly_symmetric(joseph):
         a, P = upd.a, upd.P
     assert torch.equal(P, P.T)  # bit for bit, with no symmetrisation pass
     assert float(torch.linalg.eigvalsh(P).min()) > 0
+
+
+@pytest.mark.parametrize(("n", "tile"), [(1, 128), (7, 3), (130, 128), (300, 64)])
+def test_symmetrise_in_place_gives_the_out_of_place_numbers(n, tile):
+    gen = torch.Generator().manual_seed(n)
+    P = torch.randn(n, n, generator=gen, dtype=torch.float64)
+    want = 0.5 * (P + P.mT)
+    got = P.clone()
+    assert symmetrise_(got, tile, in_place_from=1) is got
+    assert torch.equal(got, want)  # bit for bit, including the tiles' edges
+    assert torch.equal(symmetrise_(P.clone(), tile, in_place_from=n + 1), want)  # small: the plain expression

@@ -8,6 +8,10 @@
 * One EKF step (gradient, gain, rank-1 covariance update) against one read and one
   write of the n_θ × n_θ covariance (``clone``): the memory-bandwidth floor of any
   O(n_θ²) update.
+* Each distributed filter's step against its local filter's, timed side by side in one
+  process (interleaved rounds, median): DPF vs PF at the same N with K = 4, DEKF (block
+  and sequential) vs EKF per node, 4 nodes on a ring. A step is every node's prediction
+  and update from the same states (not advanced between repeats).
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ import torch
 from distlstm.bench.functional import loop_vs_batched
 from distlstm.data.observation import Observation
 from distlstm.modes.online import OnlineProblem, run_streams
-from distlstm.network import make_topology
-from distlstm.online import ALGORITHMS, DEFAULT_SETTINGS, EKF, regressor
+from distlstm.network import InProcessTransport, make_topology
+from distlstm.online import ALGORITHMS, DEFAULT_SETTINGS, EKF, make_algorithm, regressor
 from distlstm.online.ekf import EKFState
 from distlstm.timing import compare
 
@@ -42,6 +46,17 @@ class ParticleRow:
     n_theta: int
     loop_ms: float
     batched_ms: float
+
+
+@dataclass(frozen=True)
+class RatioRow:
+    algorithm: str  # the distributed filter
+    baseline: str  # its local filter
+    hidden: int
+    n_theta: int
+    particles: int  # N (0 for the Kalman filters)
+    ms: float  # one step, all 4 nodes
+    baseline_ms: float
 
 
 @dataclass(frozen=True)
@@ -117,4 +132,44 @@ def bench_ekf_floor(hidden_sizes: tuple[int, ...] = (8, 16, 32), repeats: int = 
 
         t = compare({"step": _ekf_step(ekf, state, Observation(x, 0.5)), "floor": state.P.clone}, repeats=repeats)
         rows.append(EKFRow(h, fm.numel, t["step"] * 1e3, t["floor"] * 1e3))
+    return rows
+
+
+def _network_step(name: str, hidden: int, settings: dict[str, Any], nodes: int = 4) -> Callable[[], object]:
+    """Every node's predict + update of ``name`` on a ring of ``nodes``, from fixed states and observations."""
+    fm, theta0 = regressor(8, hidden, seed=0)
+    alg = make_algorithm(name, fm, **settings)
+    transport = InProcessTransport(make_topology("ring", nodes))
+    gens = {k: torch.Generator().manual_seed(k) for k in range(nodes)}
+    states = {k: alg.init(theta0, k, gens[k]) for k in range(nodes)}
+    obs = {k: stream[0] for k, stream in enumerate(_streams(nodes, 1, 8, 10))}
+
+    def step() -> object:
+        preds = {k: alg.predict(states[k], obs[k].x) for k in range(nodes)}
+        return alg.update(states, obs, preds, transport, gens, 1)
+    return step
+
+
+def bench_filter_ratios(particle_counts: tuple[int, ...] = (200, 1000), particle_hidden: int = 8,
+                        hidden_sizes: tuple[int, ...] = (8, 16, 32), repeats: int = 7,
+                        progress: Callable[[str], None] | None = None) -> list[RatioRow]:
+    """DPF vs PF (same N, K = 4) and DEKF vs EKF (per node; block and sequential), side by side in one process."""
+    rows = []
+    for n in particle_counts:
+        if progress:
+            progress(f"DPF vs PF step: N = {n}")
+        fns = {name: _network_step(name, particle_hidden, {"num_particles": n} | extra)
+               for name, extra in (("pf", {}), ("dpf", {"walk_steps": 4}))}
+        t = compare(fns, repeats=repeats, warmup=1)
+        rows.append(RatioRow("dpf", "pf", particle_hidden, regressor(8, particle_hidden, 0)[0].numel, n,
+                             t["dpf"] * 1e3, t["pf"] * 1e3))
+    for h in hidden_sizes:
+        if progress:
+            progress(f"DEKF vs EKF step: hidden {h}")
+        fns = {"ekf": _network_step("ekf", h, {})} | {
+            f"dekf {lin}": _network_step("dekf", h, {"linearisation": lin}) for lin in ("block", "sequential")}
+        t = compare(fns, repeats=repeats, warmup=1)
+        n_theta = regressor(8, h, 0)[0].numel
+        rows += [RatioRow(f"dekf {lin}", "ekf", h, n_theta, 0, t[f"dekf {lin}"] * 1e3, t["ekf"] * 1e3)
+                 for lin in ("block", "sequential")]
     return rows

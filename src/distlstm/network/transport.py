@@ -43,8 +43,12 @@ class CommStats:
         self.bytes = self.bytes or [0] * self.num_nodes
 
     def record(self, sender: int, tensor: Tensor) -> None:
+        self.record_size(sender, tensor.numel(), tensor.element_size())
+
+    def record_size(self, sender: int, numel: int, element_size: int) -> None:
+        """One message of ``numel`` elements of ``element_size`` bytes (for a sender that moves indices, not rows)."""
         self.messages[sender] += 1
-        self.bytes[sender] += tensor.numel() * tensor.element_size()
+        self.bytes[sender] += numel * element_size
 
     def reset(self) -> None:
         self.messages = [0] * self.num_nodes

@@ -27,6 +27,14 @@ weighs them K times by the power 1/K: its own particle filter.
 
 Data never travels: a particle is weighted by the node it visits. Each move sends one
 particle (n_θ numbers and its log-weight) to a neighbour. Cost O(K · N · n_θ) per node.
+When one process holds every node (the in-process transport, one rank) the walk is run on
+particle indices and node j evaluates all the particles that ever visit it, once each,
+in batched calls of about 1,000 rows or N (``_hops_in_process``; the same particles and
+weights, bit for bit, as the hop-by-hop messages of ``_hops_routed``,
+tests/online/test_dpf_fast.py). The model
+evaluations then bound the step: N for the prediction plus one per distinct (particle,
+node) pair visited, against the PF's 2N (on a ring with K = 4 a walk visits 3 distinct
+nodes on average, so ≈ 4N: about twice a PF step's evaluations).
 The error to the centralized posterior vanishes as N, K → ∞, at a rate set by the
 walk's second-largest eigenvalue modulus.
 
@@ -102,11 +110,8 @@ class DPF(NetworkAlgorithm):
         noise = {k: next_noise(pf, states[k].noise, obs[k], preds[k], sigma2[k]) for k in transport.local_nodes}
         propagated = {k: ParticleState(jitter(states[k].particles, pf.q, gens[k]), states[k].logw, noise[k])
                       for k in transport.local_nodes}
-        here = dict(propagated)
-        for _ in range(K):
-            here = {j: self._weigh(here[j], obs[j], exponent[j], sigma2[j]) for j in transport.local_nodes}
-            if topo.num_edges:
-                here = self._walk(here, transport, gens)
+        hops = self._hops_in_process if transport.local_nodes == topo.survivors else self._hops_routed
+        here = hops(propagated, obs, exponent, sigma2, transport, gens)
         out = {}
         for k in transport.local_nodes:
             if here[k].particles.shape[0] == 0:
@@ -114,6 +119,81 @@ class DPF(NetworkAlgorithm):
             else:
                 out[k] = resample_state(here[k], pf.num_particles, pf.resampling, gens[k])
         return out
+
+    def _hops_routed(self, propagated: Mapping[int, ParticleState], obs: Mapping[int, Observation],
+                     exponent: Mapping[int, float], sigma2: Mapping[int, float], transport: Transport,
+                     gens: Mapping[int, torch.Generator]) -> dict[int, ParticleState]:
+        """The K hops as messages: weigh the particles present at every local node, send them on, K times.
+
+        Used when other processes hold some of the nodes (particles then cross processes at every hop).
+        """
+        here = dict(propagated)
+        for _ in range(self.cfg.walk_steps):
+            here = {j: self._weigh(here[j], obs[j], exponent[j], sigma2[j]) for j in transport.local_nodes}
+            if transport.topology.num_edges:
+                here = self._walk(here, transport, gens)
+        return here
+
+    def _hops_in_process(self, propagated: Mapping[int, ParticleState], obs: Mapping[int, Observation],
+                         exponent: Mapping[int, float], sigma2: Mapping[int, float], transport: Transport,
+                         gens: Mapping[int, torch.Generator]) -> dict[int, ParticleState]:
+        """The K hops of :meth:`_hops_routed` when this process holds every node, with the same numbers.
+
+        A particle's θ does not change on the walk, only its place and weight, so the walk is
+        simulated first on particle indices (each node draws its moves from its own generator,
+        in the same order and amounts as the routed walk); then node j evaluates every
+        particle that visits it, once, in batched calls of ~1,000 rows or one node's count
+        (a particle that comes back is not evaluated again); then each particle's log-weight
+        adds its factors in the order it met them. Bytes are counted as if the rows [θ | log ω]
+        had been sent.
+        """
+        nodes = transport.local_nodes
+        theta = torch.cat([propagated[k].particles for k in nodes])  # (M, n): every node's particles
+        logw = torch.cat([propagated[k].logw for k in nodes])
+        first = torch.tensor([0] + [propagated[k].particles.shape[0] for k in nodes]).cumsum(0).tolist()
+        at = {k: torch.arange(first[c], first[c + 1]) for c, k in enumerate(nodes)}  # particle ids at node k
+        visits = []
+        for _ in range(self.cfg.walk_steps):
+            visits.append(at)
+            if transport.topology.num_edges:
+                at = self._move(at, transport, gens, row_bytes=(theta.shape[1] + 1, theta.element_size()))
+        factor = logw.new_zeros(theta.shape[0], len(nodes))  # factor[i, c]: the power of node c's likelihood
+        # calls of ~1,000 rows or one node's set: a much larger vmapped call spills the per-particle weights
+        # out of cache and costs more per row (hidden 8); a much smaller one pays the call's overhead
+        chunk = max(1024, *(first[c + 1] - first[c] for c in range(len(nodes))))
+        for c, j in enumerate(nodes):
+            if not obs[j].labelled:
+                continue
+            for ids in torch.cat([v[j] for v in visits]).unique().split(chunk):
+                h = self.output(theta[ids], obs[j].x)
+                factor[ids, c] = exponent[j] * gaussian_loglik(obs[j].d, h, sigma2[j])
+        column = torch.empty(theta.shape[0], dtype=torch.long)
+        every = torch.arange(theta.shape[0])
+        for v in visits:
+            for c, j in enumerate(nodes):
+                column[v[j]] = c
+            logw = logw + factor[every, column]  # an unlabelled node's factor is 0: log ω unchanged
+        return {k: ParticleState(theta[at[k]], logw[at[k]], propagated[k].noise) for k in nodes}
+
+    @staticmethod
+    def _move(at: Mapping[int, Tensor], transport: Transport, gens: Mapping[int, torch.Generator],
+              row_bytes: tuple[int, int]) -> dict[int, Tensor]:
+        """One step of the walk on particle ids: :meth:`_walk`'s draws and order, without moving rows."""
+        topo = transport.topology
+        arriving: dict[int, dict[int, Tensor]] = {k: {} for k in at}
+        for j, ids in at.items():
+            nbs = topo.neighbours(j)
+            if not nbs:
+                continue
+            choice = torch.randint(len(nbs), (ids.shape[0],), generator=gens[j])
+            for i, nb in enumerate(nbs):
+                block = ids[choice == i]
+                if block.numel():
+                    transport.stats.record_size(j, block.numel() * row_bytes[0], row_bytes[1])
+                    arriving[nb][j] = block
+        empty = torch.zeros(0, dtype=torch.long)
+        return {k: (torch.cat([arriving[k][src] for src in sorted(arriving[k])]) if arriving[k] else empty)
+                if topo.neighbours(k) else ids for k, ids in at.items()}
 
     def _weigh(self, state: ParticleState, ob: Observation, power: float, sigma2: float) -> ParticleState:
         if state.particles.shape[0] == 0 or not ob.labelled:

@@ -105,10 +105,32 @@ def block_update(a: Tensor, P: Tensor, H: Tensor, innovations: Tensor, sigma2: f
         P = P - K @ U.mT - U @ K.mT + W @ W.mT
     else:
         P = torch.addmm(P, W, W.mT, alpha=-1.0)
-    P = 0.5 * (P + P.mT)  # matmul blocking need not round (i, j) and (j, i) alike
+    P = symmetrise_(P)  # matmul blocking need not round (i, j) and (j, i) alike
     if q:
         P.diagonal().add_(q)
     return KalmanUpdate(a, P, S)
+
+
+def symmetrise_(P: Tensor, tile: int = 256, in_place_from: int = 1024) -> Tensor:
+    """(P + Pᵀ)/2, the numbers of ``0.5 * (P + P.mT)`` bit for bit; in P (not shared) once n ≥ ``in_place_from``.
+
+    In place it goes tile by tile (block (I, J) with its mirror (J, I), both in cache), so no
+    n × n temporary is allocated: for a large Σ a fresh n × n tensor costs several passes'
+    worth of page faults, and a transposed read of the whole matrix misses the cache on every
+    row. A small Σ fits in cache, where the plain expression is quicker than the tiles' calls.
+    Entries (i, j) and (j, i) both get 0.5 (P_ij + P_ji).
+    """
+    n = P.shape[0]
+    if n < in_place_from:
+        return 0.5 * (P + P.mT)
+    for i in range(0, n, tile):
+        rows = slice(i, min(i + tile, n))
+        for j in range(i, n, tile):
+            cols = slice(j, min(j + tile, n))
+            mean = 0.5 * (P[rows, cols] + P[cols, rows].mT)  # read both before either is written
+            P[rows, cols] = mean
+            P[cols, rows] = mean.mT
+    return P
 
 
 def check_covariance(P: Tensor, where: str) -> None:
