@@ -182,11 +182,11 @@ class _PeepholeSequence(torch.autograd.Function):
             if dys is not None:
                 dht.add_(dys[t, :, :k])
             o, tc, c_prev = a[gates - 1], tcs[t, :, :k], cs[t, :, :k]
-            do = torch.mul(dht, tc, out=d[gates - 1]).mul_(o)
-            do.addcmul_(do, o, value=-1)  # δa_o = δh ⊙ tanh c ⊙ o(1 − o)
-            r = dht.mul_(o)  # δh ⊙ o (δh_t is not needed again: the product below overwrites it)
-            dct.add_(r)
-            dct.addcmul_(r.mul_(tc), tc, value=-1).addcmul_(do, p_o)  # δc_t
+            r = dht.mul_(o)  # r = δh ⊙ o (δh_t is not needed again: the product below overwrites it)
+            q = torch.mul(r, tc, out=d[gates - 1])  # q = r ⊙ tanh c
+            dct.add_(r).addcmul_(q, tc, value=-1)  # δc + r ⊙ (1 − tanh² c)
+            do = q.addcmul_(q, o, value=-1)  # δa_o = δh ⊙ tanh c ⊙ o(1 − o) = q ⊙ (1 − o)
+            dct.addcmul_(do, p_o)  # δc_t
             torch.mul(dct, a[gates - 2], out=d[0])  # δi = δc_t ⊙ g
             if gates == 4:
                 torch.mul(dct, c_prev, out=d[1])  # δf = δc_t ⊙ c_{t-1}
