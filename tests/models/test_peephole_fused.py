@@ -142,3 +142,55 @@ def test_peephole_layer_is_what_the_lstm_runs():
     torch.testing.assert_close(y, want_y, rtol=1e-13, atol=1e-13)
     torch.testing.assert_close(h, want_h, rtol=1e-13, atol=1e-13)
     torch.testing.assert_close(c, want_c, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("forget_gate", [True, False])
+@pytest.mark.parametrize("lengths", [None, [5, 1, 3, 5, 2]], ids=str)
+def test_without_outputs_same_state_and_gradients(forget_gate, lengths):
+    """outputs=False (nothing written for y) gives the state and gradients of outputs=True for a loss on the state."""
+    gen = torch.Generator().manual_seed(9)
+    n, inputs, steps, batch = 3, 2, 5, 5
+    gates = 4 if forget_gate else 3
+    w = torch.randn(gates * n, 1 + inputs + n, generator=gen, dtype=D)
+    p, x = torch.randn(gates - 1, n, generator=gen, dtype=D), torch.randn(steps, inputs, batch, generator=gen, dtype=D)
+    h0, c0 = torch.randn(2, n, batch, generator=gen, dtype=D)
+    lens = None if lengths is None else torch.tensor(lengths)
+    results = []
+    for outputs in (True, False):
+        leaves = [t.clone().requires_grad_() for t in (x, h0, c0, w, p)]
+        y, h, c = peephole_sequence(*leaves, has_bias=True, lengths=lens, outputs=outputs)
+        assert y.numel() == (steps * n * batch if outputs else 0)
+        loss = (h * torch.arange(batch, dtype=D)).sum() + (c ** 2).sum()
+        results.append([h, c, *torch.autograd.grad(loss, leaves)])
+    for g, want in zip(*results, strict=True):
+        torch.testing.assert_close(g, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_last_pooling_reads_the_final_state(fused, num_layers):
+    """A regressor pooling the last step (final_state, no outputs) equals head(pool(y, 'last')) of the full forward."""
+    torch.manual_seed(10)
+    model = SequenceRegressor(2, 3, num_layers, cell="peephole", forget_gate=False, alpha=3.75, pooling="last",
+                              head_bias=True).double()
+    model.rnn.fused = fused
+    gen = torch.Generator().manual_seed(11)
+    x, lengths = torch.randn(6, 7, 2, generator=gen, dtype=D), torch.tensor([7, 3, 1, 7, 5, 2])
+    got = model(x, lengths)
+    y, _ = model.rnn(x, None, lengths)
+    want = model.head(distlstm.models.heads.pool(y, lengths, "last"))
+    torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
+    grads = [torch.autograd.grad(out.sum(), list(model.parameters())) for out in (model(x, lengths),
+             model.head(distlstm.models.heads.pool(model.rnn(x, None, lengths)[0], lengths, "last")))]
+    for g, w in zip(*grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+def test_final_state_is_forwards_state():
+    """LSTM.final_state equals forward's state, batched and unbatched, fused peephole and plain cells."""
+    torch.manual_seed(12)
+    for model in (distlstm.LSTM(3, 4, 2, cell="peephole", dtype=D), distlstm.LSTM(3, 4, dtype=D)):
+        x = torch.randn(5, 2, 3, dtype=D)
+        for inp, lens in ((x, torch.tensor([5, 3])), (x[:, 0], None)):
+            for got, want in zip(model.final_state(inp, None, lens), model(inp, None, lens)[1], strict=True):
+                torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -10,8 +10,9 @@
   the fastest one alone).
 * One full-batch evaluation (loss + gradient over the 10,000 training sequences, what
   every L-BFGS / CG iteration and line-search trial costs): the one-node peephole
-  sequence against the generic loop, and against the memory-traffic floor of the
-  activations it keeps (section ``fullbatch``).
+  sequence against the generic loop, against the memory-traffic floor of the
+  activations it keeps and against the time of the forward's sigmoids alone
+  (section ``fullbatch``).
 
 Worker runs report training time only (start-up, evaluation and checkpoints excluded).
 The vectorization and L-BFGS measurements live in ``experiments/matrix_batch_timing.py``,
@@ -45,7 +46,7 @@ def bench_ddp_workers(steps: int = 40, global_batch: int = 32, hidden: int = 256
 
 
 __all__ = ["EvaluationRow", "FloorRow", "VectorRow", "WorkersRow", "bench_ddp_workers", "bench_fullbatch_evaluation",
-           "bench_lbfgs_workers", "bench_vectorization", "copy_bandwidth"]
+           "bench_lbfgs_workers", "bench_vectorization", "copy_bandwidth", "sigmoid_ns"]
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,36 @@ class EvaluationRow:
 class FloorRow:
     kept_mb: float  # the activations the backward must read: gates and c_t, (G + 1)·n values per sequence and step
     bandwidth_gbs: float  # memory copy bandwidth measured in the same run (bytes read + written per second)
+    sigmoids: int = 0  # the forward's G + 1 per unit and step: the G gates, and tanh c_t = 2σ(2c_t) − 1
+    sigmoid_ns: float = 0.0  # nanoseconds per float64 sigmoid, measured in the same run
 
     @property
     def floor_ms(self) -> float:
         """Writing the kept activations once and reading them back once, at the measured bandwidth."""
         return 2 * self.kept_mb * 1e6 / (self.bandwidth_gbs * 1e9) * 1e3
+
+    @property
+    def sigmoid_ms(self) -> float:
+        """The forward's sigmoids alone at the measured rate."""
+        return self.sigmoids * self.sigmoid_ns * 1e-6
+
+
+def sigmoid_ns(block: int = 40_000, repeats: int = 5) -> float:
+    """Nanoseconds ``torch.sigmoid_`` takes per float64 value, timed on a warm, cache-sized block (one step's gates)."""
+    values = torch.linspace(-4, 4, block, dtype=torch.float64)
+    work = values.clone()
+    calls = 50
+
+    def run() -> None:
+        for _ in range(calls):
+            work.copy_(values).sigmoid_()  # refreshed so every call sees the same inputs
+
+    def refresh() -> None:
+        for _ in range(calls):
+            work.copy_(values)
+
+    t = compare({"sigmoid": run, "copy": refresh}, repeats=repeats, warmup=1)
+    return max(t["sigmoid"] - t["copy"], 0.0) / (calls * block) * 1e9
 
 
 def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
@@ -103,5 +129,6 @@ def bench_fullbatch_evaluation(train_size: int = 10_000, min_len: int = 100, rep
     base = times["generic loop (fused=False)"]
     rows = [EvaluationRow(name, t * 1e3, t / base) for name, t in times.items()]
     gates, n = len(loop.rnn.cells[0].gate_names), loop.rnn.cells[0].hidden_size
-    kept = (gates + 1) * n * data.x.shape[1] * len(data) * data.x.element_size()
-    return rows, FloorRow(kept / 1e6, copy_bandwidth())
+    unit_steps = n * int(data.lengths.clamp(max=data.x.shape[1]).sum())  # finished sequences cost nothing
+    kept = (gates + 1) * unit_steps * data.x.element_size()
+    return rows, FloorRow(kept / 1e6, copy_bandwidth(), (gates + 1) * unit_steps, sigmoid_ns())

@@ -273,6 +273,11 @@ def render_fullbatch(rows: list[EvaluationRow], floor: FloorRow, *, train: int, 
                  f"sequence and step ({floor.kept_mb:.0f} MB); writing them once and reading them once at the "
                  f"{floor.bandwidth_gbs:.1f} GB/s this machine copies memory (same run) takes "
                  f"{floor.floor_ms:.1f} ms: the one-node path takes {fused.ms / floor.floor_ms:.1f}× that.\n")
+    if floor.sigmoid_ms:
+        parts.append(f"\nCompute floor: the forward's G + 1 sigmoids per unit and step (the gates, and tanh c_t = "
+                     f"2σ(2c_t) − 1) alone take {floor.sigmoid_ms:.1f} ms at the rate `torch.sigmoid` runs on a "
+                     f"cache-resident float64 block (same run): the one-node path takes "
+                     f"{fused.ms / floor.sigmoid_ms:.1f}× that.\n")
     return "".join(parts)
 
 

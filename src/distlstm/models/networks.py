@@ -54,9 +54,15 @@ class SequenceRegressor(nn.Module):
     def forward(self, x: Tensor, lengths: Tensor | None = None, state: State | None = None,
                 return_state: bool = False) -> Tensor | tuple[Tensor, State]:
         check_ndim(x, (3,), "x", "(batch, time, features)")
-        y, state = self.rnn(x, state, lengths)
-        assert isinstance(y, Tensor)
-        d_hat = self.head(pool(y, lengths, self.pooling))
+        if self.pooling == "last" and not self.rnn.bidirectional:
+            # each sequence's output at its last valid step is the top layer's final h
+            state = self.rnn.final_state(x, state, lengths)
+            pooled = state[0][-1]
+        else:
+            y, state = self.rnn(x, state, lengths)
+            assert isinstance(y, Tensor)
+            pooled = pool(y, lengths, self.pooling)
+        d_hat = self.head(pooled)
         return (d_hat, state) if return_state else d_hat
 
 

@@ -26,12 +26,15 @@ Backward, with δh and δc the gradients reaching h_t and c_t::
     δc_{t-1} = δc_t ⊙ f + p_i ⊙ δa_i + p_f ⊙ δa_f                      δh_{t-1} = W_hhᵀ δa_t
     ∇W = Σ_t δa_t [x_t; h_{t-1}]ᵀ   ∇b = Σ_t δa_t   ∇p_i = Σ_t δa_i ⊙ c_{t-1}   ∇p_o = Σ_t δa_o ⊙ c_t
 
-Masking (the rule of :mod:`~distlstm.models.sequence`): steps before the shortest
-sequence's end run unmasked; at a later step a finished sequence keeps its state
-(``where``) and the outputs are zeroed once, at the end. Every tensor of the loop is
-a slice of a preallocated time-major buffer written with ``out=``: no per-step
-copies, no ``cat``. Activations kept for the backward, per sequence and step:
-the gates (G·n values), c_t, tanh c_t and [x_t; h_{t-1}].
+Masking (the rule of :mod:`~distlstm.models.sequence`: a finished sequence keeps its
+state, its outputs are zero): the columns are sorted by decreasing length once, so at
+step t the sequences still running are the first ``active[t]`` columns and every op of
+the step runs on that slice alone — no ``where``, no mask, no work for finished
+sequences. A finished sequence's final state stays in the slot of its last step (h_T and
+c_T are gathered from there) and its δh, δc wait untouched in the backward until its
+last step comes round. Every tensor of the loop is a slice of a preallocated time-major
+buffer written with ``out=``: no per-step copies, no ``cat``. Activations kept for the
+backward, per sequence and step: the gates (G·n values), c_t, tanh c_t and [x_t; h_{t-1}].
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from distlstm.models.cells import LSTMState, PeepholeLSTMCell, State
 #: fault per 4 KiB on first touch, which for the full-batch evaluation cost more than the
 #: arithmetic; reusing the buffers of the previous evaluation avoids it.
 _WORKSPACE: OrderedDict[tuple[Any, ...], Tensor] = OrderedDict()
-WORKSPACE_KEYS = 12  # buffers kept (the least recently used go first)
+WORKSPACE_KEYS = 16  # buffers kept (the least recently used go first)
 
 
 def _buffer(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
@@ -77,15 +80,20 @@ class _PeepholeSequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, h0: Tensor, c0: Tensor, weight: Tensor, peep: Tensor, has_bias: bool,
-                first_masked: int, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+                lengths: Tensor | None, outputs: bool) -> tuple[Tensor, Tensor, Tensor]:
         steps, features, batch = x.shape
         n = h0.shape[0]
         gates = weight.shape[0] // n  # G: 4 with the forget gate, 3 without
         inputs = weight.shape[1] - n  # x's features, plus a row of ones for the bias
+        order, active = _sort_by_length(lengths, steps, batch)
         # z_t = [1; x_t; h_{t-1}] in slot t (h_T in the last): every step's GEMM operand, and
         # what the backward's ∇W += δa_t z_tᵀ reads.
         z = _buffer("z", (steps + 1, inputs + n, batch), x)
-        z[:steps, inputs - features : inputs] = x
+        if order is None:
+            z[:steps, inputs - features : inputs] = x
+        else:  # columns by decreasing length: step t runs on the first active[t] only
+            _columns(x, order, out=z[:steps, inputs - features : inputs])
+            h0, c0 = h0.index_select(1, order), c0.index_select(1, order)
         z[steps, :inputs] = 0
         if has_bias:
             z[:steps, 0] = 1
@@ -97,9 +105,9 @@ class _PeepholeSequence(torch.autograd.Function):
         tcs = _buffer("tcs", (steps, n, batch), x)  # tanh c_t
         p_in, p_o = peep[: gates - 2].unsqueeze(-1), peep[gates - 2].unsqueeze(-1)
         for t in range(steps):
-            a = acts[t]
-            torch.mm(weight, z[t], out=a.view(-1, batch))
-            c_prev, c = cs[t], cs[t + 1]
+            k = active[t]
+            a, c_prev, c, h = acts[t, ..., :k], cs[t, :, :k], cs[t + 1, :, :k], hs[t + 1, :, :k]
+            torch.mm(weight, z[t, :, :k], out=acts[t].view(-1, batch)[:, :k])
             a[: gates - 2].addcmul_(c_prev, p_in)  # i (and f) peek at c_{t-1}
             a[: gates - 1].sigmoid_()
             g = a[gates - 2].mul_(2).sub_(1)  # tanh(a/2) = 2σ(a) − 1: σ is ~3× cheaper than tanh
@@ -108,61 +116,77 @@ class _PeepholeSequence(torch.autograd.Function):
             else:
                 torch.addcmul(c_prev, a[0], g, out=c)
             o = a[gates - 1].addcmul_(c, p_o).sigmoid_()  # o peeks at c_t
-            tc = torch.mul(c, 2, out=tcs[t]).sigmoid_().mul_(2).sub_(1)
-            torch.mul(o, tc, out=hs[t + 1])
-            if t >= first_masked:
-                assert mask is not None
-                m = mask[t]  # finished sequences keep their state
-                torch.where(m, c, c_prev, out=c)
-                torch.where(m, hs[t + 1], hs[t], out=hs[t + 1])
-        ctx.save_for_backward(z, acts, cs, tcs, weight, peep, mask)
-        ctx.first_masked, ctx.features = first_masked, features
-        y = hs[1:].clone() if mask is None else hs[1:] * mask  # zero at padded steps
-        return y, hs[steps].clone(), cs[steps].clone()
+            tc = torch.mul(c, 2, out=tcs[t, :, :k]).sigmoid_().mul_(2).sub_(1)
+            torch.mul(o, tc, out=h)
+            if k < batch:
+                hs[t + 1, :, k:] = 0  # finished sequences: y is zero, their final state lies in slot lengths[b]
+        ctx.save_for_backward(z, acts, cs, tcs, weight, peep, order)
+        ctx.active, ctx.features, ctx.outputs = active, features, outputs
+        if order is None:
+            h_n, c_n = hs[steps].clone(), cs[steps].clone()
+        else:
+            assert lengths is not None
+            last, column = lengths.clamp(max=steps), torch.argsort(order)  # sorted position of every sequence
+            h_n, c_n = hs[last, :, column].t().contiguous(), cs[last, :, column].t().contiguous()
+        if not outputs:
+            y = x.new_empty(0)
+            ctx.mark_non_differentiable(y)
+        else:
+            y = hs[1:].clone() if order is None else _columns(hs[1:], torch.argsort(order))
+        return y, h_n, c_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, dy: Tensor, dh_n: Tensor, dc_n: Tensor) -> tuple[Tensor | None, ...]:
-        z, acts, cs, tcs, weight, peep, mask = ctx.saved_tensors
+        z, acts, cs, tcs, weight, peep, order = ctx.saved_tensors
         steps, gates, n, batch = acts.shape
         inputs = z.shape[1] - n
-        first_masked = ctx.first_masked
-        w_h = weight[:, inputs:].t().contiguous()  # (n, G·n)
+        active: list[int] = ctx.active
+        # δa_g is kept doubled, δc_t ⊙ i ⊙ (1 − g²), one op less per step: its column of W_hhᵀ
+        # (and W_ihᵀ) and its rows of ∇W take the ½ of d(2σ(a) − 1)/da = (1 − g²)/2 instead.
+        half = torch.ones(gates, n, 1, dtype=weight.dtype, device=weight.device)
+        half[gates - 2] = 0.5
+        half = half.view(-1, 1)
+        w_h = (weight[:, inputs:] * half).t().contiguous()  # (n, G·n)
         p_in, p_o = peep[: gates - 2].unsqueeze(-1), peep[gates - 2].unsqueeze(-1)
-        if not dy.is_contiguous():  # e.g. the gradient of y's (B, T, n) view: a 2-D transpose, ATen's blocked copy
-            dy = _buffer("dy", (steps, n, batch), dy).view(-1, batch).copy_(dy.reshape(-1, batch)).view_as(dy)
+        dys: Tensor | None = dy  # δy, in the sorted columns
+        if not ctx.outputs:
+            dys = None
+        elif order is not None:
+            dys = _columns(dy, order, out=_buffer("dy", (steps, n, batch), dy))
+        elif not dy.is_contiguous():  # e.g. the gradient of y's (B, T, n) view: a 2-D transpose, ATen's blocked copy
+            dys = _buffer("dy", (steps, n, batch), dy).view(-1, batch).copy_(dy.reshape(-1, batch)).view_as(dy)
         rows, cols = weight.shape
         # ∇W = Σ_t δa_t z_tᵀ: added step by step while δa_t and z_t are in cache when the
         # (G·n × K) ∇W is small next to them (the full-batch network); else one product at
         # the end over δa kept for every step, which reads and writes ∇W once, not T times.
         per_step = rows * cols <= (rows + cols) * batch
         da = None if per_step else _buffer("da", (rows, steps, batch), acts)
-        d = _buffer("d", (gates, n, batch), acts)  # δa_t
-        products = _buffer("products", (gates - 1, n, batch), acts)
-        dhs = (_buffer("dh0", (n, batch), acts), _buffer("dh1", (n, batch), acts))
-        dpeep = _buffer("dpeep", (steps, gates - 1, n), acts)  # per-step sums
+        if da is not None and active[-1] < batch:
+            da.zero_()  # finished columns' δa stay zero in the one product
+        d_full = _buffer("d", (gates, n, batch), acts)  # δa_t
+        products = _buffer("products", (n, batch), acts)
+        dpeep = _buffer("dpeep", (gates - 1, n, batch), acts).zero_()  # Σ_t δa_i ⊙ c_{t-1} (δa_f …), δa_o ⊙ c_t
         dweight = torch.zeros_like(weight)
-        w_x = weight[:, inputs - ctx.features : inputs].t().contiguous() if ctx.needs_input_grad[0] else None
-        dx = acts.new_empty(steps, ctx.features, batch) if w_x is not None else None
-        dh, dc = dh_n.clone(), dc_n.clone()
-        skip_h = skip_c = None
+        w_x = (weight[:, inputs - ctx.features : inputs] * half).t().contiguous() if ctx.needs_input_grad[0] else None
+        dx = acts.new_zeros(steps, ctx.features, batch) if w_x is not None else None
+        if order is None:
+            dh, dc = dh_n.clone(), dc_n.clone()
+        else:
+            dh, dc = dh_n.index_select(1, order), dc_n.index_select(1, order)
         for t in range(steps - 1, -1, -1):
-            a = acts[t]
-            if da is not None:
-                d = da[:, t].view(gates, n, batch)
-            if t >= first_masked:
-                m = mask[t]
-                dht = dh.add_(dy[t] * m)
-                skip_h, skip_c = torch.where(m, 0.0, dht), torch.where(m, 0.0, dc)
-                dht, dc = torch.where(m, dht, 0.0), torch.where(m, dc, 0.0)
-            else:
-                dht = dh.add_(dy[t])
-            o, tc, c_prev = a[gates - 1], tcs[t], cs[t]
-            do = torch.mul(dht, tc, out=d[gates - 1]).mul_(o)
-            do.addcmul_(do, o, value=-1)  # δa_o = δh ⊙ tanh c ⊙ o(1 − o)
-            r = dht.mul_(o)  # δh ⊙ o (δh is not needed again)
-            dct = dc.add_(r)
-            dct.addcmul_(r.mul_(tc), tc, value=-1).addcmul_(do, p_o)  # δc_t
+            k = active[t]
+            d_t = d_full if da is None else da[:, t].view(gates, n, batch)
+            d, d_rows = d_t[..., :k], d_t.view(-1, batch)[:, :k]  # δa_t, and as (G·n, k)
+            a, dht, dct = acts[t, ..., :k], dh[:, :k], dc[:, :k]
+            if dys is not None:
+                dht.add_(dys[t, :, :k])
+            o, tc, c_prev = a[gates - 1], tcs[t, :, :k], cs[t, :, :k]
+            r = dht.mul_(o)  # r = δh ⊙ o (δh_t is not needed again: the product below overwrites it)
+            q = torch.mul(r, tc, out=d[gates - 1])  # q = r ⊙ tanh c
+            dct.add_(r).addcmul_(q, tc, value=-1)  # δc + r ⊙ (1 − tanh² c)
+            do = q.addcmul_(q, o, value=-1)  # δa_o = δh ⊙ tanh c ⊙ o(1 − o) = q ⊙ (1 − o)
+            dct.addcmul_(do, p_o)  # δc_t
             torch.mul(dct, a[gates - 2], out=d[0])  # δi = δc_t ⊙ g
             if gates == 4:
                 torch.mul(dct, c_prev, out=d[1])  # δf = δc_t ⊙ c_{t-1}
@@ -170,31 +194,58 @@ class _PeepholeSequence(torch.autograd.Function):
             dg = torch.mul(dct, a[0], out=d[gates - 2])  # δg = δc_t ⊙ i
             s, ds = a[: gates - 2], d[: gates - 2]
             ds.mul_(s).addcmul_(ds, s, value=-1)  # ⊙ σ' = s(1 − s) for i (and f)
-            dg.addcmul_(torch.mul(dg, g, out=products[0]), g, value=-1).mul_(0.5)  # ⊙ (1 − g²)/2 = d(2σ(a) − 1)/da
-            dc = dct.mul_(a[1]) if gates == 4 else dct
-            for k in range(gates - 2):
-                dc.addcmul_(d[k], p_in[k])
-            d2 = d.view(-1, batch)
+            dg.addcmul_(torch.mul(dg, g, out=products[:, :k]), g, value=-1)  # ⊙ (1 − g²): 2 δa_g
+            if gates == 4:
+                dct.mul_(a[1])  # δc_{t-1} = δc_t ⊙ f + …
+            for j in range(gates - 2):
+                dct.addcmul_(d[j], p_in[j])
             if da is None:
-                dweight.addmm_(d2, z[t].t())
-            torch.sum(torch.mul(ds, c_prev, out=products[: gates - 2]), -1, out=dpeep[t, : gates - 2])
-            torch.sum(torch.mul(do, cs[t + 1], out=products[gates - 2]), -1, out=dpeep[t, gates - 2])
+                dweight.addmm_(d_rows, z[t, :, :k].t())
+            dpeep[: gates - 2, :, :k].addcmul_(ds, c_prev)
+            dpeep[gates - 2, :, :k].addcmul_(do, cs[t + 1, :, :k])
             if dx is not None and w_x is not None:
-                torch.mm(w_x, d2, out=dx[t])
-            dh = torch.mm(w_h, d2, out=dhs[t % 2])
-            if t >= first_masked:
-                assert skip_h is not None and skip_c is not None
-                dh.add_(skip_h)
-                dc.add_(skip_c)
-        dh = dh.clone() if any(dh is b for b in dhs) else dh  # kept buffers must not escape
+                torch.mm(w_x, d_rows, out=dx[t, :, :k])
+            torch.mm(w_h, d_rows, out=dht)  # δh_{t-1}
         if da is not None:
             dweight = da.view(rows, -1).mm(z[:steps].transpose(0, 1).reshape(cols, -1).t())
-        dpeep = dpeep.sum(0)
-        return dx, dh, dc, dweight, dpeep, None, None, None
+        dweight.mul_(half)
+        if order is not None:
+            column = torch.argsort(order)
+            dh, dc = dh.index_select(1, column), dc.index_select(1, column)
+            dx = None if dx is None else _columns(dx, column)
+        return dx, dh, dc, dweight, dpeep.sum(-1), None, None, None
+
+
+def _sort_by_length(lengths: Tensor | None, steps: int, batch: int) -> tuple[Tensor | None, list[int]]:
+    """The columns by decreasing length (None when all run every step) and the count still running at each step.
+
+    Step t runs on the first ``active[t]`` columns of the sorted batch, so a finished
+    sequence is neither computed nor masked: its state stays in the slot of its last step.
+    """
+    if lengths is None or int(lengths.min()) >= steps:
+        return None, [batch] * steps
+    order = torch.argsort(lengths, descending=True, stable=True)
+    ended = torch.bincount(lengths.clamp(max=steps), minlength=steps + 1).cumsum(0)  # ended[t]: length ≤ t
+    return order, (batch - ended[:steps]).tolist()
+
+
+def _columns(t: Tensor, index: Tensor, out: Tensor | None = None) -> Tensor:
+    """``t[..., index]`` for a (T, F, B) ``t``, written into ``out`` (a new tensor if None).
+
+    A ``t`` that is a view of a batch-first (B, T, F) tensor (the layer's input, the
+    gradient of its output) is gathered by whole rows into a kept buffer and transposed
+    from there: ``index_select`` along the last axis reads one element per cache line.
+    """
+    out = t.new_empty(t.shape) if out is None else out
+    rows = t.permute(2, 0, 1)
+    if not rows.is_contiguous():
+        return torch.gather(t, 2, index.expand(t.shape), out=out)
+    picked = torch.index_select(rows, 0, index, out=_buffer("rows", tuple(rows.shape), t))
+    return out.copy_(picked.permute(1, 2, 0))
 
 
 def peephole_sequence(x: Tensor, h0: Tensor, c0: Tensor, weight: Tensor, peep: Tensor, has_bias: bool,
-                      lengths: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+                      lengths: Tensor | None, outputs: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """Run a peephole layer over feature-major ``x`` (T, I, B) in one autograd node, every gate one sigmoid.
 
     The gates are σ of their pre-activations, g included: g = 2σ(a_g) − 1, which is
@@ -212,19 +263,17 @@ def peephole_sequence(x: Tensor, h0: Tensor, c0: Tensor, weight: Tensor, peep: T
             ``has_bias``; gate order (i, f, g, o) or (i, g, o).
         peep: (G − 1, n) peephole weights (p_i, p_f, p_o) or (p_i, p_o).
         lengths: (B,) valid lengths (at most T), or None when every sequence has T steps.
+        outputs: False when only the final state is wanted: y is then an empty tensor, and
+            neither written nor differentiated (a regressor pooling the last step reads h_T).
 
     Returns:
         ``(y, h_T, c_T)``: y (T, n, B), zero at padded steps; h_T, c_T (n, B), the state after
         each sequence's last step.
     """
-    steps = x.shape[0]
-    first_masked = steps if lengths is None else min(int(lengths.min()), steps)
-    mask = None  # (T, 1, B): True where step t is inside sequence b
-    if first_masked < steps:
-        assert lengths is not None
-        mask = (torch.arange(steps, device=x.device)[:, None] < lengths.to(x.device)[None, :]).unsqueeze(1)
+    if lengths is not None:
+        lengths = lengths.to(x.device)
     out: tuple[Tensor, Tensor, Tensor] = _PeepholeSequence.apply(
-        x, h0, c0, weight, peep, has_bias, first_masked, mask)
+        x, h0, c0, weight, peep, has_bias, lengths, outputs)
     return out
 
 
@@ -234,12 +283,13 @@ def fusable(cell: object) -> bool:
 
 
 def peephole_layer(cell: PeepholeLSTMCell, x: Tensor, state: State,
-                   lengths: Tensor | None) -> tuple[Tensor, LSTMState]:
+                   lengths: Tensor | None, outputs: bool = True) -> tuple[Tensor | None, LSTMState]:
     """:func:`~distlstm.models.sequence.run_layer` for a peephole cell, through :func:`peephole_sequence`.
 
     ``x`` is (B, T, I) batch-first, ``lengths`` (B,) or None. The gate
     sharpness α is folded into the weights here (rows of i, f, o and the peepholes
     scaled by α), so autograd carries the gradient back to the cell's parameters.
+    With ``outputs=False`` the outputs are not computed and None is returned in their place.
     """
     n, names = cell.hidden_size, cell.gate_names
     weight = torch.cat([cell.weight_ih, cell.weight_hh], 1)
@@ -250,5 +300,6 @@ def peephole_layer(cell: PeepholeLSTMCell, x: Tensor, state: State,
         weight = torch.cat([bias.unsqueeze(1), weight], 1)
     weight = weight * scale.expand(-1, n).reshape(-1, 1)
     h0, c0 = state
-    y, h, c = peephole_sequence(x.permute(1, 2, 0), h0.t(), c0.t(), weight, peep, bias is not None, lengths)
-    return y.permute(2, 0, 1), LSTMState(h.t(), c.t())
+    y, h, c = peephole_sequence(x.permute(1, 2, 0), h0.t(), c0.t(), weight, peep, bias is not None, lengths,
+                                outputs)
+    return (y.permute(2, 0, 1) if outputs else None), LSTMState(h.t(), c.t())

@@ -200,6 +200,21 @@ class LSTM(nn.Module):
 
     def forward(self, input: Tensor | PackedSequence, hx: State | None = None,
                 lengths: Tensor | None = None) -> tuple[Tensor | PackedSequence, State]:
+        y, state = self._run(input, hx, lengths, outputs=True)
+        assert y is not None
+        return y, state
+
+    def final_state(self, input: Tensor | PackedSequence, hx: State | None = None,
+                    lengths: Tensor | None = None) -> State:
+        """``forward(...)[1]`` without the outputs: the top layer's peephole node then skips writing them.
+
+        The state is taken at each sequence's last valid step, so for one direction the top
+        layer's h_n is the output at that step (what ``pool(..., "last")`` picks).
+        """
+        return self._run(input, hx, lengths, outputs=False)[1]
+
+    def _run(self, input: Tensor | PackedSequence, hx: State | None, lengths: Tensor | None,
+             outputs: bool) -> tuple[Tensor | PackedSequence | None, State]:
         packed: PackedSequence | None = None
         unbatched = False
         if isinstance(input, PackedSequence):
@@ -226,12 +241,16 @@ class LSTM(nn.Module):
         if self._can_fuse(x):
             y, state = self._forward_fused(x, state, lengths)
         else:
-            y, state = self._forward_loop(x, state, lengths)
+            y, state = self._forward_loop(x, state, lengths, outputs)
 
+        if unbatched:
+            state = tuple(s.squeeze(1) for s in state)
+        if not outputs:
+            return None, state
         if packed is not None:
             return _repack(y, packed), state
         if unbatched:
-            return y.squeeze(0), tuple(s.squeeze(1) for s in state)
+            return y.squeeze(0), state
         return (y if self.batch_first else y.transpose(0, 1)), state
 
     def _initial_state(self, hx: State | None, batch: int, x: Tensor, unbatched: bool) -> State:
@@ -249,7 +268,9 @@ class LSTM(nn.Module):
             check_finite(h, f"hx[{k}]")
         return hx
 
-    def _forward_loop(self, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
+    def _forward_loop(self, x: Tensor, state: State, lengths: Tensor | None,
+                      outputs: bool = True) -> tuple[Tensor, State]:
+        """The layers one after another; without ``outputs`` the top layer's may skip them (x is then stale)."""
         finals = []
         directions = self.num_directions
         for layer in range(self.num_layers):
@@ -261,7 +282,8 @@ class LSTM(nn.Module):
                 c = self.cells[idx]
                 start = c.make_state([s[idx] for s in state])
                 if direction == 0:
-                    y, last = self._run_layer(c, x, start, lengths)
+                    top = layer == self.num_layers - 1 and directions == 1
+                    y, last = self._run_layer(c, x, start, lengths, outputs or not top)
                 else:
                     y, last = self._run_layer(c, reverse_padded(x, lengths), start, lengths)
                     y = reverse_padded(y, lengths)
@@ -270,11 +292,16 @@ class LSTM(nn.Module):
             x = outs[0] if directions == 1 else torch.cat(outs, -1)
         return x, tuple(torch.stack(parts) for parts in zip(*finals, strict=True))
 
-    def _run_layer(self, cell: Cell, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
-        """:func:`run_layer`, or for a peephole cell (when ``fused``) its one-node sequence (``peephole_fused``)."""
+    def _run_layer(self, cell: Cell, x: Tensor, state: State, lengths: Tensor | None,
+                   outputs: bool = True) -> tuple[Tensor, State]:
+        """:func:`run_layer`, or for a peephole cell (when ``fused``) its one-node sequence (``peephole_fused``).
+
+        Without ``outputs`` the peephole node does not write them and ``x`` comes back in their place.
+        """
         if (self.fused and fusable(cell) and not is_transformed(x)
                 and not any(is_transformed(p) for p in cell.cell_parameters())):
-            return peephole_layer(cell, x, state, lengths)  # type: ignore[arg-type]
+            y, last = peephole_layer(cell, x, state, lengths, outputs)  # type: ignore[arg-type]
+            return (x if y is None else y), last
         return run_layer(cell, x, state, lengths)
 
     def _dropout_mask(self, x: Tensor) -> Tensor:
