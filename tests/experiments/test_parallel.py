@@ -48,7 +48,8 @@ def test_results_in_the_order_of_the_specs_and_a_failing_run_named(jobs, error, 
     bar = Bar()
     started = []
     with pytest.raises(error, match=message), RunPool(scaled, make_context, 10.0, jobs=jobs, bar=bar) as pool:
-        assert pool.map(specs, lambda s: f"value {s[0]}") == [10.0, 20.0, 30.0, 40.0]
+        # sent costliest first (4, 3, 2, 1), returned in the order of the specs
+        assert pool.map(specs, lambda s: f"value {s[0]}", cost=lambda s: s[0]) == [10.0, 20.0, 30.0, 40.0]
         assert pool.map([(5, 0.0)], str) == [50.0]  # the workers (and their context) serve a second phase
         assert bar.n == 5 and len(bar.labels) >= 5
         started.append(time.monotonic())

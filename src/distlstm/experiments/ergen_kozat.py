@@ -182,6 +182,10 @@ class RunSpec:
     def name(self) -> str:
         return f"{self.task}/{self.label}{' ' + self.point if self.point else ''} seed {self.seed}"
 
+    def cost(self) -> float:
+        """A guess at the relative run time, to start the longest runs first: N × K particle moves."""
+        return float(self.settings.get("num_particles", 1) * self.settings.get("walk_steps", 1))
+
 
 @dataclass(frozen=True)
 class RunOutcome:
@@ -288,7 +292,8 @@ def run(cfg: ErgenKozatConfig, out: Path, show_progress: bool = True, jobs: int 
     chosen_settings: dict[str, dict[str, dict[str, Any]]] = {}
     with RunPool(run_one, Problems, cfg, jobs=jobs, bar=bar) as pool:
         grids = {task.name: tuning_specs(cfg, task, labels) for task in tasks} if cfg.tune else {}
-        grid_outcomes = iter(pool.map([s for specs in grids.values() for s in specs], RunSpec.name))
+        grid_outcomes = iter(pool.map([s for specs in grids.values() for s in specs], RunSpec.name,
+                                       RunSpec.cost))
         for task in tasks:
             if cfg.tune:
                 specs = grids[task.name]
@@ -301,7 +306,7 @@ def run(cfg: ErgenKozatConfig, out: Path, show_progress: bool = True, jobs: int 
         sweep_grid = sweep_points(cfg, chosen_settings["exchange"].get("dpf", base_settings(TASKS[0], "dpf"))
                                   ) if "exchange" in cfg.tasks else []
         sweep_specs = [spec for _, _, spec in sweep_grid]
-        results = iter(pool.map(evaluation + sweep_specs, RunSpec.name))
+        results = iter(pool.map(evaluation + sweep_specs, RunSpec.name, RunSpec.cost))
         for task in tasks:
             curves: dict[str, OnlineRecords] = {}
             for label in labels:

@@ -97,8 +97,13 @@ class RunPool(Generic[Spec, Result]):
             self.bar.set_postfix_str(label)
             self.bar.update()
 
-    def map(self, specs: Sequence[Spec], name: Callable[[Spec], str]) -> list[Result]:
-        """``work`` on every spec; the results in the order of ``specs``."""
+    def map(self, specs: Sequence[Spec], name: Callable[[Spec], str],
+            cost: Callable[[Spec], float] | None = None) -> list[Result]:
+        """``work`` on every spec; the results in the order of ``specs``.
+
+        ``cost`` (a rough relative run time) sends the workers the costliest runs first, so
+        that a long run does not start last and finish alone (the serial path ignores it).
+        """
         if not self._open:
             raise RuntimeError("RunPool.map outside its with-block")
         if self._executor is None:
@@ -110,8 +115,8 @@ class RunPool(Generic[Spec, Result]):
                 if self.bar is not None:
                     self.bar.update()
             return results
-        futures: dict[Future[Result], int] = {self._executor.submit(_call, self.work, spec): i
-                                              for i, spec in enumerate(specs)}
+        order = sorted(range(len(specs)), key=lambda i: -cost(specs[i])) if cost else range(len(specs))
+        futures: dict[Future[Result], int] = {self._executor.submit(_call, self.work, specs[i]): i for i in order}
         done: dict[int, Result] = {}
         for future in as_completed(futures):
             i = futures[future]
