@@ -378,9 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "least 2, at α 1; 15 takes about 3.75 hours)")
     p.add_argument("--jobs", type=nonnegative_int, default=1,
                    help="ergen-kozat and calibration: run the independent runs on this many local processes "
-                        "(0: one per CPU core), each with cores / jobs torch threads; the figures are the same as "
-                        "with 1 (the serial path), only the timings differ. The full ergen-kozat run is about "
-                        "1.5 CPU-hours serially")
+                        "(0: one per CPU core), each with cores / jobs torch threads; the figures are those of "
+                        "1 (the serial path; up to the last digits where torch's thread count changes the order of "
+                        "sums), only the timings differ. The full ergen-kozat run takes "
+                        "more than 1.5 hours with 1 job; with N free cores, roughly that / N plus the longest run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_reproduce)
 

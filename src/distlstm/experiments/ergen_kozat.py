@@ -276,7 +276,8 @@ def run(cfg: ErgenKozatConfig, out: Path, show_progress: bool = True, jobs: int 
 
     ``jobs`` worker processes (0: one per core) share each phase's independent runs: the
     tuning grids of every task, then every evaluation seed and the DPF sweep; each run
-    seeds its own generators, so the figures do not depend on ``jobs`` (only the timings).
+    seeds its own generators, so the figures do not depend on ``jobs`` (only the timings, and the
+    last bits of large matrix products, summed in another order with another torch thread count).
     """
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", asdict(cfg))

@@ -7,7 +7,9 @@ worker processes. Each worker builds its ``context`` once (``make_context(arg)``
 data streams, which may take seconds to build) and keeps it for every run it is given,
 over all phases of the pool. The parent keeps the progress bar (one tick per finished
 run) and returns results in the order of the specs, whatever order they finish in; a
-run that raises stops the pool and is reported by name (:class:`RunFailed`).
+run that raises stops the pool and is reported by name (:class:`RunFailed`). Workers
+are spawned and import the main module: a script that uses the pool needs the
+``if __name__ == "__main__":`` guard.
 """
 
 from __future__ import annotations
