@@ -13,6 +13,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number ≥ 0, got {value}")
+    return value
+
+
 def cell_option(text: str) -> tuple[str, float | int | tuple[int, ...]]:
     """``KEY=VALUE`` with a numeric value (``rank=32``, ``alpha=3.75``); ``groups=4,8`` gives one int per layer."""
     key, sep, raw = text.partition("=")

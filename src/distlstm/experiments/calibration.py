@@ -35,6 +35,7 @@ from distlstm.data.nonlinear import nonlinear_ar
 from distlstm.data.observation import Observation
 from distlstm.data.series import Scaler, split_round_robin, windows
 from distlstm.experiments.ergen_kozat import SENTENCE_SETTINGS, ErgenKozatConfig, exchange_streams, sentence_streams
+from distlstm.experiments.parallel import RunPool
 from distlstm.modes.online import OnlineProblem, run_streams
 from distlstm.network import make_topology, parse_edges
 from distlstm.online import algorithm_settings
@@ -115,32 +116,49 @@ def datasets(cfg: CalibrationConfig) -> dict[str, tuple[Callable[[], Streams], i
             "synthetic": (lambda: synthetic_streams(cfg), ek.exchange_hidden, {})}
 
 
-def run(cfg: CalibrationConfig, out: Path, show_progress: bool = True) -> list[dict[str, Any]]:
-    """Every filter × noise mode × data set; writes ``summary.json`` and ``report.md``; returns the rows."""
+class Problems:
+    """A process's data sets, each built once on first use (the sentence streams take seconds: word2vec)."""
+
+    def __init__(self, cfg: CalibrationConfig) -> None:
+        self.cfg = cfg
+        self.topology = make_topology("edges", cfg.nodes, edges=parse_edges(cfg.edges))
+        self.sets = datasets(cfg)
+        self._problems: dict[str, tuple[OnlineProblem, int]] = {}
+
+    def __getitem__(self, name: str) -> tuple[OnlineProblem, int]:
+        """The data set's problem and its number of labels."""
+        if name not in self._problems:
+            streams = self.sets[name][0]()
+            self._problems[name] = (OnlineProblem(streams, dataset=name),
+                                    sum(ob.labelled for s in streams for ob in s))
+        return self._problems[name]
+
+
+def run_one(problems: Problems, spec: tuple[str, str, str]) -> dict[str, Any]:
+    """The table row of one (data set, filter, variant) run, in this process or a worker."""
+    ds, name, variant = spec
+    cfg = problems.cfg
+    problem, labels = problems[ds]
+    _, hidden, settings = problems.sets[ds]
+    overrides = {**settings.get(name, {}), **VARIANTS[variant]}
+    if cfg.particles is not None and name in ("pf", "dpf"):
+        overrides["num_particles"] = cfg.particles
+    s = run_streams(problem, name, problems.topology, seed=cfg.seed, settings=overrides, hidden=hidden).run_summary()
+    return {"dataset": ds, "algorithm": name, "variant": variant, **coverage_figures(s.coverage95, labels),
+            "final_mse": s.final_mse, "mean_running_mse": s.mean_running_mse,
+            "settings": algorithm_settings(name, overrides)}
+
+
+def run(cfg: CalibrationConfig, out: Path, show_progress: bool = True, jobs: int = 1) -> list[dict[str, Any]]:
+    """Every filter × noise mode × data set (on ``jobs`` processes; 0: one per core); writes ``summary.json``
+    and ``report.md``; returns the rows."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", asdict(cfg))
-    topology = make_topology("edges", cfg.nodes, edges=parse_edges(cfg.edges))
-    sets = {name: spec for name, spec in datasets(cfg).items() if name in cfg.datasets}
-    bar = tqdm(total=len(sets) * len(cfg.filters) * len(cfg.variants), desc="calibration", disable=not show_progress,
-               unit="run")
-    rows = []
-    for ds, (make, hidden, settings) in sets.items():
-        streams = make()
-        labels = sum(ob.labelled for s in streams for ob in s)
-        for name in cfg.filters:
-            for variant in cfg.variants:
-                bar.set_postfix_str(f"{ds}/{name}/{variant}")
-                overrides = {**settings.get(name, {}), **VARIANTS[variant]}
-                if cfg.particles is not None and name in ("pf", "dpf"):
-                    overrides["num_particles"] = cfg.particles
-                mode = run_streams(OnlineProblem(streams, dataset=ds), name, topology, seed=cfg.seed,
-                                   settings=overrides, hidden=hidden)
-                s = mode.run_summary()
-                rows.append({"dataset": ds, "algorithm": name, "variant": variant,
-                             **coverage_figures(s.coverage95, labels), "final_mse": s.final_mse,
-                             "mean_running_mse": s.mean_running_mse,
-                             "settings": algorithm_settings(name, overrides)})
-                bar.update()
+    specs = [(ds, name, variant) for ds in datasets(cfg) if ds in cfg.datasets
+             for name in cfg.filters for variant in cfg.variants]
+    bar = tqdm(total=len(specs), desc="calibration", disable=not show_progress, unit="run")
+    with RunPool(run_one, Problems, cfg, jobs=jobs, bar=bar) as pool:
+        rows = pool.map(specs, "/".join)
     bar.close()
     write_json(out / "summary.json", rows)
     atomic_write_text(out / "report.md", render_report(cfg, rows))

@@ -46,8 +46,9 @@ from distlstm.experiments.ergen_kozat_stats import (
     pairwise_verdicts,
     settle_step,
 )
-from distlstm.modes.online import OnlineMode, OnlineProblem, run_streams, write_curves
-from distlstm.network.graphs import Topology, make_topology, parse_edges
+from distlstm.experiments.parallel import RunPool
+from distlstm.modes.online import OnlineProblem, RunSummary, run_streams, write_curves
+from distlstm.network.graphs import make_topology, parse_edges
 from distlstm.online import algorithm_settings
 from distlstm.online.records import OnlineRecords
 from distlstm.runs import atomic_write_text, plot_curves, write_json
@@ -101,6 +102,7 @@ class ErgenKozatConfig:
     sweep_fixed_particles: int = 200
     sweep_fixed_walk_steps: int = 4
     algorithms: tuple[str, ...] = field(default=ALGORITHM_ORDER + tuple(VARIANTS))
+    tasks: tuple[str, ...] = ("exchange", "sentences")  # the sweep runs with the exchange task
 
     def __post_init__(self) -> None:
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
@@ -110,6 +112,9 @@ class ErgenKozatConfig:
             raise ValueError(f"unknown algorithms {unknown}; expected some of {ALGORITHM_ORDER + tuple(VARIANTS)}")
         if not self.tune_factors or not all(f > 0 for f in self.tune_factors):
             raise ValueError(f"tune_factors must be positive, got {self.tune_factors}")
+        known = tuple(t.name for t in TASKS)
+        if not self.tasks or any(t not in known for t in self.tasks):
+            raise ValueError(f"tasks must be some of {known}, got {self.tasks}")
 
     @classmethod
     def preset(cls, quick: bool, seed: int = 0, seeds: int | None = None) -> ErgenKozatConfig:
@@ -163,43 +168,82 @@ def base_settings(task: Task, label: str, particles: int | None = None) -> dict[
     return settings
 
 
-@dataclass
-class Runner:
-    """Runs one configuration on one problem (model per the config) and counts the runs for the progress bar."""
+@dataclass(frozen=True)
+class RunSpec:
+    """One online run, as plain data (it crosses to a worker process): which task, configuration and seed."""
 
-    cfg: ErgenKozatConfig
-    topology: Topology
-    bar: Any
+    task: str
+    label: str  # an algorithm or a variant
+    settings: dict[str, Any]
+    hidden: int
+    seed: int
+    point: str = ""  # the sweep's point ("N=50 K=4"), for the progress bar and errors
 
-    def __call__(self, problem: OnlineProblem, label: str, settings: Mapping[str, Any], hidden: int,
-                 seed: int) -> OnlineMode:
-        algorithm = VARIANTS.get(label, (label, {}))[0]
-        self.bar.set_postfix_str(f"{problem.dataset}/{label} seed {seed}")
-        mode = run_streams(problem, algorithm, self.topology, seed=seed, settings=settings, hidden=hidden,
-                           single_bias=self.cfg.single_bias)
-        self.bar.update()
-        return mode
+    def name(self) -> str:
+        return f"{self.task}/{self.label}{' ' + self.point if self.point else ''} seed {self.seed}"
+
+    def cost(self) -> float:
+        """A guess at the relative run time, to start the longest runs first: N × K particle moves."""
+        return float(self.settings.get("num_particles", 1) * self.settings.get("walk_steps", 1))
 
 
-def tune(run_one: Runner, task: Task, problem: OnlineProblem, labels: Sequence[str],
-         hidden: int) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """The paper's protocol on the tuning seed: each label's key setting × every factor, then the choice."""
-    cfg = run_one.cfg
-    grid: dict[str, list[GridPoint]] = {}
+@dataclass(frozen=True)
+class RunOutcome:
+    """What the tables need of a finished run (an :class:`OnlineMode` holds far more and need not pickle)."""
+
+    records: OnlineRecords
+    summary: RunSummary
+    references: dict[str, OnlineRecords]  # the reference forecasters on the same steps (no seed)
+
+
+class Problems:
+    """A process's tasks, each built once on first use (the sentence streams take seconds: word2vec)."""
+
+    def __init__(self, cfg: ErgenKozatConfig) -> None:
+        self.cfg = cfg
+        self.topology = make_topology("edges", cfg.nodes, edges=parse_edges(cfg.edges))
+        self._problems: dict[str, OnlineProblem] = {}
+
+    def __getitem__(self, name: str) -> OnlineProblem:
+        if name not in self._problems:
+            task = next(t for t in TASKS if t.name == name)
+            self._problems[name] = OnlineProblem(task.streams(self.cfg), dataset=name)
+        return self._problems[name]
+
+
+def run_one(problems: Problems, spec: RunSpec) -> RunOutcome:
+    """One run of ``spec`` (in this process or a worker: :class:`~distlstm.experiments.parallel.RunPool`)."""
+    algorithm = VARIANTS.get(spec.label, (spec.label, {}))[0]
+    mode = run_streams(problems[spec.task], algorithm, problems.topology, seed=spec.seed, settings=spec.settings,
+                       hidden=spec.hidden, single_bias=problems.cfg.single_bias)
+    references = mode.references()
+    return RunOutcome(mode.records, mode.run_summary(references), references)
+
+
+def tuning_specs(cfg: ErgenKozatConfig, task: Task, labels: Sequence[str]) -> list[RunSpec]:
+    """The paper's protocol on the tuning seed: each label's key setting × every factor."""
+    specs = []
     for label in labels:
         base = base_settings(task, label, cfg.particles)
         key = TUNED[VARIANTS.get(label, (label, {}))[0]]
-        points = []
-        for factor in cfg.tune_factors:
-            settings = {**base, key: base[key] * factor}
-            rec = run_one(problem, label, settings, hidden, cfg.seed).records
-            running = rec.running_mse()
-            points.append(GridPoint(factor, settings, rec.final_mse(), _mean(running), settle_step(running)))
-        grid[label] = points
+        specs += [RunSpec(task.name, label, {**base, key: base[key] * factor}, task.hidden(cfg), cfg.seed,
+                          point=f"{key}×{factor:.3g}") for factor in cfg.tune_factors]
+    return specs
+
+
+def tune(cfg: ErgenKozatConfig, task: Task, specs: Sequence[RunSpec],
+         outcomes: Sequence[RunOutcome]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """The choice from the grid of :func:`tuning_specs` (``outcomes`` in the same order) and its record."""
+    grid: dict[str, list[GridPoint]] = {}
+    for i, (spec, outcome) in enumerate(zip(specs, outcomes, strict=True)):
+        running = outcome.records.running_mse()
+        factor = cfg.tune_factors[i % len(cfg.tune_factors)]  # tuning_specs: every label × every factor
+        grid.setdefault(spec.label, []).append(GridPoint(factor, spec.settings, outcome.records.final_mse(),
+                                                         _mean(running), settle_step(running)))
     chosen, target = (choose_equal_final(grid) if task.protocol == "equal final error"
                       else choose_equal_speed(grid))
     record = {"protocol": task.protocol, "target": target, "factors": list(cfg.tune_factors),
-              "tuned_setting": {label: TUNED[VARIANTS.get(label, (label, {}))[0]] for label in labels},
+              "tuned_setting": {label: TUNED[VARIANTS.get(label, (label, {}))[0]] for label in grid},
               "grid": {label: [asdict(p) for p in points] for label, points in grid.items()},
               "chosen": {label: asdict(p) for label, p in chosen.items()}}
     return {label: dict(p.settings) for label, p in chosen.items()}, record
@@ -209,10 +253,10 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-def aggregate(task: str, label: str, modes: Sequence[OnlineMode], seeds: Sequence[int]) -> dict[str, Any]:
+def aggregate(task: str, label: str, outcomes: Sequence[RunOutcome], seeds: Sequence[int]) -> dict[str, Any]:
     """One table row: a configuration's figures over seeds (mean ± 95% CI where they vary)."""
-    summaries = [m.run_summary() for m in modes]
-    runnings = [m.records.running_mse() for m in modes]
+    summaries = [o.summary for o in outcomes]
+    runnings = [o.records.running_mse() for o in outcomes]
     first = summaries[0]
     return {
         "dataset": task, "algorithm": label, "settings": first.settings, "n_theta": first.n_theta,
@@ -227,38 +271,53 @@ def aggregate(task: str, label: str, modes: Sequence[OnlineMode], seeds: Sequenc
     }
 
 
-def run(cfg: ErgenKozatConfig, out: Path, show_progress: bool = True) -> dict[str, Any]:
-    """Run everything, write the run folder, return the findings."""
+def run(cfg: ErgenKozatConfig, out: Path, show_progress: bool = True, jobs: int = 1) -> dict[str, Any]:
+    """Run everything, write the run folder, return the findings.
+
+    ``jobs`` worker processes (0: one per core) share each phase's independent runs: the
+    tuning grids of every task, then every evaluation seed and the DPF sweep; each run
+    seeds its own generators, so the figures do not depend on ``jobs`` (only the timings, and the
+    last bits of large matrix products, summed in another order with another torch thread count).
+    """
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", asdict(cfg))
     topology = make_topology("edges", cfg.nodes, edges=parse_edges(cfg.edges))
+    tasks = [t for t in TASKS if t.name in cfg.tasks]
     labels = list(cfg.algorithms)
     seeds = cfg.eval_seeds()
     per_task = len(labels) * (len(cfg.tune_factors) if cfg.tune else 0) + len(labels) * len(seeds)
-    sweep_runs = (len(cfg.sweep_particles) + len(cfg.sweep_walk_steps)) * len(seeds)
-    bar = tqdm(total=len(TASKS) * per_task + sweep_runs, desc="ergen-kozat", disable=not show_progress, unit="run")
-    run_one = Runner(cfg, topology, bar)
+    sweep_runs = (len(cfg.sweep_particles) + len(cfg.sweep_walk_steps)) * len(seeds) if "exchange" in cfg.tasks else 0
+    bar = tqdm(total=len(tasks) * per_task + sweep_runs, desc="ergen-kozat", disable=not show_progress, unit="run")
     rows: list[dict[str, Any]] = []
     tuning: dict[str, Any] = {}
     chosen_settings: dict[str, dict[str, dict[str, Any]]] = {}
-    for task in TASKS:
-        problem = OnlineProblem(task.streams(cfg), dataset=task.name)
-        hidden = task.hidden(cfg)
-        if cfg.tune:
-            chosen_settings[task.name], tuning[task.name] = tune(run_one, task, problem, labels, hidden)
-        else:
-            chosen_settings[task.name] = {label: base_settings(task, label, cfg.particles) for label in labels}
-        curves: dict[str, OnlineRecords] = {}
-        for label in labels:
-            modes = [run_one(problem, label, chosen_settings[task.name][label], hidden, s) for s in seeds]
-            curves[label] = modes[0].records
-            rows.append(aggregate(task.name, label, modes, seeds))
-        curves |= {f"ref: {name}": r for name, r in modes[0].references().items()}
-        write_curves(out, f"mse_{task.name}", curves,
-                     f"{task.name}: {cfg.nodes} nodes, n_θ = {rows[-len(labels)]['n_theta']}, seed {seeds[0]}")
-
-    exchange_dpf = chosen_settings["exchange"].get("dpf", base_settings(TASKS[0], "dpf"))
-    sweep = run_sweep(cfg, run_one, exchange_dpf, out)
+    with RunPool(run_one, Problems, cfg, jobs=jobs, bar=bar) as pool:
+        grids = {task.name: tuning_specs(cfg, task, labels) for task in tasks} if cfg.tune else {}
+        grid_outcomes = iter(pool.map([s for specs in grids.values() for s in specs], RunSpec.name,
+                                       RunSpec.cost))
+        for task in tasks:
+            if cfg.tune:
+                specs = grids[task.name]
+                outcomes = [next(grid_outcomes) for _ in specs]
+                chosen_settings[task.name], tuning[task.name] = tune(cfg, task, specs, outcomes)
+            else:
+                chosen_settings[task.name] = {label: base_settings(task, label, cfg.particles) for label in labels}
+        evaluation = [RunSpec(task.name, label, chosen_settings[task.name][label], task.hidden(cfg), s)
+                      for task in tasks for label in labels for s in seeds]
+        sweep_grid = sweep_points(cfg, chosen_settings["exchange"].get("dpf", base_settings(TASKS[0], "dpf"))
+                                  ) if "exchange" in cfg.tasks else []
+        sweep_specs = [spec for _, _, spec in sweep_grid]
+        results = iter(pool.map(evaluation + sweep_specs, RunSpec.name, RunSpec.cost))
+        for task in tasks:
+            curves: dict[str, OnlineRecords] = {}
+            for label in labels:
+                outcomes = [next(results) for _ in seeds]
+                curves[label] = outcomes[0].records
+                rows.append(aggregate(task.name, label, outcomes, seeds))
+            curves |= {f"ref: {name}": r for name, r in outcomes[0].references.items()}
+            write_curves(out, f"mse_{task.name}", curves,
+                         f"{task.name}: {cfg.nodes} nodes, n_θ = {rows[-len(labels)]['n_theta']}, seed {seeds[0]}")
+        sweep = sweep_rows(cfg, sweep_grid, [next(results) for _ in sweep_specs], out)
     bar.close()
     write_json(out / "summary.json", rows)
     write_json(out / "tuning.json", tuning)
@@ -268,22 +327,31 @@ def run(cfg: ErgenKozatConfig, out: Path, show_progress: bool = True) -> dict[st
     return findings
 
 
-def run_sweep(cfg: ErgenKozatConfig, run_one: Runner, dpf_settings: Mapping[str, Any],
-              out: Path) -> list[dict[str, Any]]:
-    """DPF on the exchange task over N (K fixed) and over K (N fixed), every point on every evaluation seed."""
-    problem = OnlineProblem(exchange_streams(cfg), dataset="exchange")
-    seeds = cfg.eval_seeds()
-    rows: list[dict[str, Any]] = []
+def sweep_points(cfg: ErgenKozatConfig, dpf_settings: Mapping[str, Any]) -> list[tuple[str, int, RunSpec]]:
+    """DPF on the exchange task over N (K fixed) and over K (N fixed), every point on every evaluation seed:
+    (axis, value, run) in that order."""
     grid = [("N", n, {"num_particles": n, "walk_steps": cfg.sweep_fixed_walk_steps}) for n in cfg.sweep_particles]
     grid += [("K", k, {"num_particles": cfg.sweep_fixed_particles, "walk_steps": k}) for k in cfg.sweep_walk_steps]
-    for axis, value, point in grid:
-        modes = [run_one(problem, "dpf", {**dpf_settings, **point}, cfg.exchange_hidden, s) for s in seeds]
-        row = aggregate("exchange", "dpf", modes, seeds)
-        rows.append({"axis": axis, "value": value, "num_particles": point["num_particles"],
-                     "walk_steps": point["walk_steps"], **{k: row[k] for k in (
+    return [(axis, value, RunSpec("exchange", "dpf", {**dpf_settings, **point}, cfg.exchange_hidden, s,
+                                  point=f"N={point['num_particles']} K={point['walk_steps']}"))
+            for axis, value, point in grid for s in cfg.eval_seeds()]
+
+
+def sweep_rows(cfg: ErgenKozatConfig, grid: Sequence[tuple[str, int, RunSpec]], outcomes: Sequence[RunOutcome],
+               out: Path) -> list[dict[str, Any]]:
+    """The sweep's rows (one per point, over the seeds) and its plots, from :func:`sweep_points`' runs."""
+    seeds = cfg.eval_seeds()
+    rows: list[dict[str, Any]] = []
+    for i in range(0, len(grid), len(seeds)):
+        axis, value, spec = grid[i]
+        row = aggregate("exchange", "dpf", outcomes[i: i + len(seeds)], seeds)
+        rows.append({"axis": axis, "value": value, "num_particles": spec.settings["num_particles"],
+                     "walk_steps": spec.settings["walk_steps"], **{k: row[k] for k in (
                          "final_mse", "mean_running_mse", "seconds_per_step", "bytes_per_node_per_step")}})
     for axis, label in (("N", "particles N"), ("K", "random-walk steps K")):
         pts = [r for r in rows if r["axis"] == axis]
+        if not pts:
+            continue
         plot_curves(out / f"sweep_{axis}.png",
                     {"final MSE (mean over seeds)": ([r["value"] for r in pts], [r["final_mse"]["mean"] for r in pts]),
                      "mean running MSE (mean over seeds)": ([r["value"] for r in pts],
