@@ -182,6 +182,11 @@ CLI_CASES = [
     ("train-cell-unknown", "train --task char-lm --cell nosuch --out {d}/new", "unknown cell 'nosuch'"),
     ("train-csv-no-data", "train --task csv --out {d}/new", "--task csv needs --data FILE"),
     ("bench-section", "bench --sections nosuch --output {d}/bench.md", "unknown benchmark sections ['nosuch']"),
+    ("edges-fewer-nodes", "online --topology edges --edges 0-1,1-2 --nodes 4 --out {d}/new",
+     "joins 3 nodes but --nodes is 4"),
+    ("train-dropout", "train --task char-lm --dropout 2 --out {d}/new", "--dropout must be in [0, 1), got 2.0"),
+    ("train-embedding", "train --task char-lm --embedding -3 --out {d}/new", "--embedding: must be a whole number"),
+    ("collective-timeout", "es --collective-timeout 0 --out {d}/new", "--collective-timeout: must be a finite"),
 ]
 
 
@@ -191,9 +196,13 @@ def test_cli_refuses_with_a_clear_message(inputs: dict[str, Path], argv: str, ex
     before = _hashes(d)
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        status = main(shlex.split(argv.format(**inputs)))
+        try:
+            status = main(shlex.split(argv.format(**inputs)))
+        except SystemExit as exit_:  # argparse's own refusals (a flag's type) exit 2 from the parser
+            status = exit_.code
     message = err.getvalue()
-    assert status == 2 and message.startswith(f"distlstm {argv.split()[0]}: error: "), message
+    error = message.strip().splitlines()[-1]  # argparse prints its usage lines first
+    assert status == 2 and error.startswith(f"distlstm {argv.split()[0]}: error: "), message
     assert expected.format(**inputs) in message, message
     assert "Traceback" not in message
     assert _hashes(d) == before  # nothing existing was changed

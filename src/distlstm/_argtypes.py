@@ -20,6 +20,13 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def cell_option(text: str) -> tuple[str, float | int | tuple[int, ...]]:
     """``KEY=VALUE`` with a numeric value (``rank=32``, ``alpha=3.75``); ``groups=4,8`` gives one int per layer."""
     key, sep, raw = text.partition("=")

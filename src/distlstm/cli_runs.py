@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from distlstm._argtypes import positive_float
 from distlstm.runs.checkpoint import CHECKPOINT, PREVIOUS
 from distlstm.runs.config import LoopConfig, add_section_arguments, config_document, read_config_file, resolve_sections
 from distlstm.runs.folder import started_by_this_job, stored_config
@@ -66,7 +67,7 @@ def add_run_command(sub: Any, spec: RunCommand) -> argparse.ArgumentParser:
                    "(its files are deleted)")
     g.add_argument("--config", metavar="FILE", default=None,
                    help="read settings from a JSON file shaped like a run's config.json (flags given override it)")
-    g.add_argument("--collective-timeout", type=float, default=120.0, metavar="SECONDS",
+    g.add_argument("--collective-timeout", type=positive_float, default=120.0, metavar="SECONDS",
                    help="under torchrun: a worker that waits this long for a peer ends the run with an error "
                         "instead of hanging")
     p.set_defaults(func=lambda args: run_command(spec, args))

@@ -210,10 +210,14 @@ class OnlineConfig:
                              f"edges, not of {self.topology}")
         if self.edges:
             try:
-                make_topology("edges", self.nodes, edges=parse_edges(self.edges))
+                graph = make_topology("edges", self.nodes, edges=parse_edges(self.edges))
             except ValueError as err:
                 raise ValueError(f"{err} (fix {option('edges', '--edges')}: pairs of node ids 0 … "
                                  f"{self.nodes - 1}, or {option('nodes', '--nodes')})") from None
+            if graph.num_nodes != self.nodes:
+                raise ValueError(f"{option('edges', '--edges')} {self.edges!r} joins {graph.num_nodes} nodes but "
+                                 f"{option('nodes', '--nodes')} is {self.nodes}: give every node an edge, or "
+                                 f"{option('nodes', '--nodes')} {graph.num_nodes}")
 
     def settings(self) -> dict[str, Any]:
         """The settings given, as the algorithm's config fields (defaults of :data:`DEFAULT_SETTINGS` not merged)."""

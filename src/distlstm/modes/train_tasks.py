@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distlstm._argtypes import cell_option, positive_int
+from distlstm._argtypes import cell_option, nonnegative_int, positive_int
 from distlstm._flags import option
 from distlstm.bptt.table_task import TableTask, forecast_table
 from distlstm.bptt.tasks import LONG_LAG_PROBLEMS, CharStreamTask, LongLagTask, WordStreamTask, model_from_spec
@@ -62,7 +62,7 @@ class TaskConfig:
     text: str | None = flag(None, "UTF-8 text (default: the shipped tragedies for char-lm, the complete works for "
                                   "word-lm)", path=True)
     embedding: int = flag(0, "char-lm embedding width; 0 feeds one-hot characters (--cell glstm needs a multiple of "
-                             "groups)")
+                             "groups)", type=nonnegative_int)
     eval_chars: int = flag(20_000, "char-lm: validation characters per evaluation", type=positive_int)
     # word-lm
     proj: int = flag(_WORD["embedding"].default, "word-lm: p, embedding width and projection size of every layer",
@@ -101,6 +101,8 @@ class TaskConfig:
         if self.target is not None and self.task != "csv":
             raise ValueError(f"{option('target', '--target')} {self.target!r} names the column a csv task forecasts; "
                              f"to stop once the metric reaches a value use {option('stop_at', '--stop-at')} NUMBER")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"{option('dropout', '--dropout')} must be in [0, 1), got {self.dropout}")
         for text in self.cell_opt:
             try:
                 cell_option(text)
