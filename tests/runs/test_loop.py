@@ -277,3 +277,14 @@ def test_a_flipped_bit_in_the_plain_fields_is_an_error_not_a_different_step(tmp_
         path.write_bytes(bytes(flipped))
         with pytest.raises(ValueError, match="is damaged"):
             load_checkpoint(path)
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"seed": 2**70}, r"seed=? must be a whole number from 0 to 4294967295, got 1180591620717411303424"),
+    ({"seed": -1}, r"seed=? must be .* got -1"),
+    ({"stop_at": float("nan")}, r"stop_at=? must be a finite number, got nan")])
+def test_a_seed_out_of_range_or_a_nan_stop_at_is_named(kw, message):
+    # 2**70 failed deep in torch ("Overflow when unpacking long long"); a NaN --stop-at never stopped anything
+    with pytest.raises(ValueError, match=message):
+        LoopConfig(**kw)
+    LoopConfig(seed=2**32 - 1, stop_at=0.5)  # the edges that work
