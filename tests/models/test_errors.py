@@ -28,6 +28,15 @@ def test_feature_size_mismatch(model):
         LSTMCell(3, 4)(torch.zeros(2, 2))
 
 
+def test_input_of_another_float_dtype_is_named_as_nn_lstm_does(model):
+    ref = torch.nn.LSTM(3, 4, batch_first=True)
+    with pytest.raises(ValueError, match="float32"):  # the reference: nn.LSTM refuses it with a clear message
+        ref(torch.zeros(2, 4, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"model's dtype torch.float32, got torch.float64"):
+        model(torch.zeros(2, 4, 3, dtype=torch.float64))
+    assert model.double()(torch.zeros(2, 4, 3, dtype=torch.float64))[0].dtype == torch.float64
+
+
 @pytest.mark.parametrize("lengths", [[0, 2], [3, 5], [-1, 1]])
 def test_lengths_out_of_range(model, lengths):
     with pytest.raises(ValueError, match=r"lengths must lie in \[1, 4\]"):

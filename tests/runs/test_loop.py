@@ -254,3 +254,37 @@ def test_evaluated_rows_are_the_rows_with_the_metric(tmp_path):
     assert [r["step"] for r in evaluated_rows(go(None, LoopConfig(steps=4, eval_every=2, progress=False)).rows,
                                               "loss")] == [0, 2, 4]  # in memory: rows without the key
 
+
+
+def test_a_flipped_bit_in_the_plain_fields_is_an_error_not_a_different_step(tmp_path):
+    # The state's checksum covers tensors and artifacts, not step/config beside them: without the
+    # zip CRC check, a flipped bit in the pickled `step` resumed at another step without a word.
+    import struct
+    import zipfile
+
+    from distlstm.runs.files import load_checkpoint
+
+    go(tmp_path / "x", LoopConfig(steps=3, checkpoint_every=3, progress=False))
+    path = tmp_path / "x" / CHECKPOINT
+    raw = path.read_bytes()
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith("data.pkl"))
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len  # the stored pickle: step, config, state
+    for offset in range(start, start + info.compress_size):
+        flipped = bytearray(raw)
+        flipped[offset] ^= 1
+        path.write_bytes(bytes(flipped))
+        with pytest.raises(ValueError, match="is damaged"):
+            load_checkpoint(path)
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"seed": 2**70}, r"seed=? must be a whole number from 0 to 4294967295, got 1180591620717411303424"),
+    ({"seed": -1}, r"seed=? must be .* got -1"),
+    ({"stop_at": float("nan")}, r"stop_at=? must be a finite number, got nan")])
+def test_a_seed_out_of_range_or_a_nan_stop_at_is_named(kw, message):
+    # 2**70 failed deep in torch ("Overflow when unpacking long long"); a NaN --stop-at never stopped anything
+    with pytest.raises(ValueError, match=message):
+        LoopConfig(**kw)
+    LoopConfig(seed=2**32 - 1, stop_at=0.5)  # the edges that work

@@ -230,6 +230,10 @@ class LSTM(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"input must be a floating-point tensor (the model's weights are "
                             f"{next(self.parameters()).dtype}), got {x.dtype}; convert it with .float()")
+        weight = next(self.parameters(), None)
+        if weight is not None and x.dtype != weight.dtype:  # as nn.LSTM: otherwise a bare "mat1 and mat2" error
+            raise TypeError(f"input must have the model's dtype {weight.dtype}, got {x.dtype}; convert the input "
+                            f"(x.to({weight.dtype})) or the model (.to({x.dtype}))")
         check_finite(x, "input")
         batch, steps = x.shape[0], x.shape[1]
         if steps == 0:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -76,6 +77,14 @@ class LoopConfig:
                                  f"{getattr(self, name)}")
         if self.seconds is not None and not self.seconds > 0:
             raise ValueError(f"{option('seconds', '--seconds')} must be positive, got {self.seconds}")
+        if not 0 <= self.seed < SEED_LIMIT:  # derived seeds (seed·1 000 003 + step) must stay within 64 bits
+            raise ValueError(f"{option('seed', '--seed')} must be a whole number from 0 to {SEED_LIMIT - 1}, "
+                             f"got {self.seed}")
+        if self.stop_at is not None and not math.isfinite(self.stop_at):
+            raise ValueError(f"{option('stop_at', '--stop-at')} must be a finite number, got {self.stop_at}")
+
+
+SEED_LIMIT = 2**32
 
 
 # What a resumed run may change: budgets and how it reports, never what it computes.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -37,11 +39,33 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint without unpickling arbitrary objects (``weights_only=True``)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    _check_zip_crc(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load reports bad files as many types; any of them means "not readable"
         raise ValueError(f"{path} is not a readable distlstm checkpoint: it is corrupt, truncated, or holds "
                          "objects other than tensors and plain data, which are never unpickled") from err
+
+
+def _check_zip_crc(path: Path) -> None:
+    """Refuse a checkpoint whose zip members fail their CRC-32: ``torch.load`` does not check it.
+
+    The state's own checksum covers the tensors and artifacts, not the plain fields beside
+    them (``step``, ``config``, ``metrics_bytes``): a flipped bit there would load and resume
+    at the wrong step without a word. ``torch.save`` writes a zip with a CRC per member.
+    """
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError):
+        return  # not a zip at all: torch.load below says so with the usual message
+    with archive:
+        try:
+            bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error) as err:
+            raise ValueError(f"{path} is damaged: its zip structure does not read back ({err})") from err
+    if bad is not None:
+        raise ValueError(f"{path} is damaged: its member {bad!r} fails the zip CRC check (a flipped bit or a "
+                         "partial write)")
 
 
 def write_json(path: Path, data: Any) -> None:
