@@ -23,7 +23,8 @@ def run_cli(args: list[str], out: Path, *, workers: int = 1, threads: int = 1) -
     cmd = [sys.executable, *launcher, "-m", "distlstm.cli", *args, "--out", str(out)]
     done = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS=str(threads)), capture_output=True, text=True,
                           timeout=3600)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr[-2000:]}")
+    if done.returncode != 0:  # a worker's own error comes first, torchrun's summary of the failure last
+        err = done.stderr if len(done.stderr) <= 4000 else f"{done.stderr[:2000]}\n…\n{done.stderr[-2000:]}"
+        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {err}")
     summary = Path(out, "summary.json")
     return json.loads(summary.read_text()) if summary.exists() else {}
