@@ -40,6 +40,7 @@ from distlstm.modes.online import OnlineProblem, run_streams
 from distlstm.network import make_topology, parse_edges
 from distlstm.online import algorithm_settings
 from distlstm.online.records import Z95
+from distlstm.ops.noise import ACI_STEP, MISS_RATE
 from distlstm.runs.files import atomic_write_text, write_json
 
 FILTERS = ("ekf", "dekf", "pf", "dpf")
@@ -175,7 +176,8 @@ def render_report(cfg: CalibrationConfig, rows: list[dict[str, Any]]) -> str:
              "predictive variance; **adaptive** σ² estimated online from the innovations (`noise=adaptive`, "
              "window `noise_window` = 100); **calibrated**: fixed σ², the interval's variance scaled by c, the "
              f"quantile of the node's last {INTERVAL_WINDOW} normalised errors at level 1 − α_t, where α_t follows the "
-             "node's misses (α_{t+1} = α_t + 0.005 (0.05 − miss_t), adaptive conformal inference; `interval_window`). "
+             f"node's misses (α_{{t+1}} = α_t + {ACI_STEP} ({MISS_RATE:.2f} − miss_t), adaptive conformal inference; "
+             "`interval_window`). "
              "Coverage is the fraction "
              "of labels inside d̂ ± 1.96 √v over all nodes and steps, with its Wilson 95% confidence interval. "
              f"Goal: {GOAL[0]:.0%}–{GOAL[1]:.0%}.", "",

@@ -28,8 +28,8 @@ from dataclasses import InitVar, dataclass, field
 import torch
 
 from distlstm.online.base import Observation
+from distlstm.ops.noise import Z95  # the 95% interval's half-width in standard deviations
 
-Z95 = 1.959963984540054
 MAX_BLOCKS = 4096  # final-window resolution: exact up to this many steps
 
 
