@@ -6,6 +6,7 @@ Every command explains itself with ``--help``; only commands that work are liste
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -198,8 +199,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     """Run a paper reproduction and write its report."""
     if args.seeds is not None and args.paper not in ("ergen-kozat", "matrix-batch"):
         raise ValueError(f"--seeds applies to ergen-kozat and matrix-batch, not {args.paper}")
-    if args.jobs != 1 and args.paper not in ("ergen-kozat", "calibration"):
-        raise ValueError(f"--jobs applies to ergen-kozat and calibration, not {args.paper}")
+    if args.jobs is not None and args.paper not in ("ergen-kozat", "calibration", "matrix-batch"):
+        raise ValueError(f"--jobs applies to ergen-kozat, calibration and matrix-batch, not {args.paper}")
     if (args.budget or args.federated) and args.paper != "es-shakespeare":
         raise ValueError(f"--budget and --federated are parts of es-shakespeare, not of {args.paper}")
     if args.paper == "es-shakespeare" and args.budget:
@@ -231,6 +232,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         from distlstm.experiments import matrix_batch
 
         mb = matrix_batch.MatrixBatchConfig.preset(args.quick, seed=args.seed, seeds=args.seeds)
+        if args.jobs is not None:
+            mb = dataclasses.replace(mb, jobs=args.jobs or os.cpu_count() or 1)
         rows = matrix_batch.run(mb, Path(args.out), show_progress=not args.no_progress)
         print(f"wrote {Path(args.out) / 'report.md'}: " + "; ".join(
             f"{r['optimizer']} α={r['alpha']:g} {r['successes']}/{r['runs']}" for r in rows))
@@ -247,7 +250,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         from distlstm.experiments import ergen_kozat
 
         cfg = ergen_kozat.ErgenKozatConfig.preset(args.quick, seed=args.seed, seeds=args.seeds)
-        findings = ergen_kozat.run(cfg, Path(args.out), show_progress=not args.no_progress, jobs=args.jobs)
+        jobs = 1 if args.jobs is None else args.jobs
+        findings = ergen_kozat.run(cfg, Path(args.out), show_progress=not args.no_progress, jobs=jobs)
         pairs = findings["sentence_pairs"]
         print(f"wrote {Path(args.out) / 'report.md'}: sentence ordering over {cfg.seeds} seeds: "
               f"{len(pairs['agree'])} pairs agree with the paper, {len(pairs['disagree'])} disagree, "
@@ -258,7 +262,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         from distlstm.experiments import calibration
 
         rows = calibration.run(calibration.CalibrationConfig.preset(args.quick, seed=args.seed), Path(args.out),
-                               show_progress=not args.no_progress, jobs=args.jobs)
+                               show_progress=not args.no_progress, jobs=1 if args.jobs is None else args.jobs)
         inside = {v: sum(calibration.in_goal(r["coverage95"]) for r in rows if r["variant"] == v)
                   for v in calibration.VARIANTS}
         print(f"wrote {Path(args.out) / 'report.md'}: runs with coverage in 93–97%: "
@@ -375,13 +379,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=positive_int, default=None,
                    help="ergen-kozat: evaluation seeds per configuration, reported as mean ± 95%% CI (default 5; "
                         "--quick 2). matrix-batch: runs per optimizer at α 3.75 (default 3; a third as many, at "
-                        "least 2, at α 1; 15 takes about 3.75 hours)")
-    p.add_argument("--jobs", type=nonnegative_int, default=1,
+                        "least 2, at α 1; every run has up to 450 s of training time, so 15 seeds are 60 runs)")
+    p.add_argument("--jobs", type=nonnegative_int, default=None,
                    help="ergen-kozat and calibration: run the independent runs on this many local processes "
-                        "(0: one per CPU core), each with cores / jobs torch threads; the figures are those of "
-                        "1 (the serial path; up to the last digits where torch's thread count changes the order of "
-                        "sums), only the timings differ. The full ergen-kozat run takes "
-                        "more than 1.5 hours with 1 job; with N free cores, roughly that / N plus the longest run")
+                        "(default 1; 0: one per CPU core), each with cores / jobs torch threads; the figures are "
+                        "those of 1 (the serial path; up to the last digits where torch's thread count changes the "
+                        "order of sums), only the timings differ. The full ergen-kozat run takes more than 1.5 hours "
+                        "with 1 job; with N free cores, roughly that / N plus the longest run. matrix-batch: runs "
+                        "at a time, one thread each (default 2; 0: one per CPU core); every run has its own "
+                        "training-time budget, so give it cores that are otherwise idle")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_reproduce)
 

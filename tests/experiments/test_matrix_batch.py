@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 
 import pytest
@@ -110,3 +111,13 @@ def test_seeds_sets_the_runs_per_optimizer():
     assert sum(1 for opt, a, _ in runs if opt == "lbfgs" and a == 3.75) == 15
     assert sum(1 for opt, a, _ in runs if opt == "cg" and a == 1.0) == 5
     assert MatrixBatchConfig.preset(False).seeds == 3
+
+
+@pytest.mark.parametrize(("flag", "jobs"), [([], 2), (["--jobs", "5"], 5), (["--jobs", "0"], None)])
+def test_jobs_sets_the_runs_at_a_time(tmp_path, monkeypatch, flag, jobs):
+    from distlstm.experiments import matrix_batch
+
+    seen: list[MatrixBatchConfig] = []
+    monkeypatch.setattr(matrix_batch, "run", lambda cfg, out, show_progress: seen.append(cfg) or [])
+    assert main(["reproduce", "matrix-batch", "--out", str(tmp_path), "--no-progress", *flag]) == 0
+    assert seen[0].jobs == (jobs or (os.cpu_count() or 1))

@@ -65,7 +65,7 @@ def test_jobs_must_be_a_whole_number_at_least_zero(tmp_path, capsys):
         main(["reproduce", "ergen-kozat", "--jobs", "-1", "--out", str(tmp_path)])
     assert "argument --jobs: must be a whole number ≥ 0, got -1" in capsys.readouterr().err
     assert main(["reproduce", "flstm-glstm", "--jobs", "2", "--out", str(tmp_path), "--no-progress"]) == 2
-    assert "--jobs applies to ergen-kozat and calibration, not flstm-glstm" in capsys.readouterr().err
+    assert "--jobs applies to ergen-kozat, calibration and matrix-batch, not flstm-glstm" in capsys.readouterr().err
 
 
 TIMING = ("seconds_per_step",)
