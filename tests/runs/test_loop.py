@@ -288,3 +288,27 @@ def test_a_seed_out_of_range_or_a_nan_stop_at_is_named(kw, message):
     with pytest.raises(ValueError, match=message):
         LoopConfig(**kw)
     LoopConfig(seed=2**32 - 1, stop_at=0.5)  # the edges that work
+
+
+@pytest.mark.parametrize("under_torchrun", [True, False])
+def test_a_lost_peer_leaves_sigterm_ignored_only_under_torchrun(monkeypatch, under_torchrun):
+    """torchrun's agent SIGTERMs the survivors when one worker dies: they must live to print why they stop."""
+    import signal
+
+    from distlstm.runs.loop import PeerLost, _stop_signals
+
+    if under_torchrun:
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    else:
+        monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(PeerLost), _stop_signals([False]):
+            raise PeerLost("rank 0: another worker stopped answering")
+        after = signal.getsignal(signal.SIGTERM)
+        assert after == (signal.SIG_IGN if under_torchrun else before)
+        with pytest.raises(ValueError), _stop_signals([False]):  # any other error restores the handlers
+            raise ValueError("not a lost peer")
+        assert signal.getsignal(signal.SIGTERM) == after
+    finally:
+        signal.signal(signal.SIGTERM, before)

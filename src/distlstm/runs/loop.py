@@ -25,6 +25,7 @@ the survivors on a new process group and returns the step to repeat.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -68,7 +69,12 @@ class RunResult:
 
 @contextlib.contextmanager
 def _stop_signals(flag: list[bool]) -> Iterator[None]:
-    """SIGINT/SIGTERM set ``flag[0]`` (a second SIGINT interrupts at once); handlers restored afterwards."""
+    """SIGINT/SIGTERM set ``flag[0]`` (a second SIGINT interrupts at once); handlers restored afterwards.
+
+    Except SIGTERM after a lost peer under torchrun: its agent terminates the survivors as
+    soon as one worker died, and a survivor must still say why it stops (the caller prints
+    :class:`PeerLost`), so SIGTERM stays ignored on that way out; the process exits next.
+    """
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -83,6 +89,10 @@ def _stop_signals(flag: list[bool]) -> Iterator[None]:
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
+    except PeerLost:
+        if "TORCHELASTIC_RUN_ID" in os.environ:
+            old[signal.SIGTERM] = signal.SIG_IGN
+        raise
     finally:
         for s, h in old.items():
             signal.signal(s, h)
