@@ -114,31 +114,7 @@ def test_a_step_without_progress_ends_the_run_cleanly(method):
                                FullBatchConfig(method=method, max_iter=3)), loop(10))
     assert result.summary["stopped_by"] == "max_steps" and result.summary["steps"] < 10
     assert "no decrease" in result.summary["status"] or "line search failed" in result.summary["status"]
-    assert "(3 restarts)" in result.summary["status"]  # the default: three retries from steepest descent first
     assert result.rows[-1]["test_mae"] > 0  # the end was evaluated
-
-
-@pytest.mark.parametrize("restarts", [0, 2])
-def test_a_stalled_lbfgs_step_is_retried_from_a_cleared_history(monkeypatch, restarts):
-    import distlstm.modes.fullbatch as fb
-
-    real, calls = fb.lbfgs_step, []
-
-    def stalls_at_step_three(opt, closure):
-        calls.append(len(opt.state))  # 0: the history is empty (steepest descent)
-        if len(calls) == 3:
-            start = float(closure())
-            return start, start  # no decrease, as a failed line search reports it
-        return real(opt, closure)
-
-    monkeypatch.setattr(fb, "lbfgs_step", stalls_at_step_three)
-    mode = FullBatchMode(adding, FullBatchConfig(method="lbfgs", max_iter=2, restarts=restarts))
-    result = run(mode, loop(5))
-    if restarts:
-        assert calls[:4] == [0, 1, 1, 0]  # the stalled third call, then a retry with the history forgotten
-        assert result.summary["steps"] == 5 and "status" not in result.summary and mode.restarts == 1
-    else:
-        assert calls == [0, 1, 1] and result.summary["steps"] == 3 and "(0 restarts)" in result.summary["status"]
 
 
 def test_a_non_finite_loss_names_the_step():

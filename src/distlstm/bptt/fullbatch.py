@@ -64,7 +64,6 @@ class FullBatchConfig:
     history_size: int = 50  # L-BFGS: (s, y) pairs kept
     lr: float = 1.0  # L-BFGS initial step length
     cg_c2: float = 0.1  # CG: curvature constant of the Wolfe line search (smaller: more exact searches)
-    restarts: int = 3  # a step without decrease is retried from steepest descent this many times in a row
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -72,8 +71,6 @@ class FullBatchConfig:
         for name in ("max_iter", "history_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.restarts < 0:
-            raise ValueError(f"restarts must be at least 0, got {self.restarts}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not CG_C1 < self.cg_c2 < 1:

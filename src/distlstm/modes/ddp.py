@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from distlstm._argtypes import nonnegative_int, positive_int
+from distlstm._argtypes import positive_int
 from distlstm._flags import option
 from distlstm.bptt.ddp import (
     OPTIMIZERS,
@@ -62,9 +62,6 @@ class OptimConfig:
     max_iter: int = flag(5, "lbfgs, cg: iterations per step (the metric is evaluated after each step)",
                          type=positive_int)
     history: int = flag(50, "lbfgs: history size", type=positive_int)
-    restarts: int = flag(3, "lbfgs, cg: a step that finds no decrease is retried from steepest descent (L-BFGS "
-                            "history or CG direction forgotten) up to this many times in a row before the run ends",
-                         type=nonnegative_int)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS + METHODS:

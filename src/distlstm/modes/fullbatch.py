@@ -8,13 +8,8 @@ every step. Metrics per step: ``train_loss`` (L at the new θ), ``evaluations`` 
 gradient evaluations so far) and ``samples`` (evaluations × N). The evaluation is the
 task's metric on its test set.
 
-A step that finds no decrease (a failed line search, or a converged run) is retried
-from steepest descent — L-BFGS with its history cleared, CG with d = −g — up to
-``restarts`` times in a row: a quasi-Newton model or a conjugate direction built far
-from the current θ can point where no line search finds a decrease while −g still
-does (on the multiplication problem, runs stalled at test MAE 0.011–0.019 without
-it). When every retry fails too, the run ends: the mode lowers ``max_steps`` to that
-step and its summary's ``status`` says why.
+A step that finds no decrease (a failed line search, or a converged run) ends the run:
+the mode lowers ``max_steps`` to that step and its summary's ``status`` says why.
 The state (model, L-BFGS history or CG state, evaluation counter) is resumable bit
 for bit.
 """
@@ -114,21 +109,12 @@ class FullBatchMode:
         self.objective = FullBatchObjective(self.model, local_loss, comm)
         self.lbfgs = make_lbfgs(self.objective.params, self.cfg) if self.cfg.method == "lbfgs" else None
         self.cg: CGState | None = None  # started by the first step (its evaluation counts there)
-        self.restarts = 0  # steps retried from steepest descent so far
         self.max_steps = None
         self.status = "running"
 
     def step(self, step: int) -> Mapping[str, float]:
         try:
-            for attempt in range(self.cfg.restarts + 1):
-                if attempt:
-                    self._restart()
-                loss, progressed = self._lbfgs_step() if self.lbfgs is not None else self._cg_step()
-                if progressed:
-                    self.status = "running"
-                    break
-                if self.status.startswith("converged: the gradient is zero"):
-                    break
+            loss, progressed = self._lbfgs_step() if self.lbfgs is not None else self._cg_step()
         except FloatingPointError as err:
             raise FloatingPointError(f"{err} (during step {step + 1})") from err
         self.comm.check_same(self.objective.theta(), f"step {step + 1}")
@@ -137,19 +123,11 @@ class FullBatchMode:
         evaluations = self.objective.evaluations
         return {"train_loss": loss, "evaluations": evaluations, "samples": evaluations * self.n}
 
-    def _restart(self) -> None:
-        """Forget the curvature model (L-BFGS history, CG direction): the next step starts along −g."""
-        self.restarts += 1
-        if self.lbfgs is not None:
-            self.lbfgs.state.clear()
-        else:
-            self.cg = None
-
     def _lbfgs_step(self) -> tuple[float, bool]:
         assert self.lbfgs is not None
         start, loss = lbfgs_step(self.lbfgs, self.objective.closure)
         if not loss < start:
-            self.status = f"converged or line search found no decrease ({self.restarts} restarts)"
+            self.status = "converged or line search found no decrease"
         return loss, loss < start
 
     def _cg_step(self) -> tuple[float, bool]:
@@ -157,8 +135,7 @@ class FullBatchMode:
             self.cg = cg_start(self.objective.theta().double().numpy(), self.objective.value_and_grad)
         new = cg_iteration(self.cg, self.objective.value_and_grad, self.cfg.cg_c2)
         if new is None:
-            self.status = (f"line search failed: no step of sufficient decrease along the CG direction "
-                           f"({self.restarts} restarts)")
+            self.status = "line search failed: no step of sufficient decrease along the CG direction"
         else:
             self.cg = new
             if not np.any(new.g):
@@ -171,8 +148,7 @@ class FullBatchMode:
 
     def state_dict(self) -> dict[str, Any]:
         algorithm: dict[str, Any] = {"method": self.cfg.method, "objective": self.objective.state_dict(),
-                                     "status": self.status, "stopped_at": self.max_steps,
-                                     "restarts": self.restarts}
+                                     "status": self.status, "stopped_at": self.max_steps}
         if self.lbfgs is not None:
             algorithm["lbfgs"] = self.lbfgs.state_dict()
         else:
@@ -196,7 +172,6 @@ class FullBatchMode:
         else:
             self.cg = None if algorithm["cg"] is None else CGState.from_state_dict(algorithm["cg"])
         self.status, self.max_steps = algorithm["status"], algorithm["stopped_at"]
-        self.restarts = int(algorithm.get("restarts", 0))  # checkpoints before restarts existed: none
 
     def summary(self) -> dict[str, Any]:
         evaluations = self.objective.evaluations
