@@ -13,7 +13,7 @@ from scipy.optimize import minimize
 from distlstm.bptt.fullbatch import FullBatchObjective
 from distlstm.bptt.tasks import LongLagTask, mean_absolute_error
 from distlstm.cli import main
-from distlstm.experiments.matrix_batch import MatrixBatchConfig, aggregate, run, run_fullbatch
+from distlstm.experiments.matrix_batch import MatrixBatchConfig, aggregate, run, run_fullbatch, runs_from_folders
 from distlstm.modes import load_run
 
 KEYS = {"optimizer", "alpha", "runs", "successes", "median_seconds_to_success", "final_test_mae"}
@@ -92,6 +92,16 @@ def test_a_tiny_reproduction_writes_its_run_folder(tmp_path):
     for name in ("test_mae_alpha3.75.png", "test_mae_alpha1.png", "details.json",
                  "runs/lbfgs_alpha1_seed0/metrics.csv"):
         assert (tmp_path / name).exists()
+    # the report can be rebuilt from the run folders alone (an interrupted reproduction, folders from elsewhere)
+    again = runs_from_folders(cfg, tmp_path)
+    details = json.loads((tmp_path / "details.json").read_text())
+    key = ("optimizer", "alpha", "seed")
+    assert sorted(({k: v for k, v in r.items() if k != "curve"} for r in again), key=lambda r: [r[k] for k in key]) \
+        == sorted(details["runs"], key=lambda r: [r[k] for k in key])
+    assert aggregate(again, cfg) == summary
+    (tmp_path / "runs/momentum_alpha1_seed0/summary.json").unlink()
+    with pytest.raises(FileNotFoundError, match="momentum_alpha1_seed0 holds no finished run"):
+        runs_from_folders(cfg, tmp_path)
 
 
 @pytest.mark.slow

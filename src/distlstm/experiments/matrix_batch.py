@@ -19,8 +19,10 @@ weights. Writes ``report.md``, ``summary.json`` (one row per optimizer × α),
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import statistics
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +38,7 @@ from distlstm.modes.fullbatch import METHODS, FullBatchConfig, FullBatchMode
 from distlstm.runs import atomic_write_text, plot_curves, write_json
 from distlstm.runs.config import LoopConfig, config_document
 from distlstm.runs.loop import run as run_loop
-from distlstm.runs.metrics import evaluated_rows
+from distlstm.runs.metrics import METRICS, evaluated_rows, read_metrics
 
 NOTES = """\
 - The paper reports success without a time limit; here every run has the same training-time
@@ -107,6 +109,12 @@ def run_one(cfg: MatrixBatchConfig, optimizer: str, alpha: float, seed: int, out
                           checkpoint_every=10**9, seed=seed, progress=False)
         result = run_loop(mode, loop, folder=out, overwrite=True)
         summary, rows = result.summary, result.rows
+    return run_result(cfg, optimizer, alpha, seed, summary, rows)
+
+
+def run_result(cfg: MatrixBatchConfig, optimizer: str, alpha: float, seed: int, summary: dict[str, Any],
+               rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """One run's row of the report from its summary and metrics rows: success, time and samples to it, its curve."""
     rows = evaluated_rows(rows, "test_mae")
     first = next((r for r in rows if r["test_mae"] <= cfg.target), None)
     return {"optimizer": optimizer, "alpha": alpha, "seed": seed, "success": first is not None,
@@ -154,6 +162,10 @@ def aggregate(runs: list[dict[str, Any]], cfg: MatrixBatchConfig) -> list[dict[s
     return rows
 
 
+def run_folder(out: Path, optimizer: str, alpha: float, seed: int) -> Path:
+    return out / "runs" / f"{optimizer}_alpha{alpha:g}_seed{seed}"
+
+
 def run(cfg: MatrixBatchConfig, out: Path, show_progress: bool = True) -> list[dict[str, Any]]:
     """Every run, the vectorization and worker measurements, and the report; returns the summary rows."""
     out.mkdir(parents=True, exist_ok=True)
@@ -162,11 +174,29 @@ def run(cfg: MatrixBatchConfig, out: Path, show_progress: bool = True) -> list[d
     runs: list[dict[str, Any]] = []
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=ctx) as pool:
-        futures = [pool.submit(run_one, cfg, opt, alpha, seed, out / "runs" / f"{opt}_alpha{alpha:g}_seed{seed}")
+        futures = [pool.submit(run_one, cfg, opt, alpha, seed, run_folder(out, opt, alpha, seed))
                    for opt, alpha, seed in specs]
         for future in tqdm(as_completed(futures), total=len(futures), desc="matrix-batch runs", unit="run",
                            disable=not show_progress):
             runs.append(future.result())
+    return write_report(cfg, runs, out)
+
+
+def runs_from_folders(cfg: MatrixBatchConfig, out: Path) -> list[dict[str, Any]]:
+    """The finished runs of ``cfg`` already in ``out/runs`` (a reproduction interrupted during its measurements,
+    or run folders gathered from several machines); every run must be there and finished."""
+    runs = []
+    for opt, alpha, seed in cfg.runs():
+        folder = run_folder(out, opt, alpha, seed)
+        if not (folder / "summary.json").is_file():
+            raise FileNotFoundError(f"{folder} holds no finished run (no summary.json)")
+        summary = json.loads((folder / "summary.json").read_text())
+        runs.append(run_result(cfg, opt, alpha, seed, summary, read_metrics(folder / METRICS)))
+    return runs
+
+
+def write_report(cfg: MatrixBatchConfig, runs: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
+    """summary.json, the vectorization and worker measurements, details.json, plots and report.md from the runs."""
     summary = aggregate(runs, cfg)
     write_json(out / "summary.json", summary)
 
