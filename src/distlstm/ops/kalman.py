@@ -73,9 +73,7 @@ def scalar_update(a: Tensor, P: Tensor, H: Tensor, innovation: Tensor, sigma2: f
         P = torch.addr(torch.addr(torch.addr(P, K, u, alpha=-1.0), u, K, alpha=-1.0), K, K, alpha=float(r))
         P = 0.5 * (P + P.mT)
     else:
-        w = K * r.sqrt()
-        # elementwise P_ij − w_i w_j (not BLAS ger, whose blocking rounds (i, j) and (j, i) differently)
-        P = torch.addcmul(P, w[:, None], w[None, :], value=-1.0)
+        P = downdate(P, (K * r.sqrt())[None])
     if has_q:
         P.diagonal().add_(q)  # P is a fresh tensor: safe to write in place
     return KalmanUpdate(a, P, r)
@@ -98,17 +96,33 @@ def block_update(a: Tensor, P: Tensor, H: Tensor, innovations: Tensor, sigma2: f
     S = H @ U
     S.diagonal().add_(sigma2)
     L = torch.linalg.cholesky(S)
-    W = torch.linalg.solve_triangular(L, U.mT, upper=False).mT  # U L⁻ᵀ
-    a = a + W @ torch.linalg.solve_triangular(L, innovations[:, None], upper=False)[:, 0]
+    Wt = torch.linalg.solve_triangular(L, U.mT, upper=False)  # Wᵀ = L⁻¹ Uᵀ (m, n), rows contiguous
+    a = a + torch.linalg.solve_triangular(L, innovations[:, None], upper=False)[:, 0] @ Wt
     if joseph:  # (I − K H) Σ (I − K H)ᵀ + σ² K Kᵀ = Σ − K Uᵀ − U Kᵀ + W Wᵀ, K = W L⁻¹
-        K = torch.linalg.solve_triangular(L.mT, W.mT, upper=True).mT
-        P = P - K @ U.mT - U @ K.mT + W @ W.mT
+        K = torch.linalg.solve_triangular(L.mT, Wt, upper=True).mT
+        P = symmetrise_(P - K @ U.mT - U @ K.mT + Wt.mT @ Wt)  # matmul blocking need not round (i, j), (j, i) alike
+    elif Wt.shape[0] <= DOWNDATE_ROWS:
+        P = downdate(P, Wt)
     else:
-        P = torch.addmm(P, W, W.mT, alpha=-1.0)
-    P = symmetrise_(P)  # matmul blocking need not round (i, j) and (j, i) alike
+        P = symmetrise_(torch.addmm(P, Wt.mT, Wt, alpha=-1.0))
     if q:
         P.diagonal().add_(q)
     return KalmanUpdate(a, P, S)
+
+
+DOWNDATE_ROWS = 4  # up to this rank, m elementwise passes over Σ beat one matmul and a symmetrisation
+
+
+def downdate(P: Tensor, rows: Tensor) -> Tensor:
+    """Σ − Σ_k w_k w_kᵀ for the rows w_k of ``rows`` (m, n): a new tensor, symmetric bit for bit if Σ is.
+
+    One elementwise pass over Σ per row (P_ij − w_i w_j, not BLAS ger or gemm, whose
+    blocking need not round (i, j) and (j, i) alike), so no symmetrisation is needed.
+    """
+    out = torch.addcmul(P, rows[0, :, None], rows[0, None, :], value=-1.0)
+    for w in rows[1:]:
+        out.addcmul_(w[:, None], w[None, :], value=-1.0)
+    return out
 
 
 def symmetrise_(P: Tensor, tile: int = 256, in_place_from: int = 1024) -> Tensor:
