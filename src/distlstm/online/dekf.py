@@ -112,7 +112,7 @@ class DEKF(NetworkAlgorithm):
         if not rows:
             return state.theta, time_update(state.P, self.cfg.q)
         upd = block_update(state.theta, state.P, torch.stack(rows), state.P.new_tensor(innovations), sigma2,
-                           self.cfg.joseph, q=self.cfg.q)
+                           self.cfg.joseph, q=self.cfg.q, PH=pred.aux[1] if own else None)
         check_covariance(upd.P, f"DEKF at {where}")
         check_theta(upd.a, f"DEKF at {where}")
         return upd.a, upd.P

@@ -34,9 +34,13 @@ The Joseph form, a rank-2 update, is symmetrised explicitly.
     â ← â + W L⁻¹ (d − h(â)),      Σ ← Σ_pred − W Wᵀ
 
 which is the information-form update Σ⁻¹ ← Σ_pred⁻¹ + Hᵀ H / σ²,
-â ← â + Σ Hᵀ (d − h(â)) / σ² written without inverting Σ. One pass over Σ for U and
-one for the rank-m downdate, whatever m; for a linear h it equals m scalar updates in
-sequence.
+â ← â + Σ Hᵀ (d − h(â)) / σ² written without inverting Σ; for a linear h it equals m
+scalar updates in sequence. One pass over Σ for U, then the rank-m downdate Σ − W Wᵀ:
+up to ``DOWNDATE_ROWS`` rows as m elementwise passes (:func:`downdate`, exactly
+symmetric like the rank-1 update; the first pass writes the fresh matrix, the others
+run in place on it while it is still in cache), above that one matrix product and a
+symmetrisation (:func:`symmetrise_`). At n = 584 and m = 3 the passes took a third of
+the time of the product and symmetrisation (side by side in one process).
 """
 
 from __future__ import annotations
@@ -80,17 +84,18 @@ def scalar_update(a: Tensor, P: Tensor, H: Tensor, innovation: Tensor, sigma2: f
 
 
 def block_update(a: Tensor, P: Tensor, H: Tensor, innovations: Tensor, sigma2: float, joseph: bool = False,
-                 q: float = 0.0) -> KalmanUpdate:
+                 q: float = 0.0, PH: Tensor | None = None) -> KalmanUpdate:
     """Time update Σ + q I, then m scalar measurements at once, all linearised at ``a`` (see the module docstring).
 
     Args:
         a: (n,) prior mean; P: (n, n) covariance *before* the time update; H: (m, n) rows;
         innovations: (m,) d − h(a); sigma2: σ² of every measurement; joseph: Joseph-form covariance;
-        q: process noise variance (q I).
+        q: process noise variance (q I); PH: Σ H₀ᵀ (n,) for the first row if the caller already has it
+        (the EKF prediction's), so only the other rows multiply Σ.
 
     Returns the posterior and S (m, m) as ``r``.
     """
-    U = P @ H.mT  # (n, m)
+    U = P @ H.mT if PH is None else torch.cat([PH[:, None], P @ H[1:].mT], 1)  # (n, m)
     if q:
         U = U + q * H.mT
     S = H @ U
