@@ -178,6 +178,7 @@ def test_block_update_equals_scalar_updates_in_sequence_on_a_linear_model(joseph
     n, m = 6, 3
     A = torch.randn(n, n, generator=gen, dtype=D)
     P, a = A @ A.T + torch.eye(n, dtype=D), torch.randn(n, generator=gen, dtype=D)
+    P = 0.5 * (P + P.T)  # a GEMM's A·Aᵀ is not bitwise symmetric; the update keeps a symmetric Σ so
     H, d = torch.randn(m, n, generator=gen, dtype=D), torch.randn(m, generator=gen, dtype=D)
     upd = block_update(a, P, H, d - H @ a, 0.2, joseph, q=0.01)
     ref_a, ref_P = a, P + 0.01 * torch.eye(n, dtype=D)

@@ -128,12 +128,14 @@ What bounds the ratios: the DPF evaluates the model N times for its prediction a
 distinct (particle, node) pair its walk visits (about 3N on a ring with K = 4: a particle
 that comes back is not evaluated again), against the PF's 2N, so about 2× the PF's model
 work; both share the jitter (N × n_θ normal draws) and the resampling, which bring the ratio
-below that. The DEKF's block update touches Σ for Σ Hᵀ, a rank-|N_k| downdate into a fresh
-n_θ × n_θ matrix and an in-place symmetrisation, against the EKF's matrix-vector product and
+below that. The DEKF's block update reads Σ for Σ Hᵀ of the neighbours' rows (the node's
+own is its prediction's, as in the EKF) and downdates it with rank |N_k| + 1 into a fresh
+n_θ × n_θ matrix (one elementwise pass per row, exactly symmetric), against the EKF's
 rank-1 downdate: at large n_θ the fresh matrix (its page faults) dominates both; at small
-n_θ (hidden 8) Σ is cheap and gradients dominate: a DEKF node differentiates its own and its
-two neighbours' sequences against the EKF's one, the neighbours' rows by vmapped reverse
-mode (`jacrev`, which runs the LSTM's Python step loop rather than the fused kernel).
+n_θ (hidden 8) Σ is cheap and gradients dominate: a DEKF node differentiates its own
+sequence, as the EKF does, and its two neighbours', theirs in one fused forward and one
+backward batched over the two rows (`is_grads_batched`): about 1.3× one sequence's
+forward and backward.
 """
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jacrev, vmap
+from torch.func import functional_call, vmap
 
 from distlstm._checks import check_finite
 
@@ -181,14 +181,21 @@ class FunctionalModel:
         return out.detach().reshape(()), grad
 
     def jacobian(self, theta: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        """Output (m,) and its Jacobian ∂out/∂θ (m, n_θ) at one θ (reverse mode, m passes)."""
+        """Output (m,) and its Jacobian ∂out/∂θ (m, n_θ) at one θ.
+
+        One forward at a leaf θ, so the model keeps its fastest path (ATen's fused LSTM,
+        which ``vmap`` cannot enter), then one backward batched over the m unit
+        cotangents e_l (``is_grads_batched``: ``vmap`` over the backward graph), whose
+        row l is e_lᵀ ∂out/∂θ. For two sequences at hidden 8 that was 1.5× quicker than
+        ``jacrev`` (a vmapped forward through the LSTM's Python step loop) and 1.35×
+        quicker than two forward/backward passes (the DEKF's neighbour rows).
+        """
         self.spec.check(theta)
         if theta.dim() != 1:
             raise ValueError(f"jacobian takes one θ (n_θ,), got shape {tuple(theta.shape)}")
-
-        def vector(th: Tensor) -> tuple[Tensor, Tensor]:
-            out = self._call(th, *args, **kwargs).reshape(-1)
-            return out, out
-
-        jac, out = jacrev(vector, has_aux=True)(theta)
-        return out.detach(), jac.detach()
+        with torch.enable_grad():
+            leaf = theta.detach().requires_grad_(True)
+            out = self._call(leaf, *args, **kwargs).reshape(-1)
+            cotangents = torch.eye(out.shape[0], dtype=out.dtype, device=out.device)
+            (jac,) = torch.autograd.grad(out, leaf, cotangents, is_grads_batched=True)
+        return out.detach(), jac

@@ -41,10 +41,12 @@ centralized EKF does.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from distlstm.models.functional import FunctionalModel
 from distlstm.network.transport import Transport
@@ -76,6 +78,7 @@ class DEKF(NetworkAlgorithm):
                              "sequence does not continue it; use the stateful EKF at each node instead")
         super().__init__(fm, EKF(fm, cfg))
         self.cfg = cfg
+        self._takes_lengths = "lengths" in inspect.signature(fm.module.forward).parameters
 
     def update(self, states: Mapping[int, EKFState], obs: Mapping[int, Observation],
                preds: Mapping[int, Prediction], transport: Transport,
@@ -109,15 +112,23 @@ class DEKF(NetworkAlgorithm):
         if not rows:
             return state.theta, time_update(state.P, self.cfg.q)
         upd = block_update(state.theta, state.P, torch.stack(rows), state.P.new_tensor(innovations), sigma2,
-                           self.cfg.joseph, q=self.cfg.q)
+                           self.cfg.joseph, q=self.cfg.q, PH=pred.aux[1] if own else None)
         check_covariance(upd.P, f"DEKF at {where}")
         check_theta(upd.a, f"DEKF at {where}")
         return upd.a, upd.P
 
     def _jacobian_rows(self, theta: Tensor, xs: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """h(θ; X_l) (m,) and the rows ∂h/∂θ (m, n_θ): one batched call when the sequences have one shape."""
-        if len(xs) > 1 and all(x.shape == xs[0].shape for x in xs):
+        """h(θ; X_l) (m,) and the rows ∂h/∂θ (m, n_θ): one forward over all m sequences, one batched backward.
+
+        Sequences of different lengths are padded, with their ``lengths``, for a model that
+        takes them (:class:`~distlstm.models.networks.SequenceRegressor`); any other model
+        then gets one forward/backward per sequence.
+        """
+        if all(x.shape == xs[0].shape for x in xs):
             return self.fm.jacobian(theta, torch.stack(xs))
+        if self._takes_lengths:
+            lengths = torch.tensor([x.shape[0] for x in xs])
+            return self.fm.jacobian(theta, pad_sequence(xs, batch_first=True), lengths=lengths)
         pairs = [self.output_and_grad(theta, x) for x in xs]
         return torch.stack([v for v, _ in pairs]), torch.stack([g for _, g in pairs])
 

@@ -34,9 +34,13 @@ The Joseph form, a rank-2 update, is symmetrised explicitly.
     â ← â + W L⁻¹ (d − h(â)),      Σ ← Σ_pred − W Wᵀ
 
 which is the information-form update Σ⁻¹ ← Σ_pred⁻¹ + Hᵀ H / σ²,
-â ← â + Σ Hᵀ (d − h(â)) / σ² written without inverting Σ. One pass over Σ for U and
-one for the rank-m downdate, whatever m; for a linear h it equals m scalar updates in
-sequence.
+â ← â + Σ Hᵀ (d − h(â)) / σ² written without inverting Σ; for a linear h it equals m
+scalar updates in sequence. One pass over Σ for U, then the rank-m downdate Σ − W Wᵀ:
+up to ``DOWNDATE_ROWS`` rows as m elementwise passes (:func:`downdate`, exactly
+symmetric like the rank-1 update; the first pass writes the fresh matrix, the others
+run in place on it while it is still in cache), above that one matrix product and a
+symmetrisation (:func:`symmetrise_`). At n = 584 and m = 3 the passes took a third of
+the time of the product and symmetrisation (side by side in one process).
 """
 
 from __future__ import annotations
@@ -73,42 +77,57 @@ def scalar_update(a: Tensor, P: Tensor, H: Tensor, innovation: Tensor, sigma2: f
         P = torch.addr(torch.addr(torch.addr(P, K, u, alpha=-1.0), u, K, alpha=-1.0), K, K, alpha=float(r))
         P = 0.5 * (P + P.mT)
     else:
-        w = K * r.sqrt()
-        # elementwise P_ij − w_i w_j (not BLAS ger, whose blocking rounds (i, j) and (j, i) differently)
-        P = torch.addcmul(P, w[:, None], w[None, :], value=-1.0)
+        P = downdate(P, (K * r.sqrt())[None])
     if has_q:
         P.diagonal().add_(q)  # P is a fresh tensor: safe to write in place
     return KalmanUpdate(a, P, r)
 
 
 def block_update(a: Tensor, P: Tensor, H: Tensor, innovations: Tensor, sigma2: float, joseph: bool = False,
-                 q: float = 0.0) -> KalmanUpdate:
+                 q: float = 0.0, PH: Tensor | None = None) -> KalmanUpdate:
     """Time update Σ + q I, then m scalar measurements at once, all linearised at ``a`` (see the module docstring).
 
     Args:
         a: (n,) prior mean; P: (n, n) covariance *before* the time update; H: (m, n) rows;
         innovations: (m,) d − h(a); sigma2: σ² of every measurement; joseph: Joseph-form covariance;
-        q: process noise variance (q I).
+        q: process noise variance (q I); PH: Σ H₀ᵀ (n,) for the first row if the caller already has it
+        (the EKF prediction's), so only the other rows multiply Σ.
 
     Returns the posterior and S (m, m) as ``r``.
     """
-    U = P @ H.mT  # (n, m)
+    U = P @ H.mT if PH is None else torch.cat([PH[:, None], P @ H[1:].mT], 1)  # (n, m)
     if q:
         U = U + q * H.mT
     S = H @ U
     S.diagonal().add_(sigma2)
     L = torch.linalg.cholesky(S)
-    W = torch.linalg.solve_triangular(L, U.mT, upper=False).mT  # U L⁻ᵀ
-    a = a + W @ torch.linalg.solve_triangular(L, innovations[:, None], upper=False)[:, 0]
+    Wt = torch.linalg.solve_triangular(L, U.mT, upper=False)  # Wᵀ = L⁻¹ Uᵀ (m, n), rows contiguous
+    a = a + torch.linalg.solve_triangular(L, innovations[:, None], upper=False)[:, 0] @ Wt
     if joseph:  # (I − K H) Σ (I − K H)ᵀ + σ² K Kᵀ = Σ − K Uᵀ − U Kᵀ + W Wᵀ, K = W L⁻¹
-        K = torch.linalg.solve_triangular(L.mT, W.mT, upper=True).mT
-        P = P - K @ U.mT - U @ K.mT + W @ W.mT
+        K = torch.linalg.solve_triangular(L.mT, Wt, upper=True).mT
+        P = symmetrise_(P - K @ U.mT - U @ K.mT + Wt.mT @ Wt)  # matmul blocking need not round (i, j), (j, i) alike
+    elif Wt.shape[0] <= DOWNDATE_ROWS:
+        P = downdate(P, Wt)
     else:
-        P = torch.addmm(P, W, W.mT, alpha=-1.0)
-    P = symmetrise_(P)  # matmul blocking need not round (i, j) and (j, i) alike
+        P = symmetrise_(torch.addmm(P, Wt.mT, Wt, alpha=-1.0))
     if q:
         P.diagonal().add_(q)
     return KalmanUpdate(a, P, S)
+
+
+DOWNDATE_ROWS = 4  # up to this rank, m elementwise passes over Σ beat one matmul and a symmetrisation
+
+
+def downdate(P: Tensor, rows: Tensor) -> Tensor:
+    """Σ − Σ_k w_k w_kᵀ for the rows w_k of ``rows`` (m, n): a new tensor, symmetric bit for bit if Σ is.
+
+    One elementwise pass over Σ per row (P_ij − w_i w_j, not BLAS ger or gemm, whose
+    blocking need not round (i, j) and (j, i) alike), so no symmetrisation is needed.
+    """
+    out = torch.addcmul(P, rows[0, :, None], rows[0, None, :], value=-1.0)
+    for w in rows[1:]:
+        out.addcmul_(w[:, None], w[None, :], value=-1.0)
+    return out
 
 
 def symmetrise_(P: Tensor, tile: int = 256, in_place_from: int = 1024) -> Tensor:
