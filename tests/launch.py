@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from distlstm.runtime.launch import failure_report
+
 
 def launch(args: list[str], out: Path | None, processes: int, timeout: float = 600) -> None:
     """Run ``distlstm ARGS --out OUT`` (no --out if None) in ``processes`` processes; fail with its stderr."""
@@ -23,14 +25,6 @@ def launch_module(module: str, args: list[str], processes: int, timeout: float =
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
                           cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, failure_report(done.stderr)
-
-
-def failure_report(stderr: str) -> str:
-    """What a failed launch said: a worker's own last words (an abort's ``terminate called …``, a Python
-    traceback) come before torchrun's summary, which alone would fill the tail."""
-    lines = stderr.splitlines()
-    cause = [line for line in lines if any(k in line for k in ("terminate", "what()", "Error", "error:", "Abort"))]
-    return "\n".join(cause[:20]) + "\n...\n" + stderr[-2000:]
 
 
 def free_port() -> int:

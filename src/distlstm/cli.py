@@ -201,6 +201,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise ValueError(f"--seeds applies to ergen-kozat and matrix-batch, not {args.paper}")
     if args.jobs is not None and args.paper not in ("ergen-kozat", "calibration", "matrix-batch"):
         raise ValueError(f"--jobs applies to ergen-kozat, calibration and matrix-batch, not {args.paper}")
+    serial_jobs = 1 if args.jobs is None else args.jobs  # ergen-kozat's and calibration's default
     if (args.budget or args.federated) and args.paper != "es-shakespeare":
         raise ValueError(f"--budget and --federated are parts of es-shakespeare, not of {args.paper}")
     if args.paper == "es-shakespeare" and args.budget:
@@ -230,10 +231,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return 0
     if args.paper == "matrix-batch":
         from distlstm.experiments import matrix_batch
+        from distlstm.experiments.parallel import resolve_jobs
 
         mb = matrix_batch.MatrixBatchConfig.preset(args.quick, seed=args.seed, seeds=args.seeds)
         if args.jobs is not None:
-            mb = dataclasses.replace(mb, jobs=args.jobs or os.cpu_count() or 1)
+            mb = dataclasses.replace(mb, jobs=resolve_jobs(args.jobs))
         rows = matrix_batch.run(mb, Path(args.out), show_progress=not args.no_progress)
         print(f"wrote {Path(args.out) / 'report.md'}: " + "; ".join(
             f"{r['optimizer']} α={r['alpha']:g} {r['successes']}/{r['runs']}" for r in rows))
@@ -250,8 +252,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         from distlstm.experiments import ergen_kozat
 
         cfg = ergen_kozat.ErgenKozatConfig.preset(args.quick, seed=args.seed, seeds=args.seeds)
-        jobs = 1 if args.jobs is None else args.jobs
-        findings = ergen_kozat.run(cfg, Path(args.out), show_progress=not args.no_progress, jobs=jobs)
+        findings = ergen_kozat.run(cfg, Path(args.out), show_progress=not args.no_progress, jobs=serial_jobs)
         pairs = findings["sentence_pairs"]
         print(f"wrote {Path(args.out) / 'report.md'}: sentence ordering over {cfg.seeds} seeds: "
               f"{len(pairs['agree'])} pairs agree with the paper, {len(pairs['disagree'])} disagree, "
@@ -262,7 +263,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         from distlstm.experiments import calibration
 
         rows = calibration.run(calibration.CalibrationConfig.preset(args.quick, seed=args.seed), Path(args.out),
-                               show_progress=not args.no_progress, jobs=1 if args.jobs is None else args.jobs)
+                               show_progress=not args.no_progress, jobs=serial_jobs)
         inside = {v: sum(calibration.in_goal(r["coverage95"]) for r in rows if r["variant"] == v)
                   for v in calibration.VARIANTS}
         print(f"wrote {Path(args.out) / 'report.md'}: runs with coverage in 93–97%: "

@@ -23,8 +23,19 @@ def run_cli(args: list[str], out: Path, *, workers: int = 1, threads: int = 1) -
     cmd = [sys.executable, *launcher, "-m", "distlstm.cli", *args, "--out", str(out)]
     done = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS=str(threads)), capture_output=True, text=True,
                           timeout=3600)
-    if done.returncode != 0:  # a worker's own error comes first, torchrun's summary of the failure last
-        err = done.stderr if len(done.stderr) <= 4000 else f"{done.stderr[:2000]}\n…\n{done.stderr[-2000:]}"
-        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {err}")
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {failure_report(done.stderr)}")
     summary = Path(out, "summary.json")
     return json.loads(summary.read_text()) if summary.exists() else {}
+
+
+CAUSE_MARKS = ("terminate", "what()", "Error", "error:", "Abort")
+
+
+def failure_report(stderr: str, tail: int = 2000) -> str:
+    """What a failed launch said, short: a worker's own last words (an abort's ``terminate called …``, a
+    Python error) come before torchrun's summary of the failure, which alone would fill the tail."""
+    if len(stderr) <= 2 * tail:
+        return stderr
+    cause = [line for line in stderr.splitlines() if any(mark in line for mark in CAUSE_MARKS)]
+    return "\n".join(cause[:20]) + "\n…\n" + stderr[-tail:]
