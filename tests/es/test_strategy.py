@@ -66,14 +66,16 @@ def test_non_finite_fitness_is_dropped_and_counted():
     assert metrics["dropped"] == 1 and torch.isfinite(new.theta).all()
 
 
-def test_noise_is_identical_in_another_process():
-    here = member_noise(7, 3, 5, 16, mirrored=True)
+@pytest.mark.parametrize("kind", ["table", "seeded"])
+def test_noise_is_identical_in_another_process(kind):
+    here = member_noise(7, 3, 5, 16, mirrored=True, kind=kind)
     code = ("import torch; from distlstm.es import member_noise; "
-            "print(repr(member_noise(7, 3, 5, 16, mirrored=True).tolist()))")
+            f"print(repr(member_noise(7, 3, 5, 16, mirrored=True, kind={kind!r}).tolist()))")
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert torch.equal(here, torch.tensor(eval(there), dtype=here.dtype))
-    assert torch.equal(member_noise(7, 3, 4, 16, True), -here)  # its mirrored twin
-    assert not torch.equal(member_noise(7, 4, 5, 16, True), here)  # another generation
+    assert torch.equal(member_noise(7, 3, 4, 16, True, kind=kind), -here)  # its mirrored twin
+    assert not torch.equal(member_noise(7, 4, 5, 16, True, kind=kind), here)  # another generation
+    assert not torch.equal(member_noise(8, 3, 5, 16, True, kind=kind), here)  # another run seed
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -185,9 +185,11 @@ characters; parts timed side by side, ms). The floor is the population's forward
 arithmetic — 2·G·H² + 2·H·V per character and member (G = 1 for the RNN, 4 for the
 LSTM; the one-hot input is a column lookup) — at this machine's measured fp32 matrix-product
 rate ({gflops:.0f} GFLOP/s on a 1024³ product): no forward can score the population faster.
+The noise ε is gathered from the shared noise table; the column beside it is the same
+population's ε drawn from a generator per member (`--noise seeded`), timed in the same round.
 
-| cell | forward | windows | noise ε | fitness | update | generation | evaluations/s | floor | fitness ÷ floor |
-|---|---|---:|---:|---:|---:|---:|---:|---:|---:|
+| cell | forward | windows | noise ε | seeded ε | fitness | update | generation | evaluations/s | floor | fitness ÷ floor |
+|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 """
 
 
@@ -199,7 +201,7 @@ def render_es(batched: list[ESBatchRow], workers: list[ESWorkersRow], generation
     if profile:
         parts.append(ES_GENERATION_TEXT.format(population=profile[0].population, gflops=profile[0].gflops))
         parts += [f"| {r.cell} | {'compiled' if r.compiled else 'eager'} | "
-                  + " | ".join(f"{r.ms[k]:.1f}" for k in ("windows", "noise", "fitness", "update"))
+                  + " | ".join(f"{r.ms[k]:.1f}" for k in ("windows", "noise", "seeded_noise", "fitness", "update"))
                   + f" | {r.generation_ms:.1f} | {r.evals_per_s:,.0f} | {r.floor_ms:.1f} | "
                   f"{r.ms['fitness'] / r.floor_ms:.0f}× |\n" for r in profile]
     if workers:

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from distlstm.es.noise import population_noise
+from distlstm.es.noise import NOISE_KINDS, population_noise
 from distlstm.es.shaping import SHAPINGS, shape
 
 
@@ -48,6 +48,7 @@ class ESConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     lr_half_life: float | None = None  # G, in generations; None: constant α
+    noise: str = "table"  # table: slices of a shared noise table | seeded: a generator per ε_i
 
     def __post_init__(self) -> None:
         if isinstance(self.population, bool) or not isinstance(self.population, int) or self.population < 2:
@@ -60,6 +61,8 @@ class ESConfig:
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.noise not in NOISE_KINDS:
+            raise ValueError(f"unknown noise {self.noise!r}; expected one of {NOISE_KINDS}")
         if self.shaping not in SHAPINGS:
             raise ValueError(f"unknown fitness shaping {self.shaping!r}; expected one of {sorted(SHAPINGS)}")
         if self.lr_half_life is not None and not (math.isfinite(self.lr_half_life) and self.lr_half_life > 0):
@@ -89,13 +92,13 @@ def noise(cfg: ESConfig, state: ESState, members: range | None = None) -> Tensor
     """ε (len(members), n) of the requested members (all by default), regenerated from the seeds."""
     members = range(cfg.population) if members is None else members
     return population_noise(cfg.seed, state.generation, members, state.theta.shape[0], cfg.mirrored,
-                            state.theta.dtype)
+                            state.theta.dtype, cfg.noise)
 
 
 def ask(cfg: ESConfig, state: ESState, members: range | None = None, eps: Tensor | None = None) -> Tensor:
     """Θ (len(members), n): the parameters of the requested members (all by default); ``eps``: their
     :func:`noise`, when the caller already holds it."""
-    return state.theta + cfg.sigma * (noise(cfg, state, members) if eps is None else eps)
+    return torch.add(state.theta, noise(cfg, state, members) if eps is None else eps, alpha=cfg.sigma)
 
 
 def es_gradient(cfg: ESConfig, state: ESState, fitness: Tensor, eps: Tensor | None = None) -> tuple[Tensor, int]:

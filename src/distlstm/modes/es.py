@@ -41,6 +41,7 @@ from distlstm._flags import option
 from distlstm.data.text import SHAKESPEARE_TRAGEDIES, CharVocab, held_out_slice, load_text
 from distlstm.data.text_shards import HOLDOUTS, SPLITS, client_shards, holdout_split
 from distlstm.es.fitness import char_fitness, char_loss
+from distlstm.es.noise import NOISE_KINDS
 from distlstm.es.strategy import STRATEGIES, ESConfig, ESState, ask, init, noise, tell
 from distlstm.es.text import build_model, client_windows, generation_windows
 from distlstm.models.functional import assign
@@ -84,6 +85,9 @@ class ESRunConfig:
                                 "number; even for openai-es's mirrored pairs); federated: all P on every client",
                            metavar="P")
     sigma: float = flag(0.02, "perturbation standard deviation σ", metavar="SIGMA")
+    noise: str = flag("table", "how ε is rebuilt from the shared seeds: table (slices of one table of normals "
+                               "that every worker holds, OpenAI-ES's trick: a gather instead of P draws) or "
+                               "seeded (a generator per member)", choices=NOISE_KINDS)
     lr: float = flag(0.01, "step size α", metavar="ALPHA")
     lr_half_life: float | None = flag(None, "halve the step size every G generations: α_t = α · 2^(−t/G) "
                                             "(default: constant α)", metavar="G")
@@ -129,7 +133,7 @@ class ESRunConfig:
         base = STRATEGIES[self.strategy]
         decay = base.weight_decay if self.weight_decay is None else self.weight_decay
         return replace(base, population=self.population, sigma=self.sigma, lr=self.lr, weight_decay=decay,
-                       seed=seed, lr_half_life=self.lr_half_life)
+                       seed=seed, lr_half_life=self.lr_half_life, noise=self.noise)
 
     @property
     def federated(self) -> bool:
