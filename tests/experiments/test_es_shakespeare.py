@@ -125,11 +125,12 @@ def test_tiny_budget_ladder_adds_one_change_per_rung(tmp_path, capsys):
     cfg = replace(ESBudgetConfig.preset(quick=True), seconds=1.0, rung_seconds=0.5, hidden=8, population=8,
                   eval_chars=300)
     rows = run_budget(cfg, tmp_path, show_progress=False)
-    assert [r["run"] for r in rows] == ["rung_0", "rung_1", "tuned"]
+    assert [r["run"] for r in rows] == ["rung_0", "rung_1", "rung_2", "tuned"]
     settings = [json.loads((tmp_path / r["run"] / "config.json").read_text())["es"] for r in rows]
-    assert settings[0]["lr"] == 0.01 and settings[0]["lr_half_life"] is None
-    assert settings[1]["lr"] == 0.02 and settings[1]["lr_half_life"] == 200.0
-    assert settings[2] == settings[1]  # the tuned run is the last rung on the full budget
+    assert settings[0]["noise"] == "seeded" and settings[0]["lr_half_life"] is None
+    assert settings[1] == {**settings[0], "noise": "table"}
+    assert settings[2] == {**settings[1], "lr_half_life": 200.0}
+    assert settings[3] == settings[2]  # the tuned run is the last rung on the full budget
     report = (tmp_path / "report.md").read_text()
     assert "| tuned |" in report and "bigram entropy" in report and (tmp_path / "val_vs_seconds.png").is_file()
     assert main(["reproduce", "matrix-batch", "--budget", "--out", str(tmp_path / "x")]) == 2
