@@ -369,8 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     part = p.add_mutually_exclusive_group()
     part.add_argument("--budget", action="store_true",
                       help="es-shakespeare only: the 30-minute version instead: a ladder of 240 s ES runs, each "
-                           "adding one change (compiled forward, step-size schedule), then the tuned settings for "
-                           "1800 s (about 45 minutes in all); writes report.md")
+                           "adding one change (shared noise table, compiled forward, step-size schedule), then the "
+                           "tuned settings for 1800 s (about 50 minutes in all); writes report.md")
     part.add_argument("--federated", action="store_true",
                       help="es-shakespeare only: federated ES instead: shared windows against 7 clients holding "
                            "IID shards and 7 holding one play each (non-IID), validated on the held-out last play "

@@ -312,3 +312,13 @@ def test_a_lost_peer_leaves_sigterm_ignored_only_under_torchrun(monkeypatch, und
         assert signal.getsignal(signal.SIGTERM) == after
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_a_time_budget_shows_progress_in_seconds_and_counts_the_steps(tmp_path, capsys):
+    """A --seconds run's number of steps is unknown: the bar runs over the budget, not over --steps."""
+    result = go(tmp_path / "t", LoopConfig(steps=10**9, seconds=1.0, eval_every=10**6))
+    err = capsys.readouterr().err
+    assert result.summary["stopped_by"] == "seconds"
+    assert "/1 s [" in err and f"step={result.summary['steps']}" in err and "1000000000" not in err
+    go(tmp_path / "n", LoopConfig(steps=3, eval_every=1))
+    assert "3/3 [" in capsys.readouterr().err  # without a budget: steps

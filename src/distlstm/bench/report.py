@@ -188,7 +188,7 @@ rate ({gflops:.0f} GFLOP/s on a 1024³ product): no forward can score the popula
 The noise ε is gathered from the shared noise table; the column beside it is the same
 population's ε drawn from a generator per member (`--noise seeded`), timed in the same round.
 
-| cell | forward | windows | noise ε | seeded ε | fitness | update | generation | evaluations/s | floor | fitness ÷ floor |
+| cell | forward | windows | noise ε | seeded ε | fitness | update | generation | evals/s | floor | fitness ÷ floor |
 |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 """
 

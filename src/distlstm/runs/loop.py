@@ -253,8 +253,7 @@ def _run(mode: Mode, loop: LoopConfig, comm: Communicator, out: Path | None, con
     stopped = "stop_at" if reached else "steps"
     interrupted = [False]
     label = mode.name if command in (None, mode.name) else f"{command} ({mode.name})"
-    bar = tqdm(total=cap, initial=min(step, cap), desc=label, unit="step",
-               disable=not (loop.progress and main), dynamic_ncols=True)
+    bar = _Progress(loop, cap, step, seconds, label, enabled=loop.progress and main)
     try:
         with _stop_signals(interrupted), _peers_watched(comm, lambda: step, command, out):
             while step < cap and not reached:
@@ -282,9 +281,9 @@ def _run(mode: Mode, loop: LoopConfig, comm: Communicator, out: Path | None, con
                 if step % loop.eval_every == 0 or at_end or out_of_time or interrupted[0]:
                     row.update(evaluate())
                     reached = reached_stop_at()
-                    bar.set_postfix({mode.metric: f"{last:.4g}"})
+                    bar.show(mode.metric, last)
                 record(row)
-                bar.update()
+                bar.advance(step, seconds)
                 if interrupted[0]:
                     stopped = "interrupted"
                     break
@@ -315,6 +314,37 @@ def _run(mode: Mode, loop: LoopConfig, comm: Communicator, out: Path | None, con
         raise RunInterrupted(f"interrupted at step {step}: {where}; continue with "
                              f"{_resume_command(command, out, comm.world_size)}")
     return RunResult(summary, metrics)
+
+
+class _Progress:
+    """The run's progress bar: in steps, or in training seconds when the run has a time budget
+    (``--seconds``), whose number of steps is not known in advance."""
+
+    def __init__(self, loop: LoopConfig, cap: int, step: int, seconds: float, label: str, enabled: bool) -> None:
+        self.by_time = loop.seconds is not None
+        if loop.seconds is not None:
+            self.bar = tqdm(total=loop.seconds, initial=min(seconds, loop.seconds), desc=label, unit="s",
+                            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]",
+                            disable=not enabled, dynamic_ncols=True)
+        else:
+            self.bar = tqdm(total=cap, initial=min(step, cap), desc=label, unit="step", disable=not enabled,
+                            dynamic_ncols=True)
+        self.postfix: dict[str, str] = {}
+
+    def advance(self, step: int, seconds: float) -> None:
+        if not self.by_time:
+            self.bar.update()
+            return
+        self.postfix["step"] = str(step)
+        self.bar.set_postfix(self.postfix, refresh=False)
+        self.bar.update(min(seconds, self.bar.total) - self.bar.n)
+
+    def show(self, metric: str, value: float) -> None:
+        self.postfix[metric] = f"{value:.4g}"
+        self.bar.set_postfix(self.postfix)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def print_interrupted(err: RunInterrupted) -> int:
