@@ -281,7 +281,7 @@ def _run(mode: Mode, loop: LoopConfig, comm: Communicator, out: Path | None, con
                 if step % loop.eval_every == 0 or at_end or out_of_time or interrupted[0]:
                     row.update(evaluate())
                     reached = reached_stop_at()
-                    bar.show(mode.metric, last)
+                    bar.show(mode.metric, row[mode.metric])
                 record(row)
                 bar.advance(step, seconds)
                 if interrupted[0]:
