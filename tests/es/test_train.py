@@ -84,6 +84,29 @@ def test_stopped_and_resumed_equals_uninterrupted(tmp_path):
     assert torch.equal(whole.state.theta, resumed_mode.state.theta)
 
 
+def test_a_run_from_before_the_noise_table_resumes_with_its_own_noise(tmp_path):
+    """A checkpoint without the noise kind (and a config without --noise) was trained with seeded ε: it goes on
+    with it, giving the numbers of an uninterrupted seeded run, although the default is now the table."""
+    from dataclasses import replace
+
+    from distlstm.runs.checkpoint import save_run_checkpoint
+
+    seeded = replace(TINY, noise="seeded")
+    whole, _ = es_run(tmp_path / "a", 6, cfg=seeded)
+    es_run(tmp_path / "b", 3, cfg=seeded)
+    ckpt, _ = load_run_checkpoint(tmp_path / "b")
+    del ckpt["state"]["algorithm"]["noise"]  # as written before the noise table
+    save_run_checkpoint(tmp_path / "b", ckpt)
+    stored = json.loads((tmp_path / "b" / "config.json").read_text())
+    del stored["es"]["noise"]
+    (tmp_path / "b" / "config.json").write_text(json.dumps(stored))
+    resumed, _ = es_run(tmp_path / "b", 6, resume=True)  # TINY: today's default, the table
+    assert resumed.strategy.noise == "seeded"
+    assert torch.equal(whole.state.theta, resumed.state.theta)
+    table, _ = es_run(tmp_path / "c", 6)
+    assert table.strategy.noise == "table" and not torch.equal(table.state.theta, whole.state.theta)
+
+
 def test_the_run_folder_gives_a_char_model_ready_to_sample(tmp_path):
     mode, _ = es_run(tmp_path, 2)
     loaded = load_run(tmp_path)

@@ -223,7 +223,7 @@ class ESMode:
         s = self.state
         return {"model": self.model_state(),
                 "algorithm": {"theta": s.theta.clone(), "m": s.m.clone(), "v": s.v.clone(),
-                              "generation": s.generation},
+                              "generation": s.generation, "noise": self.strategy.noise},
                 "generators": {},  # none: the noise and windows are drawn from (seed, generation)
                 "artifacts": {"kind": "char-lm", "vocab": self.vocab.chars,
                               "config": self.cfg.model_config(len(self.vocab)), "dtype": "float32"}}
@@ -239,6 +239,9 @@ class ESMode:
         if tuple(theta.shape) != (self.fm.numel,):
             raise ValueError(f"the checkpoint's θ has shape {tuple(theta.shape)}, the model needs ({self.fm.numel},)")
         self.state = ESState(theta.clone(), alg["m"].clone(), alg["v"].clone(), int(alg["generation"]))
+        # a checkpoint without "noise" predates the noise table (its config has no --noise, which then reads
+        # as the default): it continues with the per-member generators it was trained with
+        self.strategy = replace(self.strategy, noise=str(alg.get("noise", "seeded")))
 
     def summary(self) -> dict[str, Any]:
         generation, population = self.state.generation, self.cfg.population
