@@ -322,3 +322,5 @@ def test_a_time_budget_shows_progress_in_seconds_and_counts_the_steps(tmp_path, 
     assert "/1 s [" in err and f"step={result.summary['steps']}" in err and "1000000000" not in err
     go(tmp_path / "n", LoopConfig(steps=3, eval_every=1))
     assert "3/3 [" in capsys.readouterr().err  # without a budget: steps
+    go(tmp_path / "s", LoopConfig(steps=3, seconds=100.0, eval_every=1))
+    assert "stopped_by=steps" in capsys.readouterr().err  # ended before the budget: the bar says why

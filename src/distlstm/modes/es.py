@@ -86,8 +86,10 @@ class ESRunConfig:
                            metavar="P")
     sigma: float = flag(0.02, "perturbation standard deviation σ", metavar="SIGMA")
     noise: str = flag("table", "how ε is rebuilt from the shared seeds: table (slices of one table of normals "
-                               "that every worker holds, OpenAI-ES's trick: a gather instead of P draws) or "
-                               "seeded (a generator per member)", choices=NOISE_KINDS)
+                               "that every worker holds, OpenAI-ES's trick: a gather instead of P draws; "
+                               "max(2^24, 16 n_θ) floats, 64 MiB for small models) or seeded (a generator per "
+                               "member); the two give different numbers, so a run resumes with its own",
+                      choices=NOISE_KINDS)
     lr: float = flag(0.01, "step size α", metavar="ALPHA")
     lr_half_life: float | None = flag(None, "halve the step size every G generations: α_t = α · 2^(−t/G) "
                                             "(default: constant α)", metavar="G")

@@ -295,7 +295,7 @@ def _run(mode: Mode, loop: LoopConfig, comm: Communicator, out: Path | None, con
                 stopped = "stop_at" if reached else ("max_steps" if cap < loop.steps else "steps")
         checkpoint()
     finally:
-        bar.close()
+        bar.close(stopped)
         metrics.close()
         if tensorboard is not None:
             tensorboard.close()
@@ -343,7 +343,10 @@ class _Progress:
         self.postfix[metric] = f"{value:.4g}"
         self.bar.set_postfix(self.postfix)
 
-    def close(self) -> None:
+    def close(self, stopped: str) -> None:
+        if self.by_time and stopped != "seconds":  # ended before its budget: say why, the bar stops short
+            self.postfix["stopped_by"] = stopped
+            self.bar.set_postfix(self.postfix)
         self.bar.close()
 
 
