@@ -297,3 +297,16 @@ def test_online_help_shows_the_whole_stream_as_the_steps_default(capsys):
         main(["online", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: the whole stream)" in text and "1000000000" not in text
+
+
+def test_the_cli_prints_its_own_warnings_as_one_line(tmp_path, capsys):
+    """A warning of distlstm's reads "distlstm es: warning: …" on the command line, not Python's file:line report."""
+    from distlstm.cli import main
+
+    text = tmp_path / "small.txt"
+    text.write_text("To be, or not to be, that is the question.\n" * 40)
+    assert main(["es", "--text", str(text), "--hidden", "8", "--population", "8", "--steps", "1", "--eval-every", "1",
+                 "--no-progress", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "distlstm es: warning: --eval-chars 20000 asks for more than the held-out text's" in err
+    assert "UserWarning" not in err and "warnings.warn" not in err and "held_out_slice(" not in err

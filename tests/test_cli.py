@@ -127,7 +127,9 @@ def test_es_generation_profile_and_its_flop_floor():
                 state @ torch.zeros(h, v)
         assert forward_flops(cell, v, h, w * t) == counter.get_total_flops() == 2 * w * t * (gates * h * h + h * v)
     rows = bench_es_generation(("rnn",), population=8, windows=2, window=4, compiled=(False,), repeats=1)
-    assert set(rows[0].ms) == {"windows", "noise", "fitness", "update"} and all(v > 0 for v in rows[0].ms.values())
+    parts = {"windows", "noise", "fitness", "update"}
+    assert set(rows[0].ms) == parts | {"seeded_noise"} and all(v > 0 for v in rows[0].ms.values())
+    assert rows[0].generation_ms == pytest.approx(sum(rows[0].ms[k] for k in parts))  # the baseline is not a part
     assert rows[0].floor_ms == pytest.approx(8 * forward_flops("rnn", 73, 64, 8) / rows[0].gflops / 1e6)
     text = render_es([], [], 5, rows)
     assert "| rnn | eager |" in text and f"{rows[0].gflops:.0f} GFLOP/s" in text

@@ -6,14 +6,16 @@ Every command explains itself with ``--help``; only commands that work are liste
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import platform
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TextIO
 
 import torch
 
@@ -422,12 +424,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _plain_warnings(prog: str) -> Iterator[None]:
+    """distlstm's own warnings as one line for the user ("distlstm es: warning: …"), not Python's
+    file:line report with the source line; other packages' warnings keep Python's format."""
+    package = str(Path(__file__).parent)
+    shown = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
+        if filename.startswith(package):
+            print(f"{prog}: warning: {message}", file=file or sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # ATen's notice on every projected (LSTMP, F/G-LSTM word-model) run; nn.LSTM gives it too, and it is no fault.
     warnings.filterwarnings("ignore", message="LSTM with projections is not supported with oneDNN")
     args = build_parser().parse_args(argv)
     try:
-        with cli_spelling():  # messages name --flags, not Python arguments
+        with cli_spelling(), _plain_warnings(f"distlstm {args.command}"):  # messages name --flags, not arguments
             return int(args.func(args))
     except (ValueError, TypeError, FileNotFoundError, FloatingPointError, ImportError) as err:
         print(f"distlstm {args.command}: error: {err}", file=sys.stderr)
