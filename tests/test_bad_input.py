@@ -310,3 +310,24 @@ def test_the_cli_prints_its_own_warnings_as_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "distlstm es: warning: --eval-chars 20000 asks for more than the held-out text's" in err
     assert "UserWarning" not in err and "warnings.warn" not in err and "held_out_slice(" not in err
+
+
+def test_cli_messages_reach_standard_error_in_one_write_each(monkeypatch, capsys):
+    """Under torchrun every rank writes to one terminal, unbuffered: a message and its newline in separate
+    writes let two ranks' errors run together on one line."""
+    import io
+    import sys
+
+    from distlstm.cli import main
+
+    class Writes(io.StringIO):
+        calls: list[str] = []
+
+        def write(self, text: str) -> int:
+            self.calls.append(text)
+            return super().write(text)
+
+    monkeypatch.setattr(sys, "stderr", Writes())
+    assert main(["es", "--population", "7", "--steps", "1"]) == 2
+    errors = [c for c in Writes.calls if "error:" in c]
+    assert len(errors) == 1 and errors[0].endswith("\n") and "even population, got 7" in errors[0]

@@ -22,6 +22,7 @@ import torch
 from distlstm import __version__
 from distlstm._argtypes import nonnegative_int, positive_int
 from distlstm._flags import cli_spelling
+from distlstm._output import print_line
 from distlstm.cli_runs import RunCommand, add_run_command
 from distlstm.experiments.charlm_demo import DemoConfig
 from distlstm.modes import es as es_mode
@@ -434,7 +435,7 @@ def _plain_warnings(prog: str) -> Iterator[None]:
     def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
              file: TextIO | None = None, line: str | None = None) -> None:
         if filename.startswith(package):
-            print(f"{prog}: warning: {message}", file=file or sys.stderr)
+            print_line(f"{prog}: warning: {message}", file)
         else:
             shown(message, category, filename, lineno, file, line)
 
@@ -453,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with cli_spelling(), _plain_warnings(f"distlstm {args.command}"):  # messages name --flags, not arguments
             return int(args.func(args))
     except (ValueError, TypeError, FileNotFoundError, FloatingPointError, ImportError) as err:
-        print(f"distlstm {args.command}: error: {err}", file=sys.stderr)
+        print_line(f"distlstm {args.command}: error: {err}")
         return 2
 
 

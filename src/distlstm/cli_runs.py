@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from distlstm._argtypes import positive_float
+from distlstm._output import print_line
 from distlstm.runs.checkpoint import CHECKPOINT, PREVIOUS
 from distlstm.runs.config import LoopConfig, add_section_arguments, config_document, read_config_file, resolve_sections
 from distlstm.runs.folder import started_by_this_job, stored_config
@@ -134,7 +135,7 @@ def run_command(spec: RunCommand, args: argparse.Namespace) -> int:
         left = restarts_left()  # exit non-zero either way: torchrun restarts the group only after a failure
         restarting = f"; under torchrun --max-restarts ({left} restart(s) left) the workers are restarted and " \
             "continue from it by themselves" if left else ""
-        print(f"distlstm {spec.name}: error: {err}{restarting}", file=sys.stderr)
+        print_line(f"distlstm {spec.name}: error: {err}{restarting}")
         return 1
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ import torch
 from tqdm import tqdm
 
 from distlstm._flags import option
+from distlstm._output import print_line
 from distlstm.runs.checkpoint import load_run_checkpoint, save_run_checkpoint
 from distlstm.runs.config import LoopConfig
 from distlstm.runs.files import write_json
@@ -352,5 +352,5 @@ class _Progress:
 
 def print_interrupted(err: RunInterrupted) -> int:
     """The CLI's report of an interrupted run; returns the exit status (130, as for Ctrl-C)."""
-    print(f"\n{err}", file=sys.stderr)
+    print_line(f"\n{err}")
     return 130
