@@ -320,14 +320,14 @@ def test_cli_messages_reach_standard_error_in_one_write_each(monkeypatch, capsys
 
     from distlstm.cli import main
 
-    class Writes(io.StringIO):
-        calls: list[str] = []
+    calls: list[str] = []
 
+    class Writes(io.StringIO):
         def write(self, text: str) -> int:
-            self.calls.append(text)
+            calls.append(text)
             return super().write(text)
 
     monkeypatch.setattr(sys, "stderr", Writes())
     assert main(["es", "--population", "7", "--steps", "1"]) == 2
-    errors = [c for c in Writes.calls if "error:" in c]
+    errors = [c for c in calls if "error:" in c]
     assert len(errors) == 1 and errors[0].endswith("\n") and "even population, got 7" in errors[0]
