@@ -61,10 +61,9 @@ def table_offsets(seed: int, generation: int, indices: list[int], n: int) -> Ten
     return offsets
 
 
-def _indices_and_signs(members: range, mirrored: bool) -> tuple[list[int], list[float]]:
-    if mirrored:
-        return [j // 2 for j in members], [1.0 - 2.0 * (j % 2) for j in members]
-    return list(members), [1.0] * len(members)
+def _noise_indices(members: range, mirrored: bool) -> list[int]:
+    """The noise index i of each member: j // 2 for mirrored pairs (odd members take −ε_i), else j."""
+    return [j // 2 for j in members] if mirrored else list(members)
 
 
 def member_noise(seed: int, generation: int, member: int, n: int, mirrored: bool,
@@ -80,7 +79,7 @@ def population_noise(seed: int, generation: int, members: range, n: int, mirrore
         raise ValueError(f"unknown noise {kind!r}; expected one of {NOISE_KINDS}")
     if len(members) == 0:
         return torch.empty(0, n, dtype=dtype)
-    indices, signs = _indices_and_signs(members, mirrored)
+    indices = _noise_indices(members, mirrored)
     if kind == "table":
         offsets = table_offsets(seed, generation, indices, n)
         eps = noise_table(table_size(n), dtype).unfold(0, n, 1).index_select(0, offsets)  # a gather, no draws
@@ -89,9 +88,9 @@ def population_noise(seed: int, generation: int, members: range, n: int, mirrore
         return eps
     cache: dict[int, Tensor] = {}
     rows = []
-    for index, sign in zip(indices, signs, strict=True):
+    for j, index in zip(members, indices, strict=True):
         if index not in cache:
             gen = torch.Generator().manual_seed(noise_seed(seed, generation, index))
             cache[index] = torch.randn(n, generator=gen, dtype=dtype)
-        rows.append(cache[index] if sign > 0 else -cache[index])
+        rows.append(-cache[index] if mirrored and j % 2 else cache[index])
     return torch.stack(rows)
