@@ -83,6 +83,7 @@ def test_bench_quick_writes_markdown(tmp_path):
     text = out.read_text()
     assert "| nn.LSTM (baseline) |" in text and "speed-up" in text and "| dpf | 8 |" in text
     assert "| dpf | pf | 8 | 50 |" in text and "| dekf block | ekf | 8 |" in text  # ratios beside their baselines
+    assert "| 8 | 584 | 1 |" in text and "| 8 | 584 | 2 |" in text  # Jacobian rows beside generic reverse mode
     assert main(["bench", "--sections", "cells,gpus", "--output", "-"]) == 2
 
 

@@ -24,6 +24,7 @@ import torch
 
 from distlstm.bench.functional import loop_vs_batched
 from distlstm.data.observation import Observation
+from distlstm.models.functional import FunctionalModel
 from distlstm.modes.online import OnlineProblem, run_streams
 from distlstm.network import InProcessTransport, make_topology
 from distlstm.online import ALGORITHMS, DEFAULT_SETTINGS, EKF, make_algorithm, regressor
@@ -57,6 +58,15 @@ class RatioRow:
     particles: int  # N (0 for the Kalman filters)
     ms: float  # one step, all 4 nodes
     baseline_ms: float
+
+
+@dataclass(frozen=True)
+class RowsRow:
+    hidden: int
+    n_theta: int
+    rows: int  # m sequences differentiated in one call
+    ms: float  # the default: one backward w.r.t. the pre-activations
+    generic_ms: float  # reverse mode, batched over the rows when m > 1
 
 
 @dataclass(frozen=True)
@@ -132,6 +142,31 @@ def bench_ekf_floor(hidden_sizes: tuple[int, ...] = (8, 16, 32), repeats: int = 
 
         t = compare({"step": _ekf_step(ekf, state, Observation(x, 0.5)), "floor": state.P.clone}, repeats=repeats)
         rows.append(EKFRow(h, fm.numel, t["step"] * 1e3, t["floor"] * 1e3))
+    return rows
+
+
+def _rows_call(fm: FunctionalModel, theta: torch.Tensor, x: torch.Tensor) -> Callable[[], object]:
+    """∂d̂/∂θ at θ for the sequences x (m, T, p): ``value_and_grad`` for one, ``jacobian`` for more."""
+    if x.shape[0] == 1:
+        return lambda: fm.value_and_grad(theta, x)
+    return lambda: fm.jacobian(theta, x)
+
+
+def bench_jacobian_rows(hidden_sizes: tuple[int, ...] = (8, 16, 32), counts: tuple[int, ...] = (1, 2),
+                        steps: int = 10, repeats: int = 20,
+                        progress: Callable[[str], None] | None = None) -> list[RowsRow]:
+    """∂d̂/∂θ for m sequences: the regressor's per-sequence rows against generic reverse mode, side by side."""
+    rows = []
+    x = torch.randn(max(counts), steps, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for h in hidden_sizes:
+        if progress:
+            progress(f"Jacobian rows: hidden {h}")
+        fm, theta = regressor(8, h, seed=0)
+        generic = FunctionalModel(fm.module, per_sequence=False)
+        for m in counts:
+            fns = {name: _rows_call(model, theta, x[:m]) for name, model in (("rows", fm), ("generic", generic))}
+            t = compare(fns, repeats=repeats)
+            rows.append(RowsRow(h, fm.numel, m, t["rows"] * 1e3, t["generic"] * 1e3))
     return rows
 
 

@@ -37,9 +37,11 @@ from distlstm.bench.online import (
     EKFRow,
     ParticleRow,
     RatioRow,
+    RowsRow,
     StepRow,
     bench_ekf_floor,
     bench_filter_ratios,
+    bench_jacobian_rows,
     bench_particles,
     bench_steps,
 )
@@ -113,6 +115,21 @@ any O(n_θ²) update:
 |---:|---:|---:|---:|---:|---:|
 """
 
+ROWS_TEXT = """
+Measurement rows ∂d̂/∂θ (the EKF's H, the DEKF's neighbour rows) for m sequences of 10
+steps: from one ordinary backward with respect to the pre-activations (the default,
+`models/per_sequence.py`) against generic reverse mode (m = 1: plain; m > 1: one backward
+batched over the rows, `is_grads_batched`), side by side:
+
+| hidden | n_θ | rows | ms | generic ms | speed-up |
+|---:|---:|---:|---:|---:|---:|
+"""
+
+
+def render_rows(rows: list[RowsRow]) -> str:
+    return ROWS_TEXT + "".join(f"| {r.hidden} | {r.n_theta:,} | {r.rows} | {r.ms:.2f} | {r.generic_ms:.2f} | "
+                               f"{r.generic_ms / r.ms:.2f}× |\n" for r in rows)
+
 
 RATIO_TEXT = """
 Each distributed filter's step beside its local filter's, timed side by side in one process
@@ -134,8 +151,9 @@ n_θ × n_θ matrix (one elementwise pass per row, exactly symmetric), against t
 rank-1 downdate: at large n_θ the fresh matrix (its page faults) dominates both; at small
 n_θ (hidden 8) Σ is cheap and gradients dominate: a DEKF node differentiates its own
 sequence, as the EKF does, and its two neighbours', theirs in one fused forward and one
-backward batched over the two rows (`is_grads_batched`): about 1.3× one sequence's
-forward and backward.
+ordinary backward with respect to the pre-activations, from which every sequence's row
+follows by a small product (`models/per_sequence.py`; the EKF's own row is computed the
+same way): about 1.2× one sequence's forward and backward.
 """
 
 
@@ -393,6 +411,8 @@ def run(output: Path | None, *, quick: bool = False, compile: bool = False, repe
             bench_particles((100,) if quick else (100, 300, 1000), repeats=min(reps, 5), progress=progress),
             bench_ekf_floor((8,) if quick else (8, 16, 32), repeats=min(reps, 5), progress=progress),
             n_particles)
+        online += render_rows(bench_jacobian_rows((8,) if quick else (8, 16, 32), repeats=5 if quick else 20,
+                                                  progress=progress))
         online += render_ratios(bench_filter_ratios((50,) if quick else (200, 1000), hidden_sizes=(8,) if quick
                                                     else (8, 16, 32), repeats=min(reps, 7), progress=progress))
     if "es" in sections:

@@ -122,11 +122,15 @@ class FunctionalModel:
     compiler). It costs seconds of compilation per new input shape and then runs
     2–3× faster than plain ``vmap`` (see BENCHMARKS.md): worth it for long particle
     filter or ES runs on fixed-shape (padded) inputs.
+
+    ``per_sequence=False`` makes :meth:`value_and_grad` and :meth:`jacobian` ignore the
+    module's ``per_sequence_grads`` and differentiate generically (a baseline to compare with).
     """
 
-    def __init__(self, module: nn.Module, *, compile: bool = False) -> None:
+    def __init__(self, module: nn.Module, *, compile: bool = False, per_sequence: bool = True) -> None:
         self.module = module
         self.spec = ParamSpec.of(module)
+        self.per_sequence = per_sequence
         self._population = torch.compile(self._population_call, dynamic=False) if compile else self._population_call
 
     @property
@@ -164,12 +168,16 @@ class FunctionalModel:
         """Scalar output and its gradient ∂out/∂θ (n_θ,) at one θ.
 
         For a model with one output per call (e.g. d̂ for one sequence) this is the
-        EKF's measurement Jacobian H as a row vector. Plain reverse-mode autograd on a
-        leaf θ, so the model keeps its fastest path (e.g. ATen's fused LSTM).
+        EKF's measurement Jacobian H as a row vector. The module's ``per_sequence_grads``
+        when it has them (see :meth:`jacobian`), else plain reverse-mode autograd on a leaf
+        θ, so the model keeps its fastest path (e.g. ATen's fused LSTM).
         """
         self.spec.check(theta)
         if theta.dim() != 1:
             raise ValueError(f"value_and_grad takes one θ (n_θ,), got shape {tuple(theta.shape)}")
+        rows = self._per_sequence_rows(theta, args, kwargs)
+        if rows is not None and rows[0].numel() == 1:
+            return rows[0].reshape(()), rows[1][0]
         with torch.enable_grad():
             leaf = theta.detach().requires_grad_(True)
             out = self._call(leaf, *args, **kwargs)
@@ -189,13 +197,44 @@ class FunctionalModel:
         row l is e_lᵀ ∂out/∂θ. For two sequences at hidden 8 that was 1.5× quicker than
         ``jacrev`` (a vmapped forward through the LSTM's Python step loop) and 1.35×
         quicker than two forward/backward passes (the DEKF's neighbour rows).
+
+        A module that knows its rows in one ordinary backward (``per_sequence_grads``,
+        :class:`~distlstm.models.networks.SequenceRegressor` on the fused LSTM) gives them
+        instead; the batched backward is the fallback, and a backward per row for a module
+        with a submodule that says ``batched_backward = False`` (its backward cannot run
+        under ``vmap``, e.g. the fused peephole layer's, which writes in place).
         """
         self.spec.check(theta)
         if theta.dim() != 1:
             raise ValueError(f"jacobian takes one θ (n_θ,), got shape {tuple(theta.shape)}")
+        rows = self._per_sequence_rows(theta, args, kwargs)
+        if rows is not None:
+            return rows
         with torch.enable_grad():
             leaf = theta.detach().requires_grad_(True)
             out = self._call(leaf, *args, **kwargs).reshape(-1)
             cotangents = torch.eye(out.shape[0], dtype=out.dtype, device=out.device)
-            (jac,) = torch.autograd.grad(out, leaf, cotangents, is_grads_batched=True)
+            if all(getattr(m, "batched_backward", True) for m in self.module.modules()):
+                (jac,) = torch.autograd.grad(out, leaf, cotangents, is_grads_batched=True)
+            else:  # a backward that cannot run under vmap: one per row
+                jac = torch.stack([torch.autograd.grad(out, leaf, e, retain_graph=True)[0] for e in cotangents])
         return out.detach(), jac
+
+    def _per_sequence_rows(self, theta: Tensor, args: tuple[Any, ...],
+                           kwargs: dict[str, Any]) -> tuple[Tensor, Tensor] | None:
+        """(out (m,), ∂out/∂θ (m, n_θ)) from the module's ``per_sequence_grads`` when it has them, else None.
+
+        The hook returns the rows by parameter name (m, *shape), or None where it does not
+        cover the call; they are laid out in θ's order here.
+        """
+        hook = getattr(self.module, "per_sequence_grads", None) if self.per_sequence else None
+        if hook is None:
+            return None
+        got = hook(self.spec.unflatten(theta.detach()), *args, **kwargs)
+        if got is None:
+            return None
+        out, rows = got
+        if set(rows) != set(self.spec.names):
+            return None
+        m = out.shape[0]
+        return out, torch.cat([rows[name].reshape(m, -1) for name in self.spec.names], 1)

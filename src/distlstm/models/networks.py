@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from distlstm._checks import check_ndim, check_positive_int, is_transformed
 from distlstm.models.cells import State
 from distlstm.models.heads import POOLINGS, RegressionHead, SoftmaxHead, pool, sequence_cross_entropy
+from distlstm.models.per_sequence import regressor_rows
 from distlstm.models.sequence import LSTM, dropout_mask
 from distlstm.models.softmax import LogUniformSampler, sampled_softmax_loss
 
@@ -64,6 +65,19 @@ class SequenceRegressor(nn.Module):
             pooled = pool(y, lengths, self.pooling)
         d_hat = self.head(pooled)
         return (d_hat, state) if return_state else d_hat
+
+    def per_sequence_grads(self, params: Mapping[str, Tensor], x: Tensor, lengths: Tensor | None = None,
+                           state: State | None = None,
+                           return_state: bool = False) -> tuple[Tensor, dict[str, Tensor]] | None:
+        """d̂ (B,) at ``params`` and ∂d̂_b/∂param (B, *shape) by name, in one backward; None where the
+        fused kernel does not run this model (see :mod:`distlstm.models.per_sequence`).
+
+        :class:`~distlstm.models.functional.FunctionalModel` asks for these rows before it
+        differentiates generically (the EKF's H, the DEKF's neighbour rows).
+        """
+        if state is not None or return_state:
+            return None
+        return regressor_rows(self, params, x, lengths)
 
 
 @torch.no_grad()

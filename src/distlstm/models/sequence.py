@@ -160,6 +160,12 @@ class LSTM(nn.Module):
         return 2 if self.bidirectional else 1
 
     @property
+    def batched_backward(self) -> bool:
+        """Whether autograd may run this module's backward under ``vmap`` (``is_grads_batched``): not
+        through the fused peephole node, whose hand-written backward writes in place."""
+        return not (self.fused and any(fusable(c) for c in self.cells))
+
+    @property
     def _flat_weights_names(self) -> list[str]:
         return list(self._parameters)
 

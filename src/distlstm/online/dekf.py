@@ -118,7 +118,8 @@ class DEKF(NetworkAlgorithm):
         return upd.a, upd.P
 
     def _jacobian_rows(self, theta: Tensor, xs: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """h(θ; X_l) (m,) and the rows ∂h/∂θ (m, n_θ): one forward over all m sequences, one batched backward.
+        """h(θ; X_l) (m,) and the rows ∂h/∂θ (m, n_θ): one forward over all m sequences, one backward
+        (:meth:`~distlstm.models.functional.FunctionalModel.jacobian`).
 
         Sequences of different lengths are padded, with their ``lengths``, for a model that
         takes them (:class:`~distlstm.models.networks.SequenceRegressor`); any other model

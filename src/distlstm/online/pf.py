@@ -83,7 +83,8 @@ def jitter(particles: Tensor, q: float, gen: torch.Generator) -> Tensor:
     """θ^i + e^i, e ~ N(0, q I): the state transition."""
     if q == 0:
         return particles
-    return particles + math.sqrt(q) * torch.randn(particles.shape, generator=gen, dtype=particles.dtype)
+    noise = torch.randn(particles.shape, generator=gen, dtype=particles.dtype)
+    return noise.mul_(math.sqrt(q)).add_(particles)  # in the draws' buffer: no N × n_θ temporaries
 
 
 def gaussian_loglik(d: float, h: Tensor, sigma2: float) -> Tensor:
