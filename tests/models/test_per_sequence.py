@@ -39,7 +39,7 @@ def model_and_theta(seed: int = 0, **options):
 
 def generic(fm: FunctionalModel, method: str, *args, **kwargs):
     """``fm``'s method with the module's rows switched off."""
-    return getattr(FunctionalModel(fm.module, per_sequence=False), method)(*args, **kwargs)
+    return getattr(FunctionalModel(fm.module, fast_paths=False), method)(*args, **kwargs)
 
 
 @pytest.mark.parametrize("options", CONFIGS, ids=[str(c) or "default" for c in CONFIGS])

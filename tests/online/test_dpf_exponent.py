@@ -30,7 +30,7 @@ def test_each_visit_raises_the_likelihood_to_two_edges_over_walk_steps_times_deg
     monkeypatch.setattr(DPF, "_weigh", spy)
     # the hop-by-hop walk weighs at every visit through _weigh; the in-process path gives the same weights
     # (tests/online/test_dpf_fast.py)
-    monkeypatch.setattr(DPF, "_hops_in_process", DPF._hops_routed)
+    monkeypatch.setattr(DPF, "_holds_every_node", staticmethod(lambda transport: False))
     run_online(dpf, [s[:1] for s in streams], torch.zeros(3, dtype=D), InProcessTransport(topo), seed=0)
     three, two = round(10 / (2 * 3), 12), round(10 / (2 * 2), 12)
     assert powers == {0: {three}, 1: {two}, 2: {three}, 3: {two}}

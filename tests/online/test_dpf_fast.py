@@ -16,7 +16,7 @@ import torch
 from distlstm.data.observation import Observation
 from distlstm.network import InProcessTransport, make_topology
 from distlstm.online import DPF, DPFConfig, PFConfig, regressor
-from distlstm.online.dpf import walk_exponents
+from distlstm.online.dpf import Walk, walk_exponents
 from distlstm.online.noise import next_noise, step_sigma2
 from distlstm.online.pf import ParticleState, gaussian_loglik, jitter, resample_state
 
@@ -85,9 +85,10 @@ def run_steps(update, alg, topology, steps=3, seed=0):
 
 
 def recorded(hops, walked):
+    """``hops`` that also records each node's particles and weights where the walk ended."""
     def run(*args):
         here = hops(*args)
-        walked.append(here)
+        walked.append(here.states({k: s.noise for k, s in args[0].items()}) if isinstance(here, Walk) else here)
         return here
     return run
 
@@ -101,11 +102,12 @@ def fast_update(alg, states, obs, preds, transport, gens, walked):
 
 
 def routed_update(alg, states, obs, preds, transport, gens, walked):
-    alg._hops_in_process = recorded(alg._hops_routed, walked)  # what a process holding only some nodes runs
+    alg._hops_routed = recorded(alg._hops_routed, walked)
+    alg._holds_every_node = lambda transport: False  # what a process holding only some nodes runs
     try:
         return alg.update(states, obs, preds, transport, gens, 0)
     finally:
-        del alg._hops_in_process
+        del alg._hops_routed, alg._holds_every_node
 
 
 @pytest.mark.parametrize(("graph", "particles", "walk", "lost"), [

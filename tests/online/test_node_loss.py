@@ -337,7 +337,7 @@ def test_a_survivor_rolls_back_to_the_step_the_others_failed_in(linear_fm, algor
     A flat run (no per-step lists) takes the finished step 6 out of its sums instead."""
     # the DPF's walk as rounds of messages, what ranks holding part of the graph run (the failure comes in one);
     # with every node in one process it moves indices instead, to the same numbers (test_dpf_fast.py)
-    monkeypatch.setattr(DPF, "_hops_in_process", DPF._hops_routed)
+    monkeypatch.setattr(DPF, "_holds_every_node", staticmethod(lambda transport: False))
     streams, _ = linear_streams(4, STEPS, 3, sigma=0.1, seed=5)
     ring = make_topology("ring", 4)
     settings = {"num_particles": 20, "walk_steps": 2} if algorithm == "dpf" else None

@@ -26,6 +26,7 @@ class BatchedRow:
     n_theta: int
     loop_ms: float
     batched_ms: float
+    vmap_ms: float  # FunctionalModel(fast_paths=False): vmap over the module (= batched when it has no own path)
     compiled_ms: float | None = None  # FunctionalModel(compile=True), when timed
     compile_seconds: float | None = None
 
@@ -68,6 +69,7 @@ def bench_batched(population: int = 256, repeats: int = 10, compile: bool = Fals
         thetas = fm.flatten() + 0.01 * torch.randn(population, fm.numel, generator=gen)
 
         candidates = loop_vs_batched(fm, thetas, *args)
+        candidates["vmap"] = loop_vs_batched(FunctionalModel(model, fast_paths=False), thetas, *args)["batched"]
         compile_seconds = None
         if compile:
             cfm = FunctionalModel(model, compile=True)
@@ -79,5 +81,5 @@ def bench_batched(population: int = 256, repeats: int = 10, compile: bool = Fals
         with torch.no_grad():
             times = compare(candidates, repeats=repeats)
         rows.append(BatchedRow(name, population, fm.numel, times["loop"] * 1e3, times["batched"] * 1e3,
-                               times["compiled"] * 1e3 if compile else None, compile_seconds))
+                               times["vmap"] * 1e3, times["compiled"] * 1e3 if compile else None, compile_seconds))
     return rows

@@ -162,7 +162,7 @@ def bench_jacobian_rows(hidden_sizes: tuple[int, ...] = (8, 16, 32), counts: tup
         if progress:
             progress(f"Jacobian rows: hidden {h}")
         fm, theta = regressor(8, h, seed=0)
-        generic = FunctionalModel(fm.module, per_sequence=False)
+        generic = FunctionalModel(fm.module, fast_paths=False)
         for m in counts:
             fns = {name: _rows_call(model, theta, x[:m]) for name, model in (("rows", fm), ("generic", generic))}
             t = compare(fns, repeats=repeats)

@@ -123,15 +123,20 @@ class FunctionalModel:
     2–3× faster than plain ``vmap`` (see BENCHMARKS.md): worth it for long particle
     filter or ES runs on fixed-shape (padded) inputs.
 
-    ``per_sequence=False`` makes :meth:`value_and_grad` and :meth:`jacobian` ignore the
-    module's ``per_sequence_grads`` and differentiate generically (a baseline to compare with).
+    A module may offer its own paths, which are used when they cover the call:
+    ``population_forward(params, *args, **kwargs)`` for a batch Θ with shared arguments
+    (instead of ``vmap``) and ``per_sequence_grads(params, *args, **kwargs)`` for
+    :meth:`value_and_grad` and :meth:`jacobian` (:class:`~distlstm.models.networks.SequenceRegressor`
+    has both for plain LSTM layers). ``fast_paths=False`` ignores them: the generic
+    ``vmap`` and reverse mode, a baseline to compare with.
     """
 
-    def __init__(self, module: nn.Module, *, compile: bool = False, per_sequence: bool = True) -> None:
+    def __init__(self, module: nn.Module, *, compile: bool = False, fast_paths: bool = True) -> None:
         self.module = module
         self.spec = ParamSpec.of(module)
-        self.per_sequence = per_sequence
-        self._population = torch.compile(self._population_call, dynamic=False) if compile else self._population_call
+        self.fast_paths = fast_paths
+        # compiled, the vmapped generic loop fuses better than the module's own population path
+        self._population = torch.compile(self._vmapped_call, dynamic=False) if compile else self._population_call
 
     @property
     def numel(self) -> int:
@@ -161,6 +166,14 @@ class FunctionalModel:
 
     def _population_call(self, theta: Tensor, args: tuple[Any, ...], per_member: bool,
                          kwargs: dict[str, Any]) -> Any:
+        own = getattr(self.module, "population_forward", None) if self.fast_paths and not per_member else None
+        if own is not None:
+            out = own(self.spec.unflatten(theta), *args, **kwargs)
+            if out is not None:
+                return out
+        return self._vmapped_call(theta, args, per_member, kwargs)
+
+    def _vmapped_call(self, theta: Tensor, args: tuple[Any, ...], per_member: bool, kwargs: dict[str, Any]) -> Any:
         in_dims = (0,) + ((0 if per_member else None),) * len(args)
         return vmap(lambda th, *a: self._call(th, *a, **kwargs), in_dims=in_dims)(theta, *args)
 
@@ -227,7 +240,7 @@ class FunctionalModel:
         The hook returns the rows by parameter name (m, *shape), or None where it does not
         cover the call; they are laid out in θ's order here.
         """
-        hook = getattr(self.module, "per_sequence_grads", None) if self.per_sequence else None
+        hook = getattr(self.module, "per_sequence_grads", None) if self.fast_paths else None
         if hook is None:
             return None
         got = hook(self.spec.unflatten(theta.detach()), *args, **kwargs)

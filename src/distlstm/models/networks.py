@@ -21,6 +21,7 @@ from distlstm._checks import check_ndim, check_positive_int, is_transformed
 from distlstm.models.cells import State
 from distlstm.models.heads import POOLINGS, RegressionHead, SoftmaxHead, pool, sequence_cross_entropy
 from distlstm.models.per_sequence import regressor_rows
+from distlstm.models.population import regressor_population
 from distlstm.models.sequence import LSTM, dropout_mask
 from distlstm.models.softmax import LogUniformSampler, sampled_softmax_loss
 
@@ -78,6 +79,18 @@ class SequenceRegressor(nn.Module):
         if state is not None or return_state:
             return None
         return regressor_rows(self, params, x, lengths)
+
+    def population_forward(self, params: Mapping[str, Tensor], x: Tensor, lengths: Tensor | None = None,
+                           state: State | None = None, return_state: bool = False) -> Tensor | None:
+        """d̂ (P, B) at P parameter sets (name → (P, *shape)) on shared sequences, without ``vmap``; None where
+        the fused kernel does not run this model (see :mod:`distlstm.models.population`).
+
+        :class:`~distlstm.models.functional.FunctionalModel` asks for it before it ``vmap``s
+        the module (the particle filters' h(θ^i; X)).
+        """
+        if state is not None or return_state:
+            return None
+        return regressor_population(self, params, x, lengths)
 
 
 @torch.no_grad()

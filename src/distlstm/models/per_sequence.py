@@ -43,13 +43,13 @@ def covers(model: SequenceRegressor, x: Tensor) -> bool:
     """Whether :func:`regressor_rows` can differentiate ``model`` at input ``x`` (else the caller's generic path
     runs, with the model's own input checks)."""
     rnn = model.rnn
+    if not all(type(c) is LSTMCell and c.weight_hr is None for c in rnn.cells):
+        return False
     if not rnn.fused or rnn.bidirectional or is_transformed(x) or x.dim() != 3 or x.shape[-1] != rnn.input_size:
         return False
     if x.shape[1] == 0 or x.dtype != rnn.cells[0].weight_ih.dtype:
         return False
-    if rnn.dropout and rnn.training and rnn.num_layers > 1:
-        return False
-    return all(type(c) is LSTMCell and c.weight_hr is None for c in rnn.cells)
+    return not (rnn.dropout and rnn.training and rnn.num_layers > 1)
 
 
 def _gate_scale(cell: LSTMCell, like: Tensor) -> Tensor | None:

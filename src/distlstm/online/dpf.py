@@ -46,8 +46,10 @@ walk's second-largest eigenvalue modulus.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -65,6 +67,22 @@ from distlstm.online.pf import (
     jitter,
     resample_state,
 )
+from distlstm.ops.resampling import normalize_log_weights, resample
+
+CHUNK_ROWS = 1024  # particles per batched evaluation in the in-process walk (or one node's count if larger)
+
+
+class Walk(NamedTuple):
+    """The in-process walk's outcome: every particle's row of θ and log-weight, and where each ended."""
+
+    theta: Tensor  # (M, n_θ): every node's propagated particles
+    logw: Tensor  # (M,) after the walk's factors
+    at: dict[int, Tensor]  # node → the rows that ended there
+    own: dict[int, Tensor]  # node → the rows it started with
+
+    def states(self, noise: Mapping[int, Tensor]) -> dict[int, ParticleState]:
+        """Each node's particles and weights where the walk ended (before resampling)."""
+        return {k: ParticleState(self.theta[ids], self.logw[ids], noise[k]) for k, ids in self.at.items()}
 
 
 @dataclass(frozen=True)
@@ -108,10 +126,12 @@ class DPF(NetworkAlgorithm):
         exponent = walk_exponents(topo, K, transport.local_nodes)
         sigma2 = {k: step_sigma2(pf, states[k].noise) for k in transport.local_nodes}
         noise = {k: next_noise(pf, states[k].noise, obs[k], preds[k], sigma2[k]) for k in transport.local_nodes}
+        if self._holds_every_node(transport):
+            walk = self._hops_in_process(states, obs, exponent, sigma2, transport, gens)
+            return {k: self._resampled(walk, k, states[k], noise[k], gens[k]) for k in transport.local_nodes}
         propagated = {k: ParticleState(jitter(states[k].particles, pf.q, gens[k]), states[k].logw, noise[k])
                       for k in transport.local_nodes}
-        hops = self._hops_in_process if transport.local_nodes == topo.survivors else self._hops_routed
-        here = hops(propagated, obs, exponent, sigma2, transport, gens)
+        here = self._hops_routed(propagated, obs, exponent, sigma2, transport, gens)
         out = {}
         for k in transport.local_nodes:
             if here[k].particles.shape[0] == 0:
@@ -119,6 +139,24 @@ class DPF(NetworkAlgorithm):
             else:
                 out[k] = resample_state(here[k], pf.num_particles, pf.resampling, gens[k])
         return out
+
+    @staticmethod
+    def _holds_every_node(transport: Transport) -> bool:
+        """Whether this process holds every node still in the run (then the walk moves row indices, not rows)."""
+        return transport.local_nodes == transport.topology.survivors
+
+    def _resampled(self, walk: Walk, k: int, state: ParticleState, noise: Tensor,
+                   gen: torch.Generator) -> ParticleState:
+        """Node k's set after the in-process walk: :func:`resample_state` of the particles that ended at k,
+        gathered once from the walk's rows (or its own propagated set if none did)."""
+        ids = walk.at[k]
+        if ids.shape[0] == 0:
+            return ParticleState(walk.theta[walk.own[k]], state.logw, noise)
+        pf = self.cfg.pf
+        _, W = normalize_log_weights(walk.logw[ids])
+        rows = ids[resample(W, pf.num_particles, pf.resampling, gen)]
+        return ParticleState(walk.theta[rows], torch.full((pf.num_particles,), -math.log(pf.num_particles),
+                                                          dtype=walk.logw.dtype), noise)
 
     def _hops_routed(self, propagated: Mapping[int, ParticleState], obs: Mapping[int, Observation],
                      exponent: Mapping[int, float], sigma2: Mapping[int, float], transport: Transport,
@@ -134,24 +172,28 @@ class DPF(NetworkAlgorithm):
                 here = self._walk(here, transport, gens)
         return here
 
-    def _hops_in_process(self, propagated: Mapping[int, ParticleState], obs: Mapping[int, Observation],
+    def _hops_in_process(self, states: Mapping[int, ParticleState], obs: Mapping[int, Observation],
                          exponent: Mapping[int, float], sigma2: Mapping[int, float], transport: Transport,
-                         gens: Mapping[int, torch.Generator]) -> dict[int, ParticleState]:
-        """The K hops of :meth:`_hops_routed` when this process holds every node, with the same numbers.
+                         gens: Mapping[int, torch.Generator]) -> Walk:
+        """The propagation and K hops of :meth:`_hops_routed` when this process holds every node, same numbers.
 
-        A particle's θ does not change on the walk, only its place and weight, so the walk is
-        simulated first on particle indices (each node draws its moves from its own generator,
+        Every node's propagated particles are drawn into one (M, n_θ) block of rows. A
+        particle's θ does not change on the walk, only its place and weight, so the walk is
+        simulated first on row indices (each node draws its moves from its own generator,
         in the same order and amounts as the routed walk); then node j evaluates every
         particle that visits it, once, in batched calls of ~1,000 rows or one node's count
         (a particle that comes back is not evaluated again); then each particle's log-weight
         adds its factors in the order it met them. Bytes are counted as if the rows [θ | log ω]
         had been sent.
         """
-        nodes = transport.local_nodes
-        theta = torch.cat([propagated[k].particles for k in nodes])  # (M, n): every node's particles
-        logw = torch.cat([propagated[k].logw for k in nodes])
-        first = torch.tensor([0] + [propagated[k].particles.shape[0] for k in nodes]).cumsum(0).tolist()
-        at = {k: torch.arange(first[c], first[c + 1]) for c, k in enumerate(nodes)}  # particle ids at node k
+        nodes, q = transport.local_nodes, self.cfg.pf.q
+        first = torch.tensor([0] + [states[k].particles.shape[0] for k in nodes]).cumsum(0).tolist()
+        own = {k: torch.arange(first[c], first[c + 1]) for c, k in enumerate(nodes)}  # node k's particles
+        theta = torch.empty(first[-1], states[nodes[0]].particles.shape[1], dtype=states[nodes[0]].particles.dtype)
+        for c, k in enumerate(nodes):
+            jitter(states[k].particles, q, gens[k], out=theta[first[c] : first[c + 1]])
+        logw = torch.cat([states[k].logw for k in nodes])
+        at = own
         visits = []
         for _ in range(self.cfg.walk_steps):
             visits.append(at)
@@ -160,7 +202,7 @@ class DPF(NetworkAlgorithm):
         factor = logw.new_zeros(theta.shape[0], len(nodes))  # factor[i, c]: the power of node c's likelihood
         # calls of ~1,000 rows or one node's set: a much larger vmapped call spills the per-particle weights
         # out of cache and costs more per row (hidden 8); a much smaller one pays the call's overhead
-        chunk = max(1024, *(first[c + 1] - first[c] for c in range(len(nodes))))
+        chunk = max(CHUNK_ROWS, *(first[c + 1] - first[c] for c in range(len(nodes))))
         for c, j in enumerate(nodes):
             if not obs[j].labelled:
                 continue
@@ -173,7 +215,7 @@ class DPF(NetworkAlgorithm):
             for c, j in enumerate(nodes):
                 column[v[j]] = c
             logw = logw + factor[every, column]  # an unlabelled node's factor is 0: log ω unchanged
-        return {k: ParticleState(theta[at[k]], logw[at[k]], propagated[k].noise) for k in nodes}
+        return Walk(theta, logw, at, own)
 
     @staticmethod
     def _move(at: Mapping[int, Tensor], transport: Transport, gens: Mapping[int, torch.Generator],

@@ -79,12 +79,14 @@ def initial_particles(theta0: Tensor, num: int, s0: float, noise: Tensor, gen: t
     return ParticleState(theta0 + math.sqrt(s0) * jitter0, logw, noise)
 
 
-def jitter(particles: Tensor, q: float, gen: torch.Generator) -> Tensor:
-    """θ^i + e^i, e ~ N(0, q I): the state transition."""
+def jitter(particles: Tensor, q: float, gen: torch.Generator, out: Tensor | None = None) -> Tensor:
+    """θ^i + e^i, e ~ N(0, q I): the state transition (written into ``out`` if given)."""
     if q == 0:
-        return particles
-    noise = torch.randn(particles.shape, generator=gen, dtype=particles.dtype)
-    return noise.mul_(math.sqrt(q)).add_(particles)  # in the draws' buffer: no N × n_θ temporaries
+        return particles if out is None else out.copy_(particles)
+    if out is None:
+        out = torch.empty_like(particles)
+    torch.randn(particles.shape, generator=gen, dtype=particles.dtype, out=out)
+    return out.mul_(math.sqrt(q)).add_(particles)  # in the draws' buffer: no N × n_θ temporaries
 
 
 def gaussian_loglik(d: float, h: Tensor, sigma2: float) -> Tensor:
