@@ -34,7 +34,14 @@ sequences. A finished sequence's final state stays in the slot of its last step 
 c_T are gathered from there) and its δh, δc wait untouched in the backward until its
 last step comes round. Every tensor of the loop is a slice of a preallocated time-major
 buffer written with ``out=``: no per-step copies, no ``cat``. Activations kept for the
-backward, per sequence and step: the gates (G·n values), c_t, tanh c_t and [x_t; h_{t-1}].
+backward, per sequence and step: the gates (G·n values), C_t, s_t and [x_t; h_{t-1}].
+
+The loop keeps the cell state as C_t = −2 c_t, and s_t = σ(C_t), so that tanh c_t = 1 − 2 s_t
+and h_t = o ⊙ (1 − 2 s_t) cost one sigmoid and one ``addcmul`` (2σ(2c) − 1 took four
+passes, then a product); the peepholes read C through −½ p, and in the backward
+δc ⊙ (1 − tanh²c_t) = 2 s_t ⊙ (r + q) with r = δh ⊙ o, q = r ⊙ tanh c_t. Three elementwise
+passes less per step: 129 → 122 ms for the full-batch evaluation (measured side by side,
+one thread).
 """
 
 from __future__ import annotations
@@ -100,10 +107,10 @@ class _PeepholeSequence(torch.autograd.Function):
         z[0, inputs:] = h0
         hs = z[:, inputs:]
         acts = _buffer("acts", (steps, gates, n, batch), x)  # i, (f,) g, o
-        cs = _buffer("cs", (steps + 1, n, batch), x)  # c_{t-1} in slot t
-        cs[0] = c0
-        tcs = _buffer("tcs", (steps, n, batch), x)  # tanh c_t
-        p_in, p_o = peep[: gates - 2].unsqueeze(-1), peep[gates - 2].unsqueeze(-1)
+        cs = _buffer("cs", (steps + 1, n, batch), x)  # C_{t-1} = −2 c_{t-1} in slot t
+        torch.mul(c0, -2, out=cs[0])
+        tcs = _buffer("tcs", (steps, n, batch), x)  # s_t = σ(C_t) = σ(−2 c_t): tanh c_t = 1 − 2 s_t
+        p_in, p_o = -0.5 * peep[: gates - 2].unsqueeze(-1), -0.5 * peep[gates - 2].unsqueeze(-1)  # p ⊙ c = −½p ⊙ C
         for t in range(steps):
             k = active[t]
             a, c_prev, c, h = acts[t, ..., :k], cs[t, :, :k], cs[t + 1, :, :k], hs[t + 1, :, :k]
@@ -111,23 +118,23 @@ class _PeepholeSequence(torch.autograd.Function):
             a[: gates - 2].addcmul_(c_prev, p_in)  # i (and f) peek at c_{t-1}
             a[: gates - 1].sigmoid_()
             g = a[gates - 2].mul_(2).sub_(1)  # tanh(a/2) = 2σ(a) − 1: σ is ~3× cheaper than tanh
-            if gates == 4:
-                torch.mul(a[1], c_prev, out=c).addcmul_(a[0], g)
+            if gates == 4:  # C_t = f C_{t-1} − 2 i g
+                torch.mul(a[1], c_prev, out=c).addcmul_(a[0], g, value=-2)
             else:
-                torch.addcmul(c_prev, a[0], g, out=c)
+                torch.addcmul(c_prev, a[0], g, value=-2, out=c)
             o = a[gates - 1].addcmul_(c, p_o).sigmoid_()  # o peeks at c_t
-            tc = torch.mul(c, 2, out=tcs[t, :, :k]).sigmoid_().mul_(2).sub_(1)
-            torch.mul(o, tc, out=h)
+            s = torch.sigmoid(c, out=tcs[t, :, :k])
+            torch.addcmul(o, o, s, value=-2, out=h)  # o ⊙ tanh c_t = o ⊙ (1 − 2s)
             if k < batch:
                 hs[t + 1, :, k:] = 0  # finished sequences: y is zero, their final state lies in slot lengths[b]
         ctx.save_for_backward(z, acts, cs, tcs, weight, peep, order)
         ctx.active, ctx.features, ctx.outputs = active, features, outputs
         if order is None:
-            h_n, c_n = hs[steps].clone(), cs[steps].clone()
+            h_n, c_n = hs[steps].clone(), cs[steps].mul(-0.5)
         else:
             assert lengths is not None
             last, column = lengths.clamp(max=steps), torch.argsort(order)  # sorted position of every sequence
-            h_n, c_n = hs[last, :, column].t().contiguous(), cs[last, :, column].t().contiguous()
+            h_n, c_n = hs[last, :, column].t().contiguous(), cs[last, :, column].t().mul(-0.5)
         if not outputs:
             y = x.new_empty(0)
             ctx.mark_non_differentiable(y)
@@ -144,11 +151,14 @@ class _PeepholeSequence(torch.autograd.Function):
         active: list[int] = ctx.active
         # δa_g is kept doubled, δc_t ⊙ i ⊙ (1 − g²), one op less per step: its column of W_hhᵀ
         # (and W_ihᵀ) and its rows of ∇W take the ½ of d(2σ(a) − 1)/da = (1 − g²)/2 instead.
+        # δa_f is kept as −2 δa_f (it comes from C_{t-1} = −2 c_{t-1}): its columns and rows take −½.
         half = torch.ones(gates, n, 1, dtype=weight.dtype, device=weight.device)
         half[gates - 2] = 0.5
+        if gates == 4:
+            half[1] = -0.5
         half = half.view(-1, 1)
         w_h = (weight[:, inputs:] * half).t().contiguous()  # (n, G·n)
-        p_in, p_o = peep[: gates - 2].unsqueeze(-1), peep[gates - 2].unsqueeze(-1)
+        p_in, p_o = peep[: gates - 2].unsqueeze(-1) * half.view(gates, n, 1)[: gates - 2], peep[gates - 2].unsqueeze(-1)
         dys: Tensor | None = dy  # δy, in the sorted columns
         if not ctx.outputs:
             dys = None
@@ -166,7 +176,7 @@ class _PeepholeSequence(torch.autograd.Function):
             da.zero_()  # finished columns' δa stay zero in the one product
         d_full = _buffer("d", (gates, n, batch), acts)  # δa_t
         products = _buffer("products", (n, batch), acts)
-        dpeep = _buffer("dpeep", (gates - 1, n, batch), acts).zero_()  # Σ_t δa_i ⊙ c_{t-1} (δa_f …), δa_o ⊙ c_t
+        dpeep = _buffer("dpeep", (gates - 1, n, batch), acts).zero_()  # Σ_t δa_i ⊙ C_{t-1} (δa_f …), δa_o ⊙ C_t
         dweight = torch.zeros_like(weight)
         w_x = (weight[:, inputs - ctx.features : inputs] * half).t().contiguous() if ctx.needs_input_grad[0] else None
         dx = acts.new_zeros(steps, ctx.features, batch) if w_x is not None else None
@@ -181,15 +191,15 @@ class _PeepholeSequence(torch.autograd.Function):
             a, dht, dct = acts[t, ..., :k], dh[:, :k], dc[:, :k]
             if dys is not None:
                 dht.add_(dys[t, :, :k])
-            o, tc, c_prev = a[gates - 1], tcs[t, :, :k], cs[t, :, :k]
+            o, s, c_prev = a[gates - 1], tcs[t, :, :k], cs[t, :, :k]
             r = dht.mul_(o)  # r = δh ⊙ o (δh_t is not needed again: the product below overwrites it)
-            q = torch.mul(r, tc, out=d[gates - 1])  # q = r ⊙ tanh c
-            dct.add_(r).addcmul_(q, tc, value=-1)  # δc + r ⊙ (1 − tanh² c)
+            q = torch.addcmul(r, r, s, value=-2, out=d[gates - 1])  # q = r ⊙ tanh c = r ⊙ (1 − 2s)
+            dct.addcmul_(torch.add(r, q, out=products[:, :k]), s, value=2)  # δc + r ⊙ (1 − tanh² c) = δc + 2s(r + q)
             do = q.addcmul_(q, o, value=-1)  # δa_o = δh ⊙ tanh c ⊙ o(1 − o) = q ⊙ (1 − o)
             dct.addcmul_(do, p_o)  # δc_t
             torch.mul(dct, a[gates - 2], out=d[0])  # δi = δc_t ⊙ g
             if gates == 4:
-                torch.mul(dct, c_prev, out=d[1])  # δf = δc_t ⊙ c_{t-1}
+                torch.mul(dct, c_prev, out=d[1])  # −2 δf = δc_t ⊙ C_{t-1}
             g = a[gates - 2]
             dg = torch.mul(dct, a[0], out=d[gates - 2])  # δg = δc_t ⊙ i
             s, ds = a[: gates - 2], d[: gates - 2]
@@ -209,11 +219,14 @@ class _PeepholeSequence(torch.autograd.Function):
         if da is not None:
             dweight = da.view(rows, -1).mm(z[:steps].transpose(0, 1).reshape(cols, -1).t())
         dweight.mul_(half)
+        dpeep_scale = torch.full((gates - 1, 1), -0.5, dtype=weight.dtype, device=weight.device)  # C = −2c
+        if gates == 4:
+            dpeep_scale[1] = 0.25  # −2 δa_f ⊙ C_{t-1} = 4 δa_f ⊙ c_{t-1}
         if order is not None:
             column = torch.argsort(order)
             dh, dc = dh.index_select(1, column), dc.index_select(1, column)
             dx = None if dx is None else _columns(dx, column)
-        return dx, dh, dc, dweight, dpeep.sum(-1), None, None, None
+        return dx, dh, dc, dweight, dpeep.sum(-1) * dpeep_scale, None, None, None
 
 
 def _sort_by_length(lengths: Tensor | None, steps: int, batch: int) -> tuple[Tensor | None, list[int]]:
