@@ -415,7 +415,8 @@ def run(output: Path | None, *, quick: bool = False, compile: bool = False, repe
         online += render_rows(bench_jacobian_rows((8,) if quick else (8, 16, 32), repeats=5 if quick else 20,
                                                   progress=progress))
         online += render_ratios(bench_filter_ratios((50,) if quick else (200, 1000), hidden_sizes=(8,) if quick
-                                                    else (8, 16, 32), repeats=min(reps, 7), progress=progress))
+                                                    else (8, 16, 32), repeats=min(reps, 3) if quick else 15,
+                                                    progress=progress))
     if "es" in sections:
         generations = 5 if quick else 40
         es_text = render_es(bench_es_batched(("rnn",) if quick else ("rnn", "lstm"), population=256,

@@ -13,9 +13,9 @@ with respect to the pre-activations, gives every row at once::
 
 The pre-activations W_ih x_t + b are formed outside the kernel (one GEMM) and fed to
 ``torch.lstm`` through an identity input weight, so ATen still runs the recurrence; a
-layer above the first takes the layer below's outputs as its x. For hidden 8 this gave
-two rows in 1.6 ms against 2.7 ms for the batched backward, and one row in 1.4 ms
-against 1.9 ms for plain reverse mode (``BENCHMARKS.md``, online section).
+layer above the first takes the layer below's outputs as its x. Two rows come ≈ 1.5×
+quicker than from the batched backward and one row 1.05–1.2× quicker than from plain
+reverse mode (``BENCHMARKS.md``, online section, "Jacobian rows").
 
 Only what the fused kernel runs is covered: plain LSTM cells (any α, one or two biases or
 none, no projection), one direction, no dropout mask, the zero initial state; for any

@@ -8,8 +8,9 @@ rule over the module's generic loop. Written out for the population the step is:
     a_t^i = A_t^i + h_{t-1}^i W_hh^iᵀ     one ``baddbmm`` over the P members per step
     (h_t^i, c_t^i) = LSTM pointwise(a_t^i, c_{t-1}^i)   (i, f, g, o; σ(α a) on i, f, o)
 
-which for hidden 8, N = 1,000 particles and 10 steps took 4.4 ms against 7.0 ms for the
-``vmap`` call (the "batched θ" rows of ``BENCHMARKS.md`` compare both). Masking and
+which for hidden 8, N = 1,000 particles and 10 steps ran 1.3× as fast as the ``vmap``
+call, and up to 2× for smaller populations (the "batched θ" table of ``BENCHMARKS.md``
+has both). Masking and
 pooling follow :mod:`~distlstm.models.sequence` and :func:`~distlstm.models.heads.pool`:
 a padded step leaves the state unchanged and outputs zero. Every member's numbers are
 the same whatever the population's size (products per member, pooling summed in step
