@@ -168,3 +168,26 @@ def test_bench_es_bptt_and_compile_sections_end_to_end(tmp_path):
     assert main(["bench", "--quick", "--compile", "--repeats", "1", "--sections", "cells", "--output", str(compiled),
                  "--notes", str(tmp_path / "none")]) == 0
     assert "lstm, torch.compile of the loop" in compiled.read_text()
+
+
+@pytest.mark.parametrize(("setting", "said"), [
+    ({"online": {"hidden": -3}}, 'sets it: "online": {"hidden": -3}'),  # refused by the section's own check
+    ({"online": {"topology": "blob"}}, 'sets it: "online": {"topology": "blob"}'),  # refused when the mode is built
+    ({"data": {"window": 0}}, 'sets it: "data": {"window": 0}'),
+])
+def test_a_bad_config_value_names_its_file(tmp_path, capsys, setting, said):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(setting))
+    assert main(["online", "--config", str(config), "--out", str(tmp_path / "r"), "--steps", "1",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{config} {said}" in err, err
+
+
+def test_a_flag_over_a_config_value_is_blamed_alone(tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"online": {"hidden": -3}}))
+    assert main(["online", "--config", str(config), "--hidden", "0", "--out", str(tmp_path / "r"), "--steps", "1",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "got 0 (fix --hidden)" in err and "sets it" not in err, err

@@ -21,7 +21,15 @@ import torch
 from distlstm._argtypes import positive_float
 from distlstm._output import print_line
 from distlstm.runs.checkpoint import CHECKPOINT, PREVIOUS
-from distlstm.runs.config import LoopConfig, add_section_arguments, config_document, read_config_file, resolve_sections
+from distlstm.runs.config import (
+    LoopConfig,
+    add_section_arguments,
+    config_document,
+    file_source_note,
+    given_values,
+    read_config_file,
+    resolve_sections,
+)
 from distlstm.runs.folder import started_by_this_job, stored_config
 from distlstm.runs.loop import PeerLost, RunInterrupted, RunResult, print_interrupted, resolve_device, run
 from distlstm.runs.mode import Mode
@@ -102,6 +110,20 @@ def resolve_command(spec: RunCommand, args: argparse.Namespace) -> tuple[dict[st
     return sections, doc, folder, args.resume is not None
 
 
+def _config_file_note(spec: RunCommand, args: argparse.Namespace, message: str) -> str | None:
+    """Where a setting an error names came from when ``--config FILE`` (not a flag) gave it (see file_source_note)."""
+    if args.config is None:
+        return None
+    stored = read_config_file(args.config)
+    for name in spec.all_sections():
+        given = given_values(args, name)
+        from_file = {k: v for k, v in stored.get(name, {}).items() if k not in given}
+        note = file_source_note(message, name, from_file, args.config)
+        if note is not None:
+            return note
+    return None
+
+
 def elastic_restart(spec: RunCommand, comm: Communicator, folder: Path, resume: bool,
                     overwrite: bool) -> tuple[bool, bool]:
     """(resume, overwrite) for a worker that ``torchrun --max-restarts`` started again: continue the job's run.
@@ -127,7 +149,13 @@ def elastic_restart(spec: RunCommand, comm: Communicator, folder: Path, resume: 
 
 def run_command(spec: RunCommand, args: argparse.Namespace) -> int:
     sections, doc, folder, resume = resolve_command(spec, args)
-    mode = spec.make_mode(sections)
+    try:
+        mode = spec.make_mode(sections)
+    except (ValueError, TypeError) as err:
+        note = _config_file_note(spec, args, str(err))
+        if note is None:
+            raise
+        raise type(err)(f"{err}; {note}") from None
     device = resolve_device(sections["loop"].device, mode)  # before any process group: the backend follows it
     try:
         return _run_in_group(spec, args, mode, sections, doc, folder, resume, device)

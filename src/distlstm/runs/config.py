@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -239,10 +240,33 @@ def resolve_sections(sections: Mapping[str, type], args: argparse.Namespace, *,
     out = {}
     for name, cls in sections.items():
         plain = {k: int(v) if isinstance(v, Described) else v for k, v in (mode_defaults or {}).get(name, {}).items()}
-        out[name] = build_section(cls, plain,
-                                  _absolute(cls, from_jsonable(cls, stored.get(name, {}), f"{where} [{name}]")),
-                                  _absolute(cls, given_values(args, name)))
+        from_file = _absolute(cls, from_jsonable(cls, stored.get(name, {}), f"{where} [{name}]"))
+        given = _absolute(cls, given_values(args, name))
+        try:
+            out[name] = build_section(cls, plain, from_file, given)
+        except (ValueError, TypeError) as err:
+            note = file_source_note(str(err), name, {k: v for k, v in from_file.items() if k not in given}, where)
+            if note is None:
+                raise
+            raise type(err)(f"{err}; {note}") from None
     return out
+
+
+def file_source_note(message: str, section: str, from_file: Mapping[str, Any], where: str) -> str | None:
+    """``'c.json sets it: "online": {"hidden": -3}'`` when an error ``message`` names a setting (by field or by
+    flag, e.g. ``walk_steps`` or ``--walk-steps``) whose value came from the config file ``where``; else None.
+
+    A check that says "fix --hidden" cannot know the value was not given as that flag.
+    """
+    named = {}
+    for key, value in from_file.items():
+        flag = "--" + key.replace("_", "-")
+        if re.search(rf"(?<![\w-]){re.escape(key)}(?![\w-])", message) or re.search(
+                rf"{re.escape(flag)}(?![\w-])", message):
+            named[key] = value
+    if not named:
+        return None
+    return f'{where} sets it: "{section}": {json.dumps(named, default=repr, ensure_ascii=False)}'
 
 
 def _absolute(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
