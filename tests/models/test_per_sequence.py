@@ -11,27 +11,13 @@ import pytest
 import torch
 
 from distlstm.models.functional import FunctionalModel
-from distlstm.models.networks import SequenceRegressor
 from distlstm.models.per_sequence import regressor_rows
-
-CONFIGS = [
-    {},
-    {"num_layers": 2},
-    {"alpha": 3.75},
-    {"single_bias": True},
-    {"bias": False},
-    {"head_bias": True},
-    {"pooling": "max"},
-    {"pooling": "last", "num_layers": 3, "alpha": 2.0},
-]
+from tests.models.regressors import CONFIGS, IDS, functional_regressor
 
 
 def model_and_theta(seed: int = 0, **options):
     gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = SequenceRegressor(3, 5, **options).double()
-    fm = FunctionalModel(model)
+    fm = functional_regressor(seed, **options)
     theta = fm.flatten() + 0.2 * torch.randn(fm.numel, generator=gen, dtype=torch.float64)
     x = torch.randn(4, 7, 3, generator=gen, dtype=torch.float64)
     return fm, theta, x
@@ -42,7 +28,7 @@ def generic(fm: FunctionalModel, method: str, *args, **kwargs):
     return getattr(FunctionalModel(fm.module, fast_paths=False), method)(*args, **kwargs)
 
 
-@pytest.mark.parametrize("options", CONFIGS, ids=[str(c) or "default" for c in CONFIGS])
+@pytest.mark.parametrize("options", CONFIGS, ids=IDS)
 @pytest.mark.parametrize("lengths", [None, torch.tensor([7, 3, 5, 1])], ids=["full", "padded"])
 def test_rows_equal_the_generic_jacobian(options, lengths):
     fm, theta, x = model_and_theta(**options)
@@ -56,7 +42,7 @@ def test_rows_equal_the_generic_jacobian(options, lengths):
     assert jac.abs().max() > 1e-3  # not a trivially zero Jacobian
 
 
-@pytest.mark.parametrize("options", CONFIGS[:3], ids=[str(c) or "default" for c in CONFIGS[:3]])
+@pytest.mark.parametrize("options", CONFIGS[:3], ids=IDS[:3])
 def test_one_row_equals_plain_reverse_mode(options):
     fm, theta, x = model_and_theta(seed=1, **options)
     value, grad = fm.value_and_grad(theta, x[:1])

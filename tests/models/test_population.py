@@ -10,33 +10,19 @@ import pytest
 import torch
 
 from distlstm.models.functional import FunctionalModel
-from distlstm.models.networks import SequenceRegressor
 from distlstm.models.population import regressor_population
-
-CONFIGS = [
-    {},
-    {"num_layers": 2},
-    {"alpha": 3.75},
-    {"single_bias": True},
-    {"bias": False},
-    {"head_bias": True},
-    {"pooling": "max"},
-    {"pooling": "last", "num_layers": 3, "alpha": 2.0},
-]
+from tests.models.regressors import CONFIGS, IDS, functional_regressor
 
 
 def population(members: int = 6, seed: int = 0, **options):
     gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = SequenceRegressor(3, 5, **options).double()
-    fm = FunctionalModel(model)
+    fm = functional_regressor(seed, **options)
     thetas = fm.flatten() + 0.3 * torch.randn(members, fm.numel, generator=gen, dtype=torch.float64)
     x = torch.randn(4, 7, 3, generator=gen, dtype=torch.float64)
     return fm, thetas, x
 
 
-@pytest.mark.parametrize("options", CONFIGS, ids=[str(c) or "default" for c in CONFIGS])
+@pytest.mark.parametrize("options", CONFIGS, ids=IDS)
 @pytest.mark.parametrize("lengths", [None, torch.tensor([7, 3, 5, 1])], ids=["full", "padded"])
 def test_population_equals_vmap_over_the_module(options, lengths):
     fm, thetas, x = population(**options)
