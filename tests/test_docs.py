@@ -63,6 +63,12 @@ out = model(seq).sum()
 grads = torch.autograd.grad(out, list(model.parameters()))
 torch.testing.assert_close(value.reshape(()), out.detach())
 torch.testing.assert_close(H.reshape(-1), torch.cat([g.reshape(-1) for g in grads]))
+assert J.shape == (3, fm.numel) and outs.shape == (3,)
+for b in range(3):                                                   # row b: the gradient of sequence b alone
+    out_b = model(seqs[b : b + 1]).sum()
+    grads_b = torch.autograd.grad(out_b, list(model.parameters()))
+    torch.testing.assert_close(outs[b], out_b.detach())
+    torch.testing.assert_close(J[b], torch.cat([g.reshape(-1) for g in grads_b]))
 """,
     ("docs/online.md", "mode = run_streams(OnlineProblem(streams), \"dpf\""): """
 assert set(mode.final_thetas()) == {0, 1, 2, 3} and all(len(row) == 4 for row in result.sq_errors)
