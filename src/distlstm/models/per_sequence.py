@@ -81,9 +81,9 @@ def regressor_rows(model: SequenceRegressor, params: Mapping[str, Tensor], x: Te
         inp = x.detach()
         pre, below, kept = [], [], []
         for layer, cell in enumerate(rnn.cells):
-            suffix = f"rnn.{{}}_l{layer}"
-            w_ih, w_hh = params[suffix.format("weight_ih")], params[suffix.format("weight_hh")]
-            b_ih, b_hh = params.get(suffix.format("bias_ih")), params.get(suffix.format("bias_hh"))
+            name = f"rnn.{{}}_l{layer}"  # e.g. rnn.weight_ih_l0
+            w_ih, w_hh = params[name.format("weight_ih")], params[name.format("weight_hh")]
+            b_ih, b_hh = params.get(name.format("bias_ih")), params.get(name.format("bias_hh"))
             bias = None if b_ih is None else (b_ih if b_hh is None else b_ih + b_hh)
             assert isinstance(cell, LSTMCell)  # covers() checked every cell
             scale = _gate_scale(cell, x)
@@ -104,7 +104,7 @@ def regressor_rows(model: SequenceRegressor, params: Mapping[str, Tensor], x: Te
                 y, _ = pad_packed_sequence(ran, batch_first=True, total_length=steps)
             pre.append(a)
             below.append(inp)
-            kept.append((suffix, scale, b_ih is not None, b_hh is not None))
+            kept.append((name, scale, b_ih is not None, b_hh is not None))
             inp = y
         pooled = pool(inp, lengths, model.pooling)
         w = params["head.linear.weight"]
@@ -112,16 +112,16 @@ def regressor_rows(model: SequenceRegressor, params: Mapping[str, Tensor], x: Te
         out = pooled @ w[0] if head_bias is None else torch.addmv(head_bias.expand(batch), pooled, w[0])
         deltas = torch.autograd.grad(out.sum(), pre)
     outputs = [*below[1:], inp]  # layer l's y is layer l + 1's input
-    for delta, layer_in, y, (suffix, scale, has_ih, has_hh) in zip(deltas, below, outputs, kept, strict=True):
+    for delta, layer_in, y, (name, scale, has_ih, has_hh) in zip(deltas, below, outputs, kept, strict=True):
         da = (delta if scale is None else delta * scale).transpose(1, 2)  # (B, 4n, T): δa of the unscaled a
         h_prev = torch.cat([y.new_zeros(batch, 1, y.shape[-1]), y[:, :-1]], 1).detach()
-        rows[suffix.format("weight_ih")] = torch.bmm(da, layer_in.detach())
-        rows[suffix.format("weight_hh")] = torch.bmm(da, h_prev)
+        rows[name.format("weight_ih")] = torch.bmm(da, layer_in.detach())
+        rows[name.format("weight_hh")] = torch.bmm(da, h_prev)
         db = da.sum(-1)
         if has_ih:
-            rows[suffix.format("bias_ih")] = db
+            rows[name.format("bias_ih")] = db
         if has_hh:
-            rows[suffix.format("bias_hh")] = db
+            rows[name.format("bias_hh")] = db
     rows["head.linear.weight"] = pooled.detach().unsqueeze(1)
     if head_bias is not None:
         rows["head.linear.bias"] = torch.ones(batch, 1, dtype=out.dtype, device=out.device)
