@@ -60,7 +60,7 @@ class EvaluationRow:
 class FloorRow:
     kept_mb: float  # the activations the backward must read: gates and c_t, (G + 1)·n values per sequence and step
     bandwidth_gbs: float  # memory copy bandwidth measured in the same run (bytes read + written per second)
-    sigmoids: int = 0  # the forward's G + 1 per unit and step: the G gates, and tanh c_t = 2σ(2c_t) − 1
+    sigmoids: int = 0  # the forward's G + 1 per unit and step: the G gates, and tanh c_t = 1 − 2σ(−2c_t)
     sigmoid_ns: float = 0.0  # nanoseconds per float64 sigmoid, measured in the same run
 
     @property

@@ -298,7 +298,7 @@ def render_fullbatch(rows: list[EvaluationRow], floor: FloorRow, *, train: int, 
                  f"{floor.floor_ms:.1f} ms: the one-node path takes {fused.ms / floor.floor_ms:.1f}× that.\n")
     if floor.sigmoid_ms:
         parts.append(f"\nCompute floor: the forward's G + 1 sigmoids per unit and step (the gates, and tanh c_t = "
-                     f"2σ(2c_t) − 1) alone take {floor.sigmoid_ms:.1f} ms at the rate `torch.sigmoid` runs on a "
+                     f"1 − 2σ(−2c_t)) alone take {floor.sigmoid_ms:.1f} ms at the rate `torch.sigmoid` runs on a "
                      f"cache-resident float64 block (same run): the one-node path takes "
                      f"{fused.ms / floor.sigmoid_ms:.1f}× that.\n")
     return "".join(parts)
@@ -376,7 +376,9 @@ def merge_sections(old: str, new: str, *, command: str) -> str:
     names = ", ".join(h.removeprefix("## ") for h, _ in new_sections)
     note = (f"Refreshed by `{command}` on {datetime.date.today().isoformat()}: {names}. "
             f"{machine.replace('Machine:', 'Machine for those:')}\n\n")
-    return old_header.rstrip("\n") + "\n\n" + note + "".join(body for _, body in merged)
+    superseded = f"Refreshed by `{command}` on "  # the same command's earlier refresh: this one replaces it
+    kept = "\n\n".join(part for part in old_header.rstrip("\n").split("\n\n") if not part.startswith(superseded))
+    return kept + "\n\n" + note + "".join(body for _, body in merged)
 
 
 def _compiled_cells(r: BatchedRow) -> str:
