@@ -57,9 +57,8 @@ def regressor_population(model: SequenceRegressor, params: Mapping[str, Tensor],
         b_ih, b_hh = params.get(name.format("bias_ih")), params.get(name.format("bias_hh"))
         gates = w_ih.shape[1]
         # one bmm over the members, each member its own product
-        if ys is None:  # the members share x (B, T, p)
-            inputs = x.reshape(1, steps * batch, -1).expand(members, -1, -1) if batch == 1 else \
-                x.transpose(0, 1).reshape(1, steps * batch, -1).expand(members, -1, -1)
+        if ys is None:  # the members share x (B, T, p), read time-major
+            inputs = x.transpose(0, 1).reshape(1, steps * batch, -1).expand(members, -1, -1)
         else:  # each member's own inputs
             inputs = ys.transpose(0, 1).reshape(members, steps * batch, -1)
         pre = torch.bmm(inputs, w_ih.transpose(1, 2)).view(members, steps, batch, gates).transpose(0, 1)
