@@ -25,7 +25,7 @@ other model :func:`regressor_rows` returns None and the caller differentiates ge
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
@@ -34,6 +34,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from distlstm._checks import check_finite, check_lengths, is_transformed
 from distlstm.models.cells import LSTMCell
 from distlstm.models.heads import pool
+from distlstm.models.sequence import gate_scale
 
 if TYPE_CHECKING:
     from distlstm.models.networks import SequenceRegressor
@@ -52,14 +53,21 @@ def covers(model: SequenceRegressor, x: Tensor) -> bool:
     return not (rnn.dropout and rnn.training and rnn.num_layers > 1)
 
 
-def _gate_scale(cell: LSTMCell, like: Tensor) -> Tensor | None:
-    """(4n,) the factor α on rows i, f, o and 1 on g (σ(α a) for the sigmoid gates); None when α = 1."""
-    if cell.alpha == 1.0:
-        return None
-    n = cell.hidden_size
-    scale = torch.full((4 * n,), cell.alpha, dtype=like.dtype, device=like.device)
-    scale[2 * n : 3 * n] = 1.0
-    return scale
+class LayerParams(NamedTuple):
+    """Layer l's weights among a regressor's parameters by name (one θ's views, or P members' stacked)."""
+
+    name: str  # the template "rnn.{}_l<l>", e.g. name.format("weight_ih")
+    w_ih: Tensor
+    w_hh: Tensor
+    bias: Tensor | None  # b_ih + b_hh, b_ih alone with single_bias, None without biases
+
+
+def layer_params(params: Mapping[str, Tensor], layer: int) -> LayerParams:
+    """Layer ``layer``'s weights and its combined bias (as :meth:`LSTMCell.combined_bias`) from ``params``."""
+    name = f"rnn.{{}}_l{layer}"
+    b_ih, b_hh = params.get(name.format("bias_ih")), params.get(name.format("bias_hh"))
+    bias = None if b_ih is None else (b_ih if b_hh is None else b_ih + b_hh)
+    return LayerParams(name, params[name.format("weight_ih")], params[name.format("weight_hh")], bias)
 
 
 def regressor_rows(model: SequenceRegressor, params: Mapping[str, Tensor], x: Tensor,
@@ -81,12 +89,9 @@ def regressor_rows(model: SequenceRegressor, params: Mapping[str, Tensor], x: Te
         inp = x.detach()
         pre, below, kept = [], [], []
         for layer, cell in enumerate(rnn.cells):
-            name = f"rnn.{{}}_l{layer}"  # e.g. rnn.weight_ih_l0
-            w_ih, w_hh = params[name.format("weight_ih")], params[name.format("weight_hh")]
-            b_ih, b_hh = params.get(name.format("bias_ih")), params.get(name.format("bias_hh"))
-            bias = None if b_ih is None else (b_ih if b_hh is None else b_ih + b_hh)
+            name, w_ih, w_hh, bias = layer_params(params, layer)
             assert isinstance(cell, LSTMCell)  # covers() checked every cell
-            scale = _gate_scale(cell, x)
+            scale = gate_scale(cell, x)
             w_hh = w_hh if scale is None else w_hh * scale[:, None]
             flat = inp.reshape(-1, inp.shape[-1])
             a = (flat @ w_ih.t() if bias is None else torch.addmm(bias, flat, w_ih.t())).view(batch, steps, -1)
@@ -104,7 +109,7 @@ def regressor_rows(model: SequenceRegressor, params: Mapping[str, Tensor], x: Te
                 y, _ = pad_packed_sequence(ran, batch_first=True, total_length=steps)
             pre.append(a)
             below.append(inp)
-            kept.append((name, scale, b_ih is not None, b_hh is not None))
+            kept.append((name, scale))
             inp = y
         pooled = pool(inp, lengths, model.pooling)
         w = params["head.linear.weight"]
@@ -112,16 +117,15 @@ def regressor_rows(model: SequenceRegressor, params: Mapping[str, Tensor], x: Te
         out = pooled @ w[0] if head_bias is None else torch.addmv(head_bias.expand(batch), pooled, w[0])
         deltas = torch.autograd.grad(out.sum(), pre)
     outputs = [*below[1:], inp]  # layer l's y is layer l + 1's input
-    for delta, layer_in, y, (name, scale, has_ih, has_hh) in zip(deltas, below, outputs, kept, strict=True):
+    for delta, layer_in, y, (name, scale) in zip(deltas, below, outputs, kept, strict=True):
         da = (delta if scale is None else delta * scale).transpose(1, 2)  # (B, 4n, T): δa of the unscaled a
         h_prev = torch.cat([y.new_zeros(batch, 1, y.shape[-1]), y[:, :-1]], 1).detach()
         rows[name.format("weight_ih")] = torch.bmm(da, layer_in.detach())
         rows[name.format("weight_hh")] = torch.bmm(da, h_prev)
         db = da.sum(-1)
-        if has_ih:
-            rows[name.format("bias_ih")] = db
-        if has_hh:
-            rows[name.format("bias_hh")] = db
+        for bias_name in (name.format("bias_ih"), name.format("bias_hh")):
+            if bias_name in params:
+                rows[bias_name] = db
     rows["head.linear.weight"] = pooled.detach().unsqueeze(1)
     if head_bias is not None:
         rows["head.linear.bias"] = torch.ones(batch, 1, dtype=out.dtype, device=out.device)

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from distlstm._checks import check_finite, check_lengths, is_transformed
 from distlstm.models.cells import LSTMCell, lstm_pointwise
-from distlstm.models.per_sequence import covers
+from distlstm.models.per_sequence import covers, layer_params
 from distlstm.models.sequence import step_mask
 
 if TYPE_CHECKING:
@@ -52,9 +52,7 @@ def regressor_population(model: SequenceRegressor, params: Mapping[str, Tensor],
     ys: Tensor | None = None  # (T, P, B, n): the layer below's outputs
     for layer, cell in enumerate(model.rnn.cells):
         assert isinstance(cell, LSTMCell)  # covers() checked every cell
-        name = f"rnn.{{}}_l{layer}"
-        w_ih, w_hh = params[name.format("weight_ih")], params[name.format("weight_hh")]
-        b_ih, b_hh = params.get(name.format("bias_ih")), params.get(name.format("bias_hh"))
+        _, w_ih, w_hh, bias = layer_params(params, layer)
         gates = w_ih.shape[1]
         # one bmm over the members, each member its own product
         if ys is None:  # the members share x (B, T, p), read time-major
@@ -62,8 +60,7 @@ def regressor_population(model: SequenceRegressor, params: Mapping[str, Tensor],
         else:  # each member's own inputs
             inputs = ys.transpose(0, 1).reshape(members, steps * batch, -1)
         pre = torch.bmm(inputs, w_ih.transpose(1, 2)).view(members, steps, batch, gates).transpose(0, 1)
-        if b_ih is not None:
-            bias = b_ih if b_hh is None else b_ih + b_hh
+        if bias is not None:
             pre = pre + bias[None, :, None, :]
         pre = pre.contiguous()  # time-major: each step's block is one contiguous (P, B, 4n) slice
         w_hh_t = w_hh.transpose(1, 2)

@@ -416,15 +416,23 @@ def per_layer_options(options: dict[str, Any], num_layers: int) -> list[dict[str
              for name, value in options.items()} for layer in range(num_layers)]
 
 
+def gate_scale(cell: LSTMCell, like: Tensor) -> Tensor | None:
+    """(4n,) the factor α on the rows of i, f, o and 1 on g, which folds σ(α·a) into the weights; None when α = 1."""
+    if cell.alpha == 1.0:
+        return None
+    n = cell.hidden_size
+    scale = torch.full((4 * n,), cell.alpha, dtype=like.dtype, device=like.device)
+    scale[2 * n : 3 * n] = 1.0
+    return scale
+
+
 def _fused_weights(cell: LSTMCell) -> list[Tensor]:
     """The cell's weights in ATen's order, with σ(α·a) folded in by scaling rows i, f, o by α."""
     ws: list[Tensor] = [cell.weight_ih, cell.weight_hh]
     if cell.bias_ih is not None:  # ATen wants two biases: a zero b_hh stands in for single_bias
         ws += [cell.bias_ih, torch.zeros_like(cell.bias_ih) if cell.bias_hh is None else cell.bias_hh]
-    if cell.alpha != 1.0:
-        n = cell.hidden_size
-        scale = torch.full((4 * n,), cell.alpha, dtype=ws[0].dtype, device=ws[0].device)
-        scale[2 * n : 3 * n] = 1.0
+    scale = gate_scale(cell, ws[0])
+    if scale is not None:
         ws = [w * (scale[:, None] if w.dim() == 2 else scale) for w in ws]
     if cell.weight_hr is not None:
         ws.append(cell.weight_hr)
