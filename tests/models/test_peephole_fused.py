@@ -1,4 +1,7 @@
-"""The one-node peephole sequence (``models/peephole_fused.py``) against the generic loop and finite differences."""
+"""The one-node peephole sequence (``models/peephole_fused.py``) against the generic loop and finite differences.
+
+Every test runs twice: on the C++ loops (``models/peephole_kernel.cpp``) and on the ATen loops.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,20 @@ import pytest
 import torch
 
 import distlstm
-from distlstm.models import SequenceRegressor
+from distlstm.models import SequenceRegressor, peephole_kernel
 from distlstm.models.peephole_fused import clear_workspace, peephole_layer, peephole_sequence
 
 D = torch.float64
+
+
+@pytest.fixture(autouse=True, params=["kernel", "aten"])
+def loops(request: pytest.FixtureRequest) -> object:
+    """Run the test on the C++ loops, then on the ATen loops (the kernel is skipped only without a compiler)."""
+    if request.param == "kernel" and peephole_kernel.load() is None:
+        pytest.skip("the C++ kernel is not built here (no compiler: see test_peephole_kernel.py)")
+    previous = peephole_kernel.set_enabled(request.param == "kernel")
+    yield request.param
+    peephole_kernel.set_enabled(previous)
 
 
 def twins(**options: object) -> tuple[distlstm.LSTM, distlstm.LSTM]:

@@ -29,6 +29,7 @@ from torch import nn
 
 from distlstm.bptt.tasks import Batch, LongLagTask
 from distlstm.experiments.matrix_batch_timing import VectorRow, WorkersRow, bench_lbfgs_workers, bench_vectorization
+from distlstm.models import peephole_kernel
 from distlstm.models.networks import SequenceRegressor
 from distlstm.timing import by_worker_setting, compare
 
@@ -103,7 +104,7 @@ def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
 def bench_fullbatch_evaluation(train_size: int = 10_000, min_len: int = 100, repeats: int = 5,
                                progress: Callable[[str], None] | None = None
                                ) -> tuple[list[EvaluationRow], FloorRow]:
-    """One full-batch loss + gradient of the matrix-batch network: the one-node peephole path against the loop.
+    """One full-batch loss + gradient of the matrix-batch network: the one-node path (C++, ATen loops) against the loop.
 
     The network and data are ``distlstm train --task multiplication --optimizer lbfgs``'s
     (peephole cells without forget gate, hidden 4, α = 3.75, float64); run it under one
@@ -115,17 +116,25 @@ def bench_fullbatch_evaluation(train_size: int = 10_000, min_len: int = 100, rep
     loop = task.build_model(0)
     assert isinstance(loop, SequenceRegressor)
     loop.rnn.fused = False
-    models = {"one-node peephole sequence (default)": task.build_model(0), "generic loop (fused=False)": loop}
+    fused = task.build_model(0)
+    paths = {"generic loop (fused=False)": (loop, False)}  # name: (model, C++ loops)
+    if peephole_kernel.load() is not None:
+        paths = {"one-node sequence, C++ loops (default)": (fused, True),
+                 "one-node sequence, ATen loops (DISTLSTM_NATIVE=0)": (fused, False), **paths}
+    else:
+        paths = {"one-node sequence, ATen loops (default here: no C++ compiler)": (fused, False), **paths}
 
-    def evaluation(model: nn.Module) -> Callable[[], None]:
+    def evaluation(model: nn.Module, native: bool) -> Callable[[], None]:
         def run() -> None:
+            previous = peephole_kernel.set_enabled(native)
             model.zero_grad(set_to_none=True)
             task.loss(model, batch, None)[0].backward()
+            peephole_kernel.set_enabled(previous)
         return run
 
     if progress:
         progress(f"full-batch evaluation: {train_size} sequences")
-    times = compare({name: evaluation(m) for name, m in models.items()}, repeats=repeats, warmup=2)
+    times = compare({name: evaluation(*path) for name, path in paths.items()}, repeats=repeats, warmup=2)
     base = times["generic loop (fused=False)"]
     rows = [EvaluationRow(name, t * 1e3, t / base) for name, t in times.items()]
     gates, n = len(loop.rnn.cells[0].gate_names), loop.rnn.cells[0].hidden_size

@@ -281,7 +281,7 @@ FULLBATCH_TEXT = """## One full-batch evaluation
 Loss and gradient over the whole multiplication-problem training set ({train:,}
 sequences of {min_len}–{max_len} steps; peephole cells without forget gate, hidden 4,
 α = 3.75, float64, one thread): what every L-BFGS or CG iteration and every
-line-search trial costs. Both paths timed interleaved in one process.
+line-search trial costs. All paths timed interleaved in one process.
 
 | path | ms | × generic loop |
 |---|---:|---:|
@@ -295,11 +295,11 @@ def render_fullbatch(rows: list[EvaluationRow], floor: FloorRow, *, train: int, 
     parts.append(f"\nMemory-traffic floor: the backward must read the gates and c_t, (G + 1)·n values per "
                  f"sequence and step ({floor.kept_mb:.0f} MB); writing them once and reading them once at the "
                  f"{floor.bandwidth_gbs:.1f} GB/s this machine copies memory (same run) takes "
-                 f"{floor.floor_ms:.1f} ms: the one-node path takes {fused.ms / floor.floor_ms:.1f}× that.\n")
+                 f"{floor.floor_ms:.1f} ms: the default path takes {fused.ms / floor.floor_ms:.1f}× that.\n")
     if floor.sigmoid_ms:
         parts.append(f"\nCompute floor: the forward's G + 1 sigmoids per unit and step (the gates, and tanh c_t = "
                      f"1 − 2σ(−2c_t)) alone take {floor.sigmoid_ms:.1f} ms at the rate `torch.sigmoid` runs on a "
-                     f"cache-resident float64 block (same run): the one-node path takes "
+                     f"cache-resident float64 block (same run): the default path takes "
                      f"{fused.ms / floor.sigmoid_ms:.1f}× that.\n")
     return "".join(parts)
 

@@ -42,6 +42,14 @@ passes, then a product); the peepholes read C through −½ p, and in the backwa
 δc ⊙ (1 − tanh²c_t) = 2 s_t ⊙ (r + q) with r = δh ⊙ o, q = r ⊙ tanh c_t. Three elementwise
 passes less per step: 129 → 122 ms for the full-batch evaluation (measured side by side,
 one thread).
+
+Two implementations of the two loops, the same buffers and formulas: for float64 cells on
+the CPU with at most ``peephole_kernel.MAX_WEIGHTS`` weights, the C++ loops of
+:mod:`~distlstm.models.peephole_kernel`, which run the batch in blocks of columns with
+all steps of a block in cache (full-batch evaluation 122 → about 75 ms, BENCHMARKS.md);
+otherwise, or where no C++ compiler is found, the ATen loops below (``_forward_loop``,
+``_backward_loop``), one op per line over the whole batch, whose GEMMs BLAS runs well for
+large cells.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from distlstm.models import peephole_kernel
 from distlstm.models.cells import LSTMState, PeepholeLSTMCell, State
 
 #: Buffers kept between calls, by (name, shape, dtype, device). Fresh memory costs a page
@@ -93,13 +102,11 @@ class _PeepholeSequence(torch.autograd.Function):
         gates = weight.shape[0] // n  # G: 4 with the forget gate, 3 without
         inputs = weight.shape[1] - n  # x's features, plus a row of ones for the bias
         order, active = _sort_by_length(lengths, steps, batch)
+        kernel = peephole_kernel.load() if peephole_kernel.applies(weight) else None
         # z_t = [1; x_t; h_{t-1}] in slot t (h_T in the last): every step's GEMM operand, and
         # what the backward's ∇W += δa_t z_tᵀ reads.
         z = _buffer("z", (steps + 1, inputs + n, batch), x)
-        if order is None:
-            z[:steps, inputs - features : inputs] = x
-        else:  # columns by decreasing length: step t runs on the first active[t] only
-            _columns(x, order, out=z[:steps, inputs - features : inputs])
+        if order is not None:  # columns by decreasing length: step t runs on the first active[t] only
             h0, c0 = h0.index_select(1, order), c0.index_select(1, order)
         z[steps, :inputs] = 0
         if has_bias:
@@ -111,24 +118,12 @@ class _PeepholeSequence(torch.autograd.Function):
         torch.mul(c0, -2, out=cs[0])
         tcs = _buffer("tcs", (steps, n, batch), x)  # s_t = σ(C_t) = σ(−2 c_t): tanh c_t = 1 − 2 s_t
         p_in, p_o = -0.5 * peep[: gates - 2].unsqueeze(-1), -0.5 * peep[gates - 2].unsqueeze(-1)  # p ⊙ c = −½p ⊙ C
-        for t in range(steps):
-            k = active[t]
-            a, c_prev, c, h = acts[t, ..., :k], cs[t, :, :k], cs[t + 1, :, :k], hs[t + 1, :, :k]
-            torch.mm(weight, z[t, :, :k], out=acts[t].view(-1, batch)[:, :k])
-            a[: gates - 2].addcmul_(c_prev, p_in)  # i (and f) peek at c_{t-1}
-            a[: gates - 1].sigmoid_()
-            g = a[gates - 2].mul_(2).sub_(1)  # tanh(a/2) = 2σ(a) − 1: σ is ~3× cheaper than tanh
-            if gates == 4:  # C_t = f C_{t-1} − 2 i g
-                torch.mul(a[1], c_prev, out=c).addcmul_(a[0], g, value=-2)
-            else:
-                torch.addcmul(c_prev, a[0], g, value=-2, out=c)
-            o = a[gates - 1].addcmul_(c, p_o).sigmoid_()  # o peeks at c_t
-            s = torch.sigmoid(c, out=tcs[t, :, :k])
-            torch.addcmul(o, o, s, value=-2, out=h)  # o ⊙ tanh c_t = o ⊙ (1 − 2s)
-            if k < batch:
-                hs[t + 1, :, k:] = 0  # finished sequences: y is zero, their final state lies in slot lengths[b]
+        if kernel is not None:
+            kernel.forward(x, order, weight.contiguous(), p_in, p_o, z, acts, cs, tcs, torch.tensor(active))
+        else:
+            _forward_loop(x, order, weight, p_in, p_o, z, acts, cs, tcs, active)
         ctx.save_for_backward(z, acts, cs, tcs, weight, peep, order)
-        ctx.active, ctx.features, ctx.outputs = active, features, outputs
+        ctx.active, ctx.features, ctx.outputs, ctx.kernel = active, features, outputs, kernel
         if order is None:
             h_n, c_n = hs[steps].clone(), cs[steps].mul(-0.5)
         else:
@@ -166,58 +161,19 @@ class _PeepholeSequence(torch.autograd.Function):
             dys = _columns(dy, order, out=_buffer("dy", (steps, n, batch), dy))
         elif not dy.is_contiguous():  # e.g. the gradient of y's (B, T, n) view: a 2-D transpose, ATen's blocked copy
             dys = _buffer("dy", (steps, n, batch), dy).view(-1, batch).copy_(dy.reshape(-1, batch)).view_as(dy)
-        rows, cols = weight.shape
-        # ∇W = Σ_t δa_t z_tᵀ: added step by step while δa_t and z_t are in cache when the
-        # (G·n × K) ∇W is small next to them (the full-batch network); else one product at
-        # the end over δa kept for every step, which reads and writes ∇W once, not T times.
-        per_step = rows * cols <= (rows + cols) * batch
-        da = None if per_step else _buffer("da", (rows, steps, batch), acts)
-        if da is not None and active[-1] < batch:
-            da.zero_()  # finished columns' δa stay zero in the one product
-        d_full = _buffer("d", (gates, n, batch), acts)  # δa_t
-        products = _buffer("products", (n, batch), acts)
-        dpeep = _buffer("dpeep", (gates - 1, n, batch), acts).zero_()  # Σ_t δa_i ⊙ C_{t-1} (δa_f …), δa_o ⊙ C_t
         dweight = torch.zeros_like(weight)
         w_x = (weight[:, inputs - ctx.features : inputs] * half).t().contiguous() if ctx.needs_input_grad[0] else None
         dx = acts.new_zeros(steps, ctx.features, batch) if w_x is not None else None
         if order is None:
-            dh, dc = dh_n.clone(), dc_n.clone()
+            dh, dc = (t.clone(memory_format=torch.contiguous_format) for t in (dh_n, dc_n))
         else:
             dh, dc = dh_n.index_select(1, order), dc_n.index_select(1, order)
-        for t in range(steps - 1, -1, -1):
-            k = active[t]
-            d_t = d_full if da is None else da[:, t].view(gates, n, batch)
-            d, d_rows = d_t[..., :k], d_t.view(-1, batch)[:, :k]  # δa_t, and as (G·n, k)
-            a, dht, dct = acts[t, ..., :k], dh[:, :k], dc[:, :k]
-            if dys is not None:
-                dht.add_(dys[t, :, :k])
-            o, s, c_prev = a[gates - 1], tcs[t, :, :k], cs[t, :, :k]
-            r = dht.mul_(o)  # r = δh ⊙ o (δh_t is not needed again: the product below overwrites it)
-            q = torch.addcmul(r, r, s, value=-2, out=d[gates - 1])  # q = r ⊙ tanh c = r ⊙ (1 − 2s)
-            dct.addcmul_(torch.add(r, q, out=products[:, :k]), s, value=2)  # δc + r ⊙ (1 − tanh² c) = δc + 2s(r + q)
-            do = q.addcmul_(q, o, value=-1)  # δa_o = δh ⊙ tanh c ⊙ o(1 − o) = q ⊙ (1 − o)
-            dct.addcmul_(do, p_o)  # δc_t
-            torch.mul(dct, a[gates - 2], out=d[0])  # δi = δc_t ⊙ g
-            if gates == 4:
-                torch.mul(dct, c_prev, out=d[1])  # −2 δf = δc_t ⊙ C_{t-1}
-            g = a[gates - 2]
-            dg = torch.mul(dct, a[0], out=d[gates - 2])  # δg = δc_t ⊙ i
-            s, ds = a[: gates - 2], d[: gates - 2]
-            ds.mul_(s).addcmul_(ds, s, value=-1)  # ⊙ σ' = s(1 − s) for i (and f)
-            dg.addcmul_(torch.mul(dg, g, out=products[:, :k]), g, value=-1)  # ⊙ (1 − g²): 2 δa_g
-            if gates == 4:
-                dct.mul_(a[1])  # δc_{t-1} = δc_t ⊙ f + …
-            for j in range(gates - 2):
-                dct.addcmul_(d[j], p_in[j])
-            if da is None:
-                dweight.addmm_(d_rows, z[t, :, :k].t())
-            dpeep[: gates - 2, :, :k].addcmul_(ds, c_prev)
-            dpeep[gates - 2, :, :k].addcmul_(do, cs[t + 1, :, :k])
-            if dx is not None and w_x is not None:
-                torch.mm(w_x, d_rows, out=dx[t, :, :k])
-            torch.mm(w_h, d_rows, out=dht)  # δh_{t-1}
-        if da is not None:
-            dweight = da.view(rows, -1).mm(z[:steps].transpose(0, 1).reshape(cols, -1).t())
+        if ctx.kernel is not None:
+            dpeep_sum = torch.zeros(gates - 1, n, dtype=weight.dtype)
+            ctx.kernel.backward(z, acts, cs, tcs, w_h, w_x, p_in.contiguous(), p_o, dys, dh, dc, dweight, dpeep_sum,
+                                dx, torch.tensor(active))
+        else:
+            dpeep_sum = _backward_loop(z, acts, cs, tcs, w_h, w_x, p_in, p_o, dys, dh, dc, dweight, dx, active)
         dweight.mul_(half)
         dpeep_scale = torch.full((gates - 1, 1), -0.5, dtype=weight.dtype, device=weight.device)  # C = −2c
         if gates == 4:
@@ -226,7 +182,95 @@ class _PeepholeSequence(torch.autograd.Function):
             column = torch.argsort(order)
             dh, dc = dh.index_select(1, column), dc.index_select(1, column)
             dx = None if dx is None else _columns(dx, column)
-        return dx, dh, dc, dweight, dpeep.sum(-1) * dpeep_scale, None, None, None
+        return dx, dh, dc, dweight, dpeep_sum * dpeep_scale, None, None, None
+
+
+def _forward_loop(x: Tensor, order: Tensor | None, weight: Tensor, p_in: Tensor, p_o: Tensor, z: Tensor, acts: Tensor,
+                  cs: Tensor, tcs: Tensor, active: list[int]) -> None:
+    """The forward's ATen loop, step by step over the batch: x into z, then ``acts``, ``cs[1:]``, ``tcs`` and h.
+
+    ``peephole_kernel.cpp`` runs the same loop block by block.
+    """
+    steps, gates, n, batch = acts.shape
+    inputs, features = z.shape[1] - n, x.shape[1]
+    if order is None:
+        z[:steps, inputs - features : inputs] = x
+    else:
+        _columns(x, order, out=z[:steps, inputs - features : inputs])
+    hs = z[:, inputs:]
+    for t in range(steps):
+        k = active[t]
+        a, c_prev, c, h = acts[t, ..., :k], cs[t, :, :k], cs[t + 1, :, :k], hs[t + 1, :, :k]
+        torch.mm(weight, z[t, :, :k], out=acts[t].view(-1, batch)[:, :k])
+        a[: gates - 2].addcmul_(c_prev, p_in)  # i (and f) peek at c_{t-1}
+        a[: gates - 1].sigmoid_()
+        g = a[gates - 2].mul_(2).sub_(1)  # tanh(a/2) = 2σ(a) − 1: σ is ~3× cheaper than tanh
+        if gates == 4:  # C_t = f C_{t-1} − 2 i g
+            torch.mul(a[1], c_prev, out=c).addcmul_(a[0], g, value=-2)
+        else:
+            torch.addcmul(c_prev, a[0], g, value=-2, out=c)
+        o = a[gates - 1].addcmul_(c, p_o).sigmoid_()  # o peeks at c_t
+        s = torch.sigmoid(c, out=tcs[t, :, :k])
+        torch.addcmul(o, o, s, value=-2, out=h)  # o ⊙ tanh c_t = o ⊙ (1 − 2s)
+        if k < batch:
+            hs[t + 1, :, k:] = 0  # finished sequences: y is zero, their final state lies in slot lengths[b]
+
+
+def _backward_loop(z: Tensor, acts: Tensor, cs: Tensor, tcs: Tensor, w_h: Tensor, w_x: Tensor | None, p_in: Tensor,
+                   p_o: Tensor, dys: Tensor | None, dh: Tensor, dc: Tensor, dweight: Tensor, dx: Tensor | None,
+                   active: list[int]) -> Tensor:
+    """The backward's ATen loop, step by step over the batch: δh, δc in place, ∇W (unscaled) and δx added.
+
+    Returns the peepholes' sums (G − 1, n), before their scales; see ``peephole_kernel.cpp``
+    for the same loop block by block.
+    """
+    steps, gates, n, batch = acts.shape
+    rows, cols = dweight.shape
+    # ∇W = Σ_t δa_t z_tᵀ: added step by step while δa_t and z_t are in cache when the
+    # (G·n × K) ∇W is small next to them (the full-batch network); else one product at
+    # the end over δa kept for every step, which reads and writes ∇W once, not T times.
+    per_step = rows * cols <= (rows + cols) * batch
+    da = None if per_step else _buffer("da", (rows, steps, batch), acts)
+    if da is not None and active[-1] < batch:
+        da.zero_()  # finished columns' δa stay zero in the one product
+    d_full = _buffer("d", (gates, n, batch), acts)  # δa_t
+    products = _buffer("products", (n, batch), acts)
+    dpeep = _buffer("dpeep", (gates - 1, n, batch), acts).zero_()  # Σ_t δa_i ⊙ C_{t-1} (δa_f …), δa_o ⊙ C_t
+    for t in range(steps - 1, -1, -1):
+        k = active[t]
+        d_t = d_full if da is None else da[:, t].view(gates, n, batch)
+        d, d_rows = d_t[..., :k], d_t.view(-1, batch)[:, :k]  # δa_t, and as (G·n, k)
+        a, dht, dct = acts[t, ..., :k], dh[:, :k], dc[:, :k]
+        if dys is not None:
+            dht.add_(dys[t, :, :k])
+        o, s, c_prev = a[gates - 1], tcs[t, :, :k], cs[t, :, :k]
+        r = dht.mul_(o)  # r = δh ⊙ o (δh_t is not needed again: the product below overwrites it)
+        q = torch.addcmul(r, r, s, value=-2, out=d[gates - 1])  # q = r ⊙ tanh c = r ⊙ (1 − 2s)
+        dct.addcmul_(torch.add(r, q, out=products[:, :k]), s, value=2)  # δc + r ⊙ (1 − tanh² c) = δc + 2s(r + q)
+        do = q.addcmul_(q, o, value=-1)  # δa_o = δh ⊙ tanh c ⊙ o(1 − o) = q ⊙ (1 − o)
+        dct.addcmul_(do, p_o)  # δc_t
+        torch.mul(dct, a[gates - 2], out=d[0])  # δi = δc_t ⊙ g
+        if gates == 4:
+            torch.mul(dct, c_prev, out=d[1])  # −2 δf = δc_t ⊙ C_{t-1}
+        g = a[gates - 2]
+        dg = torch.mul(dct, a[0], out=d[gates - 2])  # δg = δc_t ⊙ i
+        s, ds = a[: gates - 2], d[: gates - 2]
+        ds.mul_(s).addcmul_(ds, s, value=-1)  # ⊙ σ' = s(1 − s) for i (and f)
+        dg.addcmul_(torch.mul(dg, g, out=products[:, :k]), g, value=-1)  # ⊙ (1 − g²): 2 δa_g
+        if gates == 4:
+            dct.mul_(a[1])  # δc_{t-1} = δc_t ⊙ f + …
+        for j in range(gates - 2):
+            dct.addcmul_(d[j], p_in[j])
+        if da is None:
+            dweight.addmm_(d_rows, z[t, :, :k].t())
+        dpeep[: gates - 2, :, :k].addcmul_(ds, c_prev)
+        dpeep[gates - 2, :, :k].addcmul_(do, cs[t + 1, :, :k])
+        if dx is not None and w_x is not None:
+            torch.mm(w_x, d_rows, out=dx[t, :, :k])
+        torch.mm(w_h, d_rows, out=dht)  # δh_{t-1}
+    if da is not None:
+        torch.mm(da.view(rows, -1), z[:steps].transpose(0, 1).reshape(cols, -1).t(), out=dweight)
+    return dpeep.sum(-1)
 
 
 def _sort_by_length(lengths: Tensor | None, steps: int, batch: int) -> tuple[Tensor | None, list[int]]:
