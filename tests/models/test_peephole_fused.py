@@ -11,17 +11,23 @@ import pytest
 import torch
 
 import distlstm
-from distlstm.models import SequenceRegressor, peephole_kernel
+from distlstm.models import SequenceRegressor, peephole_fused, peephole_kernel
 from distlstm.models.peephole_fused import clear_workspace, peephole_layer, peephole_sequence
 
 D = torch.float64
 
 
 @pytest.fixture(autouse=True, params=["kernel", "aten"])
-def loops(request: pytest.FixtureRequest) -> object:
-    """Run the test on the C++ loops, then on the ATen loops (the kernel is skipped only without a compiler)."""
+def loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> object:
+    """Run the test on the C++ loops, then on the ATen loops (the kernel is skipped only without a compiler).
+
+    Every workspace buffer comes back filled with NaN, so a value read before it is written
+    (a kept buffer's old contents, fresh memory) shows in the results.
+    """
     if request.param == "kernel" and peephole_kernel.load() is None:
         pytest.skip("the C++ kernel is not built here (no compiler: see test_peephole_kernel.py)")
+    buffer = peephole_fused._buffer
+    monkeypatch.setattr(peephole_fused, "_buffer", lambda *args: buffer(*args).fill_(float("nan")))
     previous = peephole_kernel.set_enabled(request.param == "kernel")
     yield request.param
     peephole_kernel.set_enabled(previous)

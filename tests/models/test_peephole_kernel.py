@@ -23,6 +23,15 @@ D = torch.float64
 needs_compiler = pytest.mark.skipif(peephole_kernel._compiler() is None, reason="no C++ compiler on this machine")
 
 
+def layer_inputs(gen, steps, inputs, batch, n, gates, has_bias=True):
+    """x (T, F, B), h0, c0 (n, B), W (G·n, [1 +] F + n), p (G − 1, n): random float64."""
+    x = torch.randn(steps, inputs, batch, generator=gen, dtype=D)
+    w = torch.randn(gates * n, int(has_bias) + inputs + n, generator=gen, dtype=D) / (inputs + n) ** 0.5
+    p = torch.randn(gates - 1, n, generator=gen, dtype=D)
+    h0, c0 = torch.randn(2, n, batch, generator=gen, dtype=D)
+    return x, h0, c0, w, p
+
+
 @needs_compiler
 def test_kernel_builds_where_a_compiler_is():
     """With a compiler present the kernel must load: a silent fallback would hide a broken build."""
@@ -56,15 +65,66 @@ def both_loops(x, h0, c0, w, p, lengths, has_bias=True, outputs=True):
 def test_kernel_equals_aten_loops(gates, batch, lengths, has_bias):
     """Across block boundaries (512 columns here), partial vectors, lengths 1..T, one or four gates' rows."""
     gen = torch.Generator().manual_seed(batch + gates)
-    n, inputs, steps = 4, 3, 9
-    x = torch.randn(steps, inputs, batch, generator=gen, dtype=D)
-    w = torch.randn(gates * n, int(has_bias) + inputs + n, generator=gen, dtype=D)
-    p = torch.randn(gates - 1, n, generator=gen, dtype=D)
-    h0, c0 = torch.randn(2, n, batch, generator=gen, dtype=D)
+    steps = 9
+    x, h0, c0, w, p = layer_inputs(gen, steps, 3, batch, 4, gates, has_bias)
     lens = torch.randint(1, steps + 1, (batch,), generator=gen) if lengths == "ragged" else None
-    got, want = both_loops(x, h0, c0, w, p, lens, has_bias=has_bias)
+    assert_same(both_loops(x, h0, c0, w, p, lens, has_bias=has_bias))
+
+
+def assert_same(results, tol=1e-12):
+    got, want = results
+    assert len(got) == len(want)
     for g, expected in zip(got, want, strict=True):
-        torch.testing.assert_close(g, expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(g, expected, rtol=tol, atol=tol)
+
+
+@needs_compiler
+@pytest.mark.parametrize(("n", "inputs", "batch"), [(16, 8, 300), (32, 2, 200), (16, 40, 9)])
+def test_kernel_equals_aten_loops_for_wider_cells(n, inputs, batch):
+    """Blocks of 256 and 128 columns (G·n = 64, 128 rows), K > 8 (∇W in several column chunks), forget gate."""
+    gen = torch.Generator().manual_seed(n + batch)
+    x, h0, c0, w, p = layer_inputs(gen, 7, inputs, batch, n, 4)
+    lens = torch.randint(1, 8, (batch,), generator=gen)
+    assert_same(both_loops(x, h0, c0, w, p, lens))
+
+
+@needs_compiler
+@pytest.mark.parametrize(("steps", "inputs", "batch", "has_bias"), [(3, 1, 1, True), (2, 1, 2, False), (4, 0, 3, True),
+                                                                      (0, 2, 3, True), (5, 2, 1, False)])
+def test_kernel_on_tiny_and_empty_layers(steps, inputs, batch, has_bias):
+    """A batch of one or two, one input or none, no steps: where z ends right after the last block's values."""
+    gen = torch.Generator().manual_seed(steps * 10 + batch)
+    x, h0, c0, w, p = layer_inputs(gen, steps, inputs, batch, 4, 3, has_bias)
+    assert_same(both_loops(x, h0, c0, w, p, None, has_bias=has_bias))
+
+
+@needs_compiler
+def test_threads_give_the_same_numbers():
+    """Blocks on one or two threads: bit for bit (each block keeps its own sums, added in block order)."""
+    gen = torch.Generator().manual_seed(5)
+    x, h0, c0, w, p = layer_inputs(gen, 6, 2, 1500, 4, 3)
+    lens = torch.randint(1, 7, (1500,), generator=gen)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = both_loops(x, h0, c0, w, p, lens)[0]
+        torch.set_num_threads(2)
+        two = both_loops(x, h0, c0, w, p, lens)[0]
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, two, strict=True):
+        assert torch.equal(a, b)
+
+
+@needs_compiler
+def test_non_contiguous_weights_and_peepholes():
+    """A transposed weight and a strided peephole tensor: the kernel gets contiguous copies, same numbers."""
+    gen = torch.Generator().manual_seed(6)
+    x, h0, c0, w, p = layer_inputs(gen, 5, 2, 7, 3, 4)
+    w_t = w.t().contiguous().t()
+    p_strided = torch.stack([p, p], -1)[..., 0]
+    assert not w_t.is_contiguous() and not p_strided.is_contiguous()
+    assert_same(both_loops(x, h0, c0, w_t, p_strided, None))
 
 
 @needs_compiler
@@ -84,15 +144,15 @@ def test_kernel_reads_a_batch_first_input_in_place():
 
 @needs_compiler
 def test_kernel_sigmoid_against_torch():
-    """Within 4 ulp of torch.sigmoid across the range, exactly 0 < σ ≤ 1 at the clamps, NaN stays NaN."""
+    """Within 4 ulp of torch.sigmoid on [−700, 700]; beyond the ±708 clamp 1, or below 1e-307; NaN stays NaN."""
     kernel = peephole_kernel.load()
     assert kernel is not None
-    extremes = torch.tensor([-800.0, -708.0, 0.0, 708.0, 800.0], dtype=D)
-    a = torch.cat([torch.linspace(-40, 40, 100_001, dtype=D), extremes])
+    a = torch.cat([torch.linspace(-40, 40, 100_001, dtype=D), torch.linspace(-700, 700, 20_001, dtype=D)])
     got, want = kernel.sigmoid(a), torch.sigmoid(a)
-    ulp = torch.finfo(D).eps * want.abs()
-    assert bool(((got - want).abs() <= 4 * ulp + 1e-300).all()), float(((got - want).abs() / ulp).max())
-    assert bool(((got >= 0) & (got <= 1)).all())
+    ulps = (got - want).abs() / (torch.finfo(D).eps * want.abs())
+    assert float(ulps.max()) <= 4, float(ulps.max())
+    tails = kernel.sigmoid(torch.tensor([-800.0, -745.0, -709.0, 709.0, 745.0, 800.0], dtype=D))
+    assert bool((tails[:3] >= 0).all() and (tails[:3] < 1e-307).all()) and bool((tails[3:] == 1).all())
     assert kernel.sigmoid(torch.tensor([float("nan")], dtype=D)).isnan().all()
 
 
@@ -170,9 +230,71 @@ def test_build_is_cached_and_keyed_by_compiler(tmp_path, monkeypatch):
     first = peephole_kernel.build(tmp_path)
     mtime = first.stat().st_mtime_ns
     assert peephole_kernel.build(tmp_path) == first and first.stat().st_mtime_ns == mtime
-    real = shutil.which(peephole_kernel._compiler() or "")
+    command = peephole_kernel._compiler()
+    assert command is not None
+    real = shutil.which(command[0])
     assert real is not None
+    rest = " ".join(f'"{part}"' for part in command[1:])
     monkeypatch.setenv("CXX", fake_compiler(tmp_path, f'[ "$1" = --version ] && {{ echo "other 9.9"; exit 0; }}\n'
-                                                      f'exec "{real}" "$@"\n'))
+                                                      f'exec "{real}" {rest} "$@"\n'))
     second = peephole_kernel.build(tmp_path)
     assert second != first and sorted(p.name for p in tmp_path.glob("*.so")) == sorted([first.name, second.name])
+
+
+@needs_compiler
+def test_a_shared_cache_folder_is_not_used(tmp_path, monkeypatch):
+    """A group/world-writable cache: build() refuses it, load() builds privately, then removes that folder."""
+    shared = tmp_path / "shared"
+    (shared / "kernels").mkdir(parents=True)
+    (shared / "kernels").chmod(0o777)
+    with pytest.raises(PermissionError, match="writable by other users"):
+        peephole_kernel.build(shared / "kernels")
+    private = tmp_path / "private"
+    monkeypatch.setenv("DISTLSTM_CACHE", str(shared))
+    mkdtemp = peephole_kernel.tempfile.mkdtemp
+
+    def private_folder(suffix=None, prefix=None, dir=None):  # load()'s call, not TemporaryDirectory's
+        return mkdtemp(suffix, prefix, dir) if dir else str(private.mkdir() or private)
+
+    monkeypatch.setattr(peephole_kernel.tempfile, "mkdtemp", private_folder)
+    peephole_kernel.load.cache_clear()
+    try:
+        assert peephole_kernel.load() is not None
+        assert not private.exists() and list((shared / "kernels").iterdir()) == []
+    finally:
+        peephole_kernel.load.cache_clear()
+
+
+def test_a_library_that_will_not_load_falls_back(tmp_path, monkeypatch):
+    """dlopen failing (a noexec cache, SELinux) is a warning and the ATen loops, not an error in every forward."""
+    def refuse(path: str) -> None:
+        raise OSError(f"{path}: failed to map segment from shared object")
+
+    monkeypatch.setenv("DISTLSTM_CACHE", str(tmp_path))
+    monkeypatch.setattr(peephole_kernel.ctypes, "CDLL", refuse)
+    peephole_kernel.load.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="failed to map segment"):
+            assert peephole_kernel.load() is None
+        x, h0, c0, w, p = layer_inputs(torch.Generator().manual_seed(0), 3, 2, 4, 2, 3)
+        peephole_sequence(x, h0, c0, w, p, True, None)  # runs the ATen loops
+    finally:
+        peephole_kernel.load.cache_clear()
+
+
+def test_kernel_rejects_wrong_shapes_and_types():
+    """The ctypes boundary checks every tensor: a wrong shape or dtype is a ValueError, not a wild read."""
+    kernel = peephole_kernel.load()
+    if kernel is None:
+        pytest.skip("no kernel")
+    steps, gates, n, batch, K = 3, 3, 2, 4, 5
+    args = dict(x=torch.zeros(steps, 2, batch, dtype=D), order=None, W=torch.zeros(gates * n, K, dtype=D),
+                p_in=torch.zeros(n, dtype=D), p_o=torch.zeros(n, dtype=D), z=torch.zeros(steps + 1, K, batch, dtype=D),
+                acts=torch.zeros(steps, gates, n, batch, dtype=D), cs=torch.zeros(steps + 1, n, batch, dtype=D),
+                tcs=torch.zeros(steps, n, batch, dtype=D), active=torch.full((steps,), batch))
+    kernel.forward(**args)  # the right ones pass
+    for name, bad in (("W", torch.zeros(gates * n, K + 1, dtype=D)), ("z", torch.zeros(steps, K, batch, dtype=D)),
+                      ("cs", torch.zeros(steps + 1, n, batch)), ("active", torch.full((steps,), 4.0, dtype=D)),
+                      ("tcs", torch.zeros(batch, n, steps, dtype=D).transpose(0, 2))):
+        with pytest.raises(ValueError, match="peephole kernel: expected"):
+            kernel.forward(**{**args, name: bad})

@@ -117,7 +117,7 @@ def bench_fullbatch_evaluation(train_size: int = 10_000, min_len: int = 100, rep
     assert isinstance(loop, SequenceRegressor)
     loop.rnn.fused = False
     fused = task.build_model(0)
-    paths = {"generic loop (fused=False)": (loop, False)}  # name: (model, C++ loops)
+    paths: dict[str, tuple[nn.Module, bool]] = {"generic loop (fused=False)": (loop, False)}  # (model, C++ loops)
     if peephole_kernel.load() is not None:
         paths = {"one-node sequence, C++ loops (default)": (fused, True),
                  "one-node sequence, ATen loops (DISTLSTM_NATIVE=0)": (fused, False), **paths}
@@ -127,9 +127,11 @@ def bench_fullbatch_evaluation(train_size: int = 10_000, min_len: int = 100, rep
     def evaluation(model: nn.Module, native: bool) -> Callable[[], None]:
         def run() -> None:
             previous = peephole_kernel.set_enabled(native)
-            model.zero_grad(set_to_none=True)
-            task.loss(model, batch, None)[0].backward()
-            peephole_kernel.set_enabled(previous)
+            try:
+                model.zero_grad(set_to_none=True)
+                task.loss(model, batch, None)[0].backward()
+            finally:
+                peephole_kernel.set_enabled(previous)
         return run
 
     if progress:

@@ -46,7 +46,7 @@ one thread).
 Two implementations of the two loops, the same buffers and formulas: for float64 cells on
 the CPU with at most ``peephole_kernel.MAX_WEIGHTS`` weights, the C++ loops of
 :mod:`~distlstm.models.peephole_kernel`, which run the batch in blocks of columns with
-all steps of a block in cache (full-batch evaluation 122 → about 75 ms, BENCHMARKS.md);
+all steps of a block in cache (full-batch evaluation 121 → 75 ms, BENCHMARKS.md);
 otherwise, or where no C++ compiler is found, the ATen loops below (``_forward_loop``,
 ``_backward_loop``), one op per line over the whole batch, whose GEMMs BLAS runs well for
 large cells.
@@ -102,7 +102,7 @@ class _PeepholeSequence(torch.autograd.Function):
         gates = weight.shape[0] // n  # G: 4 with the forget gate, 3 without
         inputs = weight.shape[1] - n  # x's features, plus a row of ones for the bias
         order, active = _sort_by_length(lengths, steps, batch)
-        kernel = peephole_kernel.load() if peephole_kernel.applies(weight) else None
+        kernel = peephole_kernel.load() if peephole_kernel.applies(weight, x, peep) else None
         # z_t = [1; x_t; h_{t-1}] in slot t (h_T in the last): every step's GEMM operand, and
         # what the backward's ∇W += δa_t z_tᵀ reads.
         z = _buffer("z", (steps + 1, inputs + n, batch), x)
@@ -119,7 +119,8 @@ class _PeepholeSequence(torch.autograd.Function):
         tcs = _buffer("tcs", (steps, n, batch), x)  # s_t = σ(C_t) = σ(−2 c_t): tanh c_t = 1 − 2 s_t
         p_in, p_o = -0.5 * peep[: gates - 2].unsqueeze(-1), -0.5 * peep[gates - 2].unsqueeze(-1)  # p ⊙ c = −½p ⊙ C
         if kernel is not None:
-            kernel.forward(x, order, weight.contiguous(), p_in, p_o, z, acts, cs, tcs, torch.tensor(active))
+            kernel.forward(x, order, weight.contiguous(), p_in, p_o, z, acts, cs, tcs,
+                           torch.tensor(active, dtype=torch.int64))
         else:
             _forward_loop(x, order, weight, p_in, p_o, z, acts, cs, tcs, active)
         ctx.save_for_backward(z, acts, cs, tcs, weight, peep, order)
@@ -161,17 +162,17 @@ class _PeepholeSequence(torch.autograd.Function):
             dys = _columns(dy, order, out=_buffer("dy", (steps, n, batch), dy))
         elif not dy.is_contiguous():  # e.g. the gradient of y's (B, T, n) view: a 2-D transpose, ATen's blocked copy
             dys = _buffer("dy", (steps, n, batch), dy).view(-1, batch).copy_(dy.reshape(-1, batch)).view_as(dy)
-        dweight = torch.zeros_like(weight)
+        dweight = torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device)
         w_x = (weight[:, inputs - ctx.features : inputs] * half).t().contiguous() if ctx.needs_input_grad[0] else None
         dx = acts.new_zeros(steps, ctx.features, batch) if w_x is not None else None
         if order is None:
             dh, dc = (t.clone(memory_format=torch.contiguous_format) for t in (dh_n, dc_n))
         else:
             dh, dc = dh_n.index_select(1, order), dc_n.index_select(1, order)
-        if ctx.kernel is not None:
+        if ctx.kernel is not None:  # the forward's choice: the ATen backward reads z where the kernel wrote none
             dpeep_sum = torch.zeros(gates - 1, n, dtype=weight.dtype)
-            ctx.kernel.backward(z, acts, cs, tcs, w_h, w_x, p_in.contiguous(), p_o, dys, dh, dc, dweight, dpeep_sum,
-                                dx, torch.tensor(active))
+            ctx.kernel.backward(z, acts, cs, tcs, w_h, w_x, p_in.contiguous(), p_o.contiguous(), dys, dh, dc, dweight,
+                                dpeep_sum, dx, torch.tensor(active, dtype=torch.int64))
         else:
             dpeep_sum = _backward_loop(z, acts, cs, tcs, w_h, w_x, p_in, p_o, dys, dh, dc, dweight, dx, active)
         dweight.mul_(half)
@@ -231,7 +232,7 @@ def _backward_loop(z: Tensor, acts: Tensor, cs: Tensor, tcs: Tensor, w_h: Tensor
     # the end over δa kept for every step, which reads and writes ∇W once, not T times.
     per_step = rows * cols <= (rows + cols) * batch
     da = None if per_step else _buffer("da", (rows, steps, batch), acts)
-    if da is not None and active[-1] < batch:
+    if da is not None and steps and active[-1] < batch:
         da.zero_()  # finished columns' δa stay zero in the one product
     d_full = _buffer("d", (gates, n, batch), acts)  # δa_t
     products = _buffer("products", (n, batch), acts)

@@ -5,8 +5,10 @@
 // What changes is the loop order: the ATen loops run step by step over the whole batch,
 // each op a pass over (n × B) values, so every step streams its working set through the
 // caches some twenty times. Here the batch is cut into blocks of bw columns and each
-// block runs all its steps with its gates, state and gradients in L1; the buffers the
-// backward reads (gates, C_t, s_t, z_t) are written once and read once.
+// block runs all its steps with its gates, state and gradients in cache; the buffers the
+// backward reads (gates, C_t, s_t, z_t) are written once and read once. Blocks are
+// independent (each keeps its own ∇W and peephole sums, added in block order), so they
+// run on several threads with the same result.
 //
 // Layouts (batch innermost, "feature-major", row-major C arrays):
 //   z     (T + 1, K, B)   [1; x_t; h_{t-1}] in slot t; K = inputs + n
@@ -15,10 +17,12 @@
 //   tcs   (T, n, B)       s_t = σ(C_t)
 //   active (T,)           columns still running at step t (columns sorted by decreasing length)
 //
-// Only float64. Built by peephole_kernel.py with the host compiler; no torch headers.
+// Only float64; shapes and types are checked by peephole_kernel.py, which builds this with
+// the host compiler (no torch headers). An allocation failure here ends the process.
 
 #include <cstdint>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -48,7 +52,7 @@ inline double sigmoid(double a) {
     const double P = r * ((1.26177193074810590878e-4 * rr + 3.02994407707441961300e-2) * rr + 9.99999999999999999910e-1);
     const double Q = ((3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr + 2.27265548208155028766e-1)
                      * rr + 2.00000000000000000009e0;
-    const int64_t scale_bits = (kbits - 0x4338000000000000LL + 1023) << 52;  // 2^k
+    const uint64_t scale_bits = static_cast<uint64_t>(kbits - 0x4338000000000000LL + 1023) << 52;  // 2^k
     double scale;
     std::memcpy(&scale, &scale_bits, sizeof scale);
     const double den = Q - P;
@@ -78,33 +82,33 @@ inline vec load_first(const double* p, int64_t lanes) {  // the first `lanes` (<
 }
 
 // Y[m][j] = Σ_k A[m][k] X[k][j] for j < kb: A (M × Kd, row stride lda), X's rows ldx apart,
-// Y's rows ldy apart. X is read in whole vectors, up to 7 values past column kb of each row
-// (the callers' buffers extend that far; those lanes of Y are not written). The block's small products
-// (W z_t, W_hhᵀ δa_t, W_xᵀ δa_t).
+// Y's rows ldy apart. The block's small products (W z_t, W_hhᵀ δa_t, W_xᵀ δa_t).
 inline void product(int64_t M, int64_t Kd, const double* A, int64_t lda, const double* X, int64_t ldx, double* Y,
                     int64_t ldy, int64_t kb) {
     for (int64_t j = 0; j < kb; j += V) {
+        const int64_t lanes = kb - j;  // the last chunk reads only its own values: z's last row ends there
         int64_t m = 0;
         for (; m + 4 <= M; m += 4) {  // four rows at once: four independent chains of additions
             const double* am = A + m * lda;
             vec acc0 = {}, acc1 = {}, acc2 = {}, acc3 = {};
             for (int64_t k = 0; k < Kd; ++k) {
-                const vec xk = load(X + k * ldx + j);
+                const vec xk = lanes >= V ? load(X + k * ldx + j) : load_first(X + k * ldx + j, lanes);
                 acc0 += am[k] * xk;
                 acc1 += am[lda + k] * xk;
                 acc2 += am[2 * lda + k] * xk;
                 acc3 += am[3 * lda + k] * xk;
             }
-            store(Y + m * ldy + j, acc0, kb - j);
-            store(Y + (m + 1) * ldy + j, acc1, kb - j);
-            store(Y + (m + 2) * ldy + j, acc2, kb - j);
-            store(Y + (m + 3) * ldy + j, acc3, kb - j);
+            store(Y + m * ldy + j, acc0, lanes);
+            store(Y + (m + 1) * ldy + j, acc1, lanes);
+            store(Y + (m + 2) * ldy + j, acc2, lanes);
+            store(Y + (m + 3) * ldy + j, acc3, lanes);
         }
         for (; m < M; ++m) {
             const double* am = A + m * lda;
             vec acc = {};
-            for (int64_t k = 0; k < Kd; ++k) acc += am[k] * load(X + k * ldx + j);
-            store(Y + m * ldy + j, acc, kb - j);
+            for (int64_t k = 0; k < Kd; ++k)
+                acc += am[k] * (lanes >= V ? load(X + k * ldx + j) : load_first(X + k * ldx + j, lanes));
+            store(Y + m * ldy + j, acc, lanes);
         }
     }
 }
@@ -136,6 +140,29 @@ inline void add_outer(int64_t R, int64_t K, const double* D, int64_t ldd, const 
     }
 }
 
+// body(b) for the blocks b = 0 .. blocks − 1 on up to `threads` threads, block b on thread b mod
+// threads (thread 0 is the caller's). Blocks write disjoint columns, so no locks; a thread that
+// cannot be started leaves its blocks to the caller.
+template <class Body>
+void for_blocks(int64_t blocks, int64_t threads, const Body& body) {
+    threads = threads < 1 ? 1 : (threads > blocks ? blocks : threads);
+    const auto share = [&](int64_t first) {
+        for (int64_t b = first; b < blocks; b += threads) body(b);
+    };
+    std::vector<std::thread> pool;
+    std::vector<int64_t> orphaned;
+    for (int64_t i = 1; i < threads; ++i) {
+        try {
+            pool.emplace_back(share, i);
+        } catch (...) {
+            orphaned.push_back(i);
+        }
+    }
+    share(0);
+    for (const int64_t i : orphaned) share(i);
+    for (auto& thread : pool) thread.join();
+}
+
 }  // namespace
 
 extern "C" {
@@ -149,12 +176,13 @@ extern "C" {
 void distlstm_peephole_forward(int64_t T, int64_t B, int64_t G, int64_t n, int64_t K, int64_t F,
                                const double* x, int64_t sx_b, int64_t sx_t, int64_t sx_f, const int64_t* order,
                                const double* W, const double* p_in, const double* p_o,
-                               double* z, double* acts, double* cs, double* tcs, const int64_t* active) {
+                               double* z, double* acts, double* cs, double* tcs, const int64_t* active,
+                               int64_t threads) {
     const int64_t R = G * n, inputs = K - n, bw = block_width(R);
-    std::vector<double> a_buf(R * bw);  // the block's a_t
-    double* a = a_buf.data();
-    for (int64_t j0 = 0; j0 < B; j0 += bw) {
-        const int64_t width = B - j0 < bw ? B - j0 : bw;
+    for_blocks((B + bw - 1) / bw, threads, [&](int64_t block) {
+        std::vector<double> a_buf(R * bw);  // the block's a_t
+        double* a = a_buf.data();
+        const int64_t j0 = block * bw, width = B - j0 < bw ? B - j0 : bw;
         for (int64_t t = 0; t < T; ++t) {
             const int64_t kb = running(active, t, j0, bw);
             double* h_next = z + ((t + 1) * K + inputs) * B + j0;
@@ -212,7 +240,7 @@ void distlstm_peephole_forward(int64_t T, int64_t B, int64_t G, int64_t n, int64
                 }
             }
         }
-    }
+    });
 }
 
 // The backward loop. dh, dc (n, B) hold δh_T, δc_T on entry and δh_0, δc_0 on return; dys
@@ -225,15 +253,19 @@ void distlstm_peephole_backward(int64_t T, int64_t B, int64_t G, int64_t n, int6
                                 const double* z, const double* acts, const double* cs, const double* tcs,
                                 const double* w_h, const double* w_x, const double* p_in, const double* p_o,
                                 const double* dys, double* dh, double* dc, double* dweight, double* dpeep,
-                                double* dx, const int64_t* active) {
-    const int64_t R = G * n, bw = block_width(R);
-    // the block's δa_t, δh, δc; ∇W and the peephole sums
-    std::vector<double> d_buf(R * bw), dh_buf(n * bw), dc_buf(n * bw), dw_buf(R * K), dp_buf((G - 1) * n);
-    double* d = d_buf.data();
-    double* dhl = dh_buf.data();
-    double* dcl = dc_buf.data();
-    for (int64_t j0 = 0; j0 < B; j0 += bw) {
-        const int64_t width = B - j0 < bw ? B - j0 : bw;
+                                double* dx, const int64_t* active, int64_t threads) {
+    const int64_t R = G * n, bw = block_width(R), blocks = (B + bw - 1) / bw, P = (G - 1) * n;
+    // every block's own ∇W and peephole sums, added in block order at the end: the same numbers
+    // whatever the thread count
+    std::vector<double> dw_blocks(blocks * R * K), dp_blocks(blocks * P);
+    for_blocks(blocks, threads, [&](int64_t block) {
+        std::vector<double> d_buf(R * bw), dh_buf(n * bw), dc_buf(n * bw);  // the block's δa_t, δh, δc
+        double* d = d_buf.data();
+        double* dhl = dh_buf.data();
+        double* dcl = dc_buf.data();
+        double* dw_buf = dw_blocks.data() + block * R * K;
+        double* dp_buf = dp_blocks.data() + block * P;
+        const int64_t j0 = block * bw, width = B - j0 < bw ? B - j0 : bw;
         for (int64_t u = 0; u < n; ++u) {
             std::memcpy(dhl + u * bw, dh + u * B + j0, width * sizeof(double));
             std::memcpy(dcl + u * bw, dc + u * B + j0, width * sizeof(double));
@@ -297,7 +329,7 @@ void distlstm_peephole_backward(int64_t T, int64_t B, int64_t G, int64_t n, int6
                 if (G == 4) dp_buf[n + u] += sum_f;
                 dp_buf[(G - 2) * n + u] += sum_o;
             }
-            add_outer(R, K, d, bw, z + t * K * B + j0, B, dw_buf.data(), kb);  // ∇W += δa_t z_tᵀ
+            add_outer(R, K, d, bw, z + t * K * B + j0, B, dw_buf, kb);  // ∇W += δa_t z_tᵀ
             if (w_x) product(F, R, w_x, R, d, bw, dx + t * F * B + j0, B, kb);  // δx_t = W_xᵀ δa_t
             product(n, R, w_h, R, d, bw, dhl, bw, kb);  // δh_{t-1} = W_hhᵀ δa_t
         }
@@ -305,9 +337,11 @@ void distlstm_peephole_backward(int64_t T, int64_t B, int64_t G, int64_t n, int6
             std::memcpy(dh + u * B + j0, dhl + u * bw, width * sizeof(double));
             std::memcpy(dc + u * B + j0, dcl + u * bw, width * sizeof(double));
         }
+    });
+    for (int64_t b = 0; b < blocks; ++b) {
+        for (int64_t i = 0; i < R * K; ++i) dweight[i] += dw_blocks[b * R * K + i];
+        for (int64_t i = 0; i < P; ++i) dpeep[i] += dp_blocks[b * P + i];
     }
-    for (int64_t i = 0; i < R * K; ++i) dweight[i] += dw_buf[i];
-    for (int64_t i = 0; i < (G - 1) * n; ++i) dpeep[i] += dp_buf[i];
 }
 
 // σ of n values, for the tests: the kernel's sigmoid against torch.sigmoid.

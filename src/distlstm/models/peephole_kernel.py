@@ -4,17 +4,20 @@
 over the whole batch, one ATen op per line; for the matrix-batch network (n = 4, 10,000
 sequences) each op is a pass over a few hundred kilobytes, twenty passes per step.
 ``peephole_kernel.cpp`` runs the same formulas on the same buffers, but block by block
-of 64 sequences, all steps of a block with its state in L1 (measured in BENCHMARKS.md,
-"full-batch evaluation").
+of 128–512 sequences, all steps of a block with its state in cache, the blocks spread
+over ``torch.get_num_threads()`` threads (measured in BENCHMARKS.md, "One full-batch
+evaluation").
 
 The source is compiled once per machine with the host C++ compiler (``$CXX``, else
 ``g++``, ``c++`` or ``clang++``) into ``$DISTLSTM_CACHE`` (default
 ``~/.cache/distlstm``), under a name that hashes the source, the flags, the compiler
 and the CPU, so a changed kernel or machine builds anew; processes that build at the
 same time each write their own file and rename it into place. It includes no torch
-header: a build takes about a second. Where no compiler works, or with
-``DISTLSTM_NATIVE=0``, :func:`load` returns None and the ATen loops run (the same
-numbers to rounding, about 2× slower there).
+header: a build takes about a second. A cache folder that others may write to is not
+used (a library planted there would run in this process): the build then goes to a
+private temporary folder. Where no compiler works, or with ``DISTLSTM_NATIVE=0``,
+:func:`load` returns None and the ATen loops run (the same numbers to rounding, about
+1.6× slower on the full-batch evaluation).
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 import warnings
@@ -35,10 +40,11 @@ import torch
 from torch import Tensor
 
 SOURCE = "peephole_kernel.cpp"
-FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC")
+FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-std=c++17", "-pthread", "-shared", "-fPIC")
 #: Cells with more weights than this run the ATen loops: their per-step GEMMs are large enough
 #: for BLAS to beat the kernel's plain loops, and the per-op overhead the kernel saves is small.
 MAX_WEIGHTS = 16384
+COMPILE_TIMEOUT_S = 300
 
 _enabled = os.environ.get("DISTLSTM_NATIVE", "1") != "0"
 
@@ -50,16 +56,26 @@ def set_enabled(enabled: bool) -> bool:
     return previous
 
 
-def applies(weight: Tensor) -> bool:
-    """Whether the kernel runs a layer with this (G·n, K) folded weight: float64 on the CPU, a small cell, built."""
-    return (_enabled and weight.device.type == "cpu" and weight.dtype == torch.float64
-            and weight.numel() <= MAX_WEIGHTS and load() is not None)
+def applies(weight: Tensor, *tensors: Tensor) -> bool:
+    """Whether the kernel runs a layer with this (G·n, K) folded weight (and these inputs): all float64 on the
+    CPU, a cell of at most :data:`MAX_WEIGHTS` weights, the kernel enabled and built."""
+    return (_enabled and weight.numel() <= MAX_WEIGHTS
+            and all(t.device.type == "cpu" and t.dtype == torch.float64 for t in (weight, *tensors))
+            and load() is not None)
 
 
-def _compiler() -> str | None:
-    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
-        if name and shutil.which(name):
-            return name
+def _compiler() -> list[str] | None:
+    """The compiler's command (``$CXX`` may carry a launcher, e.g. ``ccache g++``), or None."""
+    given = os.environ.get("CXX")
+    if given:
+        command = shlex.split(given)
+        if command and shutil.which(command[0]):
+            return command
+        warnings.warn(f"distlstm: $CXX={given!r} is not an executable; trying g++, c++, clang++", RuntimeWarning,
+                      stacklevel=3)
+    for name in ("g++", "c++", "clang++"):
+        if shutil.which(name):
+            return [name]
     return None
 
 
@@ -79,46 +95,63 @@ def _cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
+def _private(directory: Path) -> bool:
+    """Whether only this user can write ``directory`` (owned by us, not group- or world-writable)."""
+    info = directory.stat()
+    return info.st_uid == os.getuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
 def build(directory: Path | None = None) -> Path:
     """Compile the kernel (unless an identical build is there) and return the shared library's path.
 
     Raises:
-        RuntimeError: no C++ compiler found, or the compiler failed (its output is in the message).
+        RuntimeError: no C++ compiler found, the compiler failed or timed out (its output is in the message).
+        PermissionError: ``directory`` is writable by other users.
+        OSError: ``directory`` cannot be created or written.
     """
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C++ compiler found (set $CXX, or install g++)")
     source = resources.files("distlstm.models").joinpath(SOURCE).read_bytes()
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
+    try:
+        version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, check=False,
+                                 timeout=60).stdout
+    except subprocess.TimeoutExpired as error:
+        raise RuntimeError(f"{shlex.join(compiler)} --version did not answer in 60 s") from error
     key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(),
                                      _cpu_signature().encode()])).hexdigest()[:16]
     directory = directory or _cache_dir()
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not _private(directory):
+        raise PermissionError(f"{directory} is writable by other users: a library there could be replaced")
     target = directory / f"peephole-{key}.so"
     if target.exists():
         return target
-    directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory) as work:
         src = Path(work) / SOURCE
         src.write_bytes(source)
         out = Path(work) / target.name
-        done = subprocess.run([compiler, *FLAGS, "-o", str(out), str(src)], capture_output=True, text=True,
-                              check=False)
+        try:
+            done = subprocess.run([*compiler, *FLAGS, "-o", str(out), str(src)], capture_output=True, text=True,
+                                  check=False, timeout=COMPILE_TIMEOUT_S)
+        except subprocess.TimeoutExpired as error:
+            raise RuntimeError(f"{shlex.join(compiler)} did not finish {SOURCE} in {COMPILE_TIMEOUT_S} s") from error
         if done.returncode != 0:
-            raise RuntimeError(f"{compiler} failed to build {SOURCE}:\n{done.stderr.strip()}")
+            raise RuntimeError(f"{shlex.join(compiler)} failed to build {SOURCE}:\n{done.stderr.strip()}")
         os.replace(out, target)  # atomic: a concurrent build of the same source writes the same bytes
     return target
 
 
 class Kernel:
-    """The two loops of ``peephole_kernel.cpp``, called on contiguous float64 CPU tensors."""
+    """The two loops of ``peephole_kernel.cpp``, called on contiguous float64 CPU tensors of checked shapes."""
 
     def __init__(self, library: ctypes.CDLL) -> None:
         i64, ptr = ctypes.c_int64, ctypes.c_void_p
         self._forward = library.distlstm_peephole_forward
-        self._forward.argtypes = [i64] * 6 + [ptr] + [i64] * 3 + [ptr] * 9
+        self._forward.argtypes = [i64] * 6 + [ptr] + [i64] * 3 + [ptr] * 9 + [i64]
         self._forward.restype = None
         self._backward = library.distlstm_peephole_backward
-        self._backward.argtypes = [i64] * 6 + [ptr] * 15
+        self._backward.argtypes = [i64] * 6 + [ptr] * 15 + [i64]
         self._backward.restype = None
         self._sigmoid = library.distlstm_sigmoid
         self._sigmoid.argtypes = [i64, ptr, ptr]
@@ -129,30 +162,47 @@ class Kernel:
         """Copy x (T, F, B), any strides, column j from ``x[..., order[j]]``, into z; fill ``acts``, ``cs[1:]``,
         ``tcs`` and the h rows of ``z[1:]`` (see the C++ comment)."""
         steps, gates, n, batch = acts.shape
-        if x.dtype != torch.float64 or x.device.type != "cpu" or x.shape != (steps, x.shape[1], batch):
-            raise ValueError(f"peephole kernel: expected a float64 CPU x of shape (T, F, B), got {x.dtype} "
-                             f"{tuple(x.shape)} on {x.device}")
-        _check(W, p_in, p_o, z, acts, cs, tcs, active, *(() if order is None else (order,)))
+        features, K = x.shape[1], z.shape[1]
+        _expect(x, (steps, features, batch), contiguous=False)
+        _expect(W, (gates * n, K))
+        _expect(p_in, ((gates - 2) * n,))
+        _expect(p_o, (n,))
+        for t, shape in ((z, (steps + 1, K, batch)), (cs, (steps + 1, n, batch)), (tcs, (steps, n, batch)),
+                         (acts, (steps, gates, n, batch))):
+            _expect(t, shape)
+        _expect_index(active, steps)
+        if order is not None:
+            _expect_index(order, batch)
         s_t, s_f, s_b = x.stride()
-        self._forward(steps, batch, gates, n, z.shape[1], x.shape[1], x.data_ptr(), s_b, s_t, s_f, _ptr(order),
-                      *(_ptr(t) for t in (W, p_in, p_o, z, acts, cs, tcs, active)))
+        self._forward(steps, batch, gates, n, K, features, x.data_ptr(), s_b, s_t, s_f, _ptr(order),
+                      *(_ptr(t) for t in (W, p_in, p_o, z, acts, cs, tcs, active)), torch.get_num_threads())
 
     def backward(self, z: Tensor, acts: Tensor, cs: Tensor, tcs: Tensor, w_h: Tensor, w_x: Tensor | None,
                  p_in: Tensor, p_o: Tensor, dys: Tensor | None, dh: Tensor, dc: Tensor, dweight: Tensor,
                  dpeep: Tensor, dx: Tensor | None, active: Tensor) -> None:
         """Turn δh_T, δc_T (in ``dh``, ``dc``) into δh_0, δc_0 and add ∇W, the peephole sums and δx."""
         steps, gates, n, batch = acts.shape
+        K, R = z.shape[1], gates * n
         features = 0 if dx is None else dx.shape[1]
-        _check(z, acts, cs, tcs, w_h, p_in, p_o, dh, dc, dweight, dpeep, active,
-               *(t for t in (w_x, dys, dx) if t is not None))
-        self._backward(steps, batch, gates, n, z.shape[1], features,
+        for t, shape in ((z, (steps + 1, K, batch)), (cs, (steps + 1, n, batch)), (tcs, (steps, n, batch)),
+                         (acts, (steps, gates, n, batch)), (w_h, (n, R)), (p_in, ((gates - 2) * n,)), (p_o, (n,)),
+                         (dh, (n, batch)), (dc, (n, batch)), (dweight, (R, K)), (dpeep, (gates - 1, n))):
+            _expect(t, shape)
+        if dys is not None:
+            _expect(dys, (steps, n, batch))
+        if (w_x is None) != (dx is None):
+            raise ValueError("peephole kernel: w_x and dx go together")
+        if w_x is not None and dx is not None:
+            _expect(w_x, (features, R))
+            _expect(dx, (steps, features, batch))
+        _expect_index(active, steps)
+        self._backward(steps, batch, gates, n, K, features,
                        *(_ptr(t) for t in (z, acts, cs, tcs, w_h, w_x, p_in, p_o, dys, dh, dc, dweight, dpeep, dx,
-                                           active)))
-
+                                           active)), torch.get_num_threads())
 
     def sigmoid(self, a: Tensor) -> Tensor:
         """σ(a) as the kernel computes it, for a contiguous float64 CPU ``a``."""
-        _check(a)
+        _expect(a, tuple(a.shape))
         out = torch.empty_like(a)
         self._sigmoid(a.numel(), a.data_ptr(), out.data_ptr())
         return out
@@ -162,26 +212,54 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _check(*tensors: Tensor) -> None:
-    for t in tensors:
-        if not t.is_contiguous() or t.device.type != "cpu" or t.dtype not in (torch.float64, torch.int64):
-            raise ValueError(f"peephole kernel: expected contiguous float64/int64 CPU tensors, got {t.dtype} "
-                             f"{tuple(t.shape)} on {t.device}, contiguous={t.is_contiguous()}")
+def _expect(t: Tensor, shape: tuple[int, ...], contiguous: bool = True) -> None:
+    """A float64 CPU tensor of ``shape`` (numel-equal views accepted), contiguous unless told: else ValueError."""
+    fits = t.numel() == _numel(shape) and (t.shape == shape or len(shape) == 1)
+    if not fits or t.dtype != torch.float64 or t.device.type != "cpu" or (contiguous and not t.is_contiguous()):
+        raise ValueError(f"peephole kernel: expected a {'contiguous ' if contiguous else ''}float64 CPU tensor of "
+                         f"shape {shape}, got {t.dtype} {tuple(t.shape)} on {t.device} "
+                         f"(contiguous: {t.is_contiguous()})")
+
+
+def _expect_index(t: Tensor, length: int) -> None:
+    if t.dtype != torch.int64 or t.device.type != "cpu" or not t.is_contiguous() or t.shape != (length,):
+        raise ValueError(f"peephole kernel: expected a contiguous int64 CPU index of length {length}, got {t.dtype} "
+                         f"{tuple(t.shape)} on {t.device}")
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def _open(directory: Path | None) -> Kernel:
+    return Kernel(ctypes.CDLL(str(build(directory))))
 
 
 @cache
 def load() -> Kernel | None:
-    """The built kernel, or None (with one warning saying why) where it cannot be built."""
+    """The built kernel, or None (with one warning saying why) where it cannot be built or loaded.
+
+    An unwritable or shared cache folder gets a build in a private temporary folder, removed
+    once the library is loaded (the mapping stays valid).
+    """
     if os.environ.get("DISTLSTM_NATIVE", "1") == "0":
         return None
     try:
-        path = build()
-    except (RuntimeError, OSError) as error:
-        try:  # an unwritable cache: build into a private temporary folder for this process
-            path = build(Path(tempfile.mkdtemp(prefix="distlstm-kernel-")))
-        except (RuntimeError, OSError):
-            warnings.warn(f"distlstm: the C++ peephole kernel is not available ({error}); the peephole "
-                          "layers run ATen loops instead (same numbers, slower). DISTLSTM_NATIVE=0 silences this.",
-                          RuntimeWarning, stacklevel=2)
-            return None
-    return Kernel(ctypes.CDLL(str(path)))
+        return _open(None)
+    except OSError as first:  # PermissionError included: build privately, for this process
+        private = Path(tempfile.mkdtemp(prefix="distlstm-kernel-"))
+        try:
+            return _open(private)
+        except (RuntimeError, OSError) as second:
+            reason = f"{first}; then, in a private folder: {second}"
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
+    except RuntimeError as error:
+        reason = str(error)
+    warnings.warn(f"distlstm: the C++ peephole kernel is not available ({reason}); the peephole layers run "
+                  "ATen loops instead (same numbers, slower). DISTLSTM_NATIVE=0 silences this.",
+                  RuntimeWarning, stacklevel=2)
+    return None
