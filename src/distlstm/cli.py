@@ -34,6 +34,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     import networkx
     import numpy
 
+    from distlstm.models import peephole_kernel
     from distlstm.runtime.dist import available_backends
 
     backends = available_backends()
@@ -52,6 +53,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "distributed_available": bool(backends),
         "distributed_backends": [name for name, ok in backends.items() if ok],
         "default_backend": "nccl" if torch.cuda.is_available() and backends.get("nccl") else "gloo",
+        "peephole_loops": peephole_kernel.status(),  # small float64 peephole layers: C++ or ATen loops
     }
     if args.json:
         print(json.dumps(info, indent=2))

@@ -298,3 +298,22 @@ def test_kernel_rejects_wrong_shapes_and_types():
                       ("tcs", torch.zeros(batch, n, steps, dtype=D).transpose(0, 2))):
         with pytest.raises(ValueError, match="peephole kernel: expected"):
             kernel.forward(**{**args, name: bad})
+
+
+def test_status_says_which_loops_and_why(tmp_path, monkeypatch):
+    """distlstm info's line: the library's path when built, the switch when off, the reason when unavailable."""
+    if peephole_kernel._compiler() is not None:
+        assert peephole_kernel.status() == f"C++ loops ({peephole_kernel._found})"
+        assert peephole_kernel._found.endswith(".so")
+    previous = peephole_kernel.set_enabled(False)
+    try:
+        assert peephole_kernel.status() == "ATen loops (DISTLSTM_NATIVE=0)"
+    finally:
+        peephole_kernel.set_enabled(previous)
+    monkeypatch.setenv("CXX", fake_compiler(tmp_path, "exit 1\n"))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no g++ either
+    peephole_kernel.load.cache_clear()
+    try:
+        assert peephole_kernel.status().startswith("ATen loops (the C++ kernel is not available: ")
+    finally:
+        peephole_kernel.load.cache_clear()

@@ -234,8 +234,26 @@ def _numel(shape: tuple[int, ...]) -> int:
     return count
 
 
+#: What :func:`load` found: the library's path, or why there is none (for ``distlstm info``).
+_found = ""
+
+
 def _open(directory: Path | None) -> Kernel:
-    return Kernel(ctypes.CDLL(str(build(directory))))
+    global _found
+    path = build(directory)
+    kernel = Kernel(ctypes.CDLL(str(path)))
+    _found = str(path)
+    return kernel
+
+
+def status() -> str:
+    """A line for ``distlstm info``: which loops small peephole layers run, and where the library is or why not."""
+    if not _enabled or os.environ.get("DISTLSTM_NATIVE", "1") == "0":
+        return "ATen loops (DISTLSTM_NATIVE=0)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        kernel = load()
+    return f"C++ loops ({_found})" if kernel is not None else f"ATen loops ({_found})"
 
 
 @cache
@@ -259,6 +277,8 @@ def load() -> Kernel | None:
             shutil.rmtree(private, ignore_errors=True)
     except RuntimeError as error:
         reason = str(error)
+    global _found
+    _found = f"the C++ kernel is not available: {reason}"
     warnings.warn(f"distlstm: the C++ peephole kernel is not available ({reason}); the peephole layers run "
                   "ATen loops instead (same numbers, slower). DISTLSTM_NATIVE=0 silences this.",
                   RuntimeWarning, stacklevel=2)
