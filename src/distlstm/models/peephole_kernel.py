@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shlex
@@ -214,7 +215,7 @@ def _ptr(t: Tensor | None) -> int | None:
 
 def _expect(t: Tensor, shape: tuple[int, ...], contiguous: bool = True) -> None:
     """A float64 CPU tensor of ``shape`` (numel-equal views accepted), contiguous unless told: else ValueError."""
-    fits = t.numel() == _numel(shape) and (t.shape == shape or len(shape) == 1)
+    fits = t.numel() == math.prod(shape) and (t.shape == shape or len(shape) == 1)
     if not fits or t.dtype != torch.float64 or t.device.type != "cpu" or (contiguous and not t.is_contiguous()):
         raise ValueError(f"peephole kernel: expected a {'contiguous ' if contiguous else ''}float64 CPU tensor of "
                          f"shape {shape}, got {t.dtype} {tuple(t.shape)} on {t.device} "
@@ -225,13 +226,6 @@ def _expect_index(t: Tensor, length: int) -> None:
     if t.dtype != torch.int64 or t.device.type != "cpu" or not t.is_contiguous() or t.shape != (length,):
         raise ValueError(f"peephole kernel: expected a contiguous int64 CPU index of length {length}, got {t.dtype} "
                          f"{tuple(t.shape)} on {t.device}")
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
 
 
 #: What :func:`load` found: the library's path, or why there is none (for ``distlstm info``).
