@@ -28,9 +28,8 @@ def loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ob
         pytest.skip("the C++ kernel is not built here (no compiler: see test_peephole_kernel.py)")
     buffer = peephole_fused._buffer
     monkeypatch.setattr(peephole_fused, "_buffer", lambda *args: buffer(*args).fill_(float("nan")))
-    previous = peephole_kernel.set_enabled(request.param == "kernel")
-    yield request.param
-    peephole_kernel.set_enabled(previous)
+    with peephole_kernel.native(request.param == "kernel"):
+        yield request.param
 
 
 def twins(**options: object) -> tuple[distlstm.LSTM, distlstm.LSTM]:

@@ -43,8 +43,7 @@ def both_loops(x, h0, c0, w, p, lengths, has_bias=True, outputs=True):
     """Outputs, final state and the gradients of a loss on all three, on the kernel and on the ATen loops."""
     results = []
     for native in (True, False):
-        previous = peephole_kernel.set_enabled(native)
-        try:
+        with peephole_kernel.native(native):
             leaves = [t.clone().requires_grad_() for t in (x, h0, c0, w, p)]
             y, h, c = peephole_sequence(*leaves, has_bias=has_bias, lengths=lengths, outputs=outputs)
             gen = torch.Generator().manual_seed(99)
@@ -52,8 +51,6 @@ def both_loops(x, h0, c0, w, p, lengths, has_bias=True, outputs=True):
             if outputs:
                 loss = loss + (y * torch.randn(y.shape, generator=gen, dtype=D)).sum()
             results.append([y, h, c, *torch.autograd.grad(loss, leaves)])
-        finally:
-            peephole_kernel.set_enabled(previous)
     return results
 
 
@@ -157,11 +154,8 @@ def test_kernel_sigmoid_against_torch():
 def test_where_the_kernel_applies():
     """float64 CPU cells up to MAX_WEIGHTS weights; float32, bigger cells and a disabled kernel run the ATen loops."""
     small = torch.zeros(12, 7, dtype=D)
-    previous = peephole_kernel.set_enabled(False)
-    try:
+    with peephole_kernel.native(False):
         assert not peephole_kernel.applies(small)
-    finally:
-        peephole_kernel.set_enabled(previous)
     assert not peephole_kernel.applies(small.float())
     assert not peephole_kernel.applies(torch.zeros(peephole_kernel.MAX_WEIGHTS + 1, 1, dtype=D))
 
@@ -178,11 +172,8 @@ def test_the_kernel_path_runs_the_kernel(monkeypatch):
     x, h0, c0 = torch.randn(3, 2, 5, dtype=D), torch.zeros(2, 5, dtype=D), torch.zeros(2, 5, dtype=D)
     w, p = torch.randn(6, 5, dtype=D, requires_grad=True), torch.randn(2, 2, dtype=D)
     for native in (True, False):
-        previous = peephole_kernel.set_enabled(native)
-        try:
+        with peephole_kernel.native(native):
             peephole_sequence(x, h0, c0, w, p, True, None)[1].sum().backward()
-        finally:
-            peephole_kernel.set_enabled(previous)
     assert calls == ["forward", "backward"]
 
 
@@ -303,11 +294,8 @@ def test_status_says_which_loops_and_why(tmp_path, monkeypatch):
     if peephole_kernel._compiler() is not None:
         assert peephole_kernel.status() == f"C++ loops ({peephole_kernel._found})"
         assert peephole_kernel._found.endswith(".so")
-    previous = peephole_kernel.set_enabled(False)
-    try:
+    with peephole_kernel.native(False):
         assert peephole_kernel.status() == "ATen loops (DISTLSTM_NATIVE=0)"
-    finally:
-        peephole_kernel.set_enabled(previous)
     monkeypatch.setenv("CXX", fake_compiler(tmp_path, "exit 1\n"))
     monkeypatch.setenv("PATH", str(tmp_path))  # no g++ either
     peephole_kernel.load.cache_clear()

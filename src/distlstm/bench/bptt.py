@@ -126,12 +126,9 @@ def bench_fullbatch_evaluation(train_size: int = 10_000, min_len: int = 100, rep
 
     def evaluation(model: nn.Module, native: bool) -> Callable[[], None]:
         def run() -> None:
-            previous = peephole_kernel.set_enabled(native)
-            try:
+            with peephole_kernel.native(native):
                 model.zero_grad(set_to_none=True)
                 task.loss(model, batch, None)[0].backward()
-            finally:
-                peephole_kernel.set_enabled(previous)
         return run
 
     if progress:

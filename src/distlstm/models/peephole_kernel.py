@@ -33,6 +33,8 @@ import stat
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -50,11 +52,15 @@ COMPILE_TIMEOUT_S = 300
 _enabled = os.environ.get("DISTLSTM_NATIVE", "1") != "0"
 
 
-def set_enabled(enabled: bool) -> bool:
-    """Use the C++ loops where they apply (True, the default) or always the ATen loops; returns the previous setting."""
+@contextmanager
+def native(enabled: bool) -> Iterator[None]:
+    """Within the block, use the C++ loops where they apply (True, the default) or always the ATen loops."""
     global _enabled
     previous, _enabled = _enabled, bool(enabled)
-    return previous
+    try:
+        yield
+    finally:
+        _enabled = previous
 
 
 def applies(weight: Tensor, *tensors: Tensor) -> bool:
