@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -13,7 +13,14 @@ from scipy.optimize import minimize
 from distlstm.bptt.fullbatch import FullBatchObjective
 from distlstm.bptt.tasks import LongLagTask, mean_absolute_error
 from distlstm.cli import main
-from distlstm.experiments.matrix_batch import MatrixBatchConfig, aggregate, run, run_fullbatch, runs_from_folders
+from distlstm.experiments.matrix_batch import (
+    MatrixBatchConfig,
+    aggregate,
+    combine,
+    run,
+    run_fullbatch,
+    runs_from_folders,
+)
 from distlstm.modes import load_run
 
 KEYS = {"optimizer", "alpha", "runs", "successes", "median_seconds_to_success", "final_test_mae"}
@@ -131,3 +138,47 @@ def test_jobs_sets_the_runs_at_a_time(tmp_path, monkeypatch, flag, jobs):
     monkeypatch.setattr(matrix_batch, "run", lambda cfg, out, show_progress: seen.append(cfg) or [])
     assert main(["reproduce", "matrix-batch", "--out", str(tmp_path), "--no-progress", *flag]) == 0
     assert seen[0].jobs == (jobs or (os.cpu_count() or 1))
+
+
+def reproduction_folder(folder, cfg, runs):
+    """A finished reproduction as ``combine`` reads it: config.json and details.json (fake runs)."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(asdict(cfg)))
+    rows = [r | {"seconds": r["seconds_to_success"] or cfg.seconds, "samples": 1000,
+                 "status": "target reached" if r["success"] else "time budget used"} for r in runs]
+    (folder / "details.json").write_text(json.dumps({"runs": rows}))
+
+
+def test_combine_makes_one_table_from_several_reproductions(tmp_path):
+    """Runs made one optimizer at a time give the table one reproduction of all of them would."""
+    cfg = MatrixBatchConfig.preset(False, seeds=2)
+    lbfgs = [fake_run("lbfgs", 3.75, 0, 10.0, 0.009), fake_run("lbfgs", 3.75, 1, None, 0.02),
+             fake_run("lbfgs", 1.0, 0, 50.0, 0.0099)]
+    sgd = [fake_run("momentum", 3.75, 0, None, 0.17), fake_run("momentum", 3.75, 1, 300.0, 0.0098)]
+    reproduction_folder(tmp_path / "a", replace(cfg, optimizers=("lbfgs",)), lbfgs)
+    reproduction_folder(tmp_path / "b", replace(cfg, optimizers=("momentum",), alphas=(3.75,)), sgd)
+    rows = combine([tmp_path / "a", tmp_path / "b"], tmp_path / "all")
+    whole = aggregate(lbfgs + sgd, replace(cfg, optimizers=("lbfgs", "momentum")))
+    assert rows == [r for r in whole if r["runs"]]  # momentum at α 1 was not run: no row
+    assert [(r["optimizer"], r["alpha"], r["successes"], r["runs"]) for r in rows] == [
+        ("lbfgs", 3.75, 1, 2), ("momentum", 3.75, 1, 2), ("lbfgs", 1.0, 1, 1)]
+    assert json.loads((tmp_path / "all/summary.json").read_text()) == rows
+    report = (tmp_path / "all/report.md").read_text()
+    assert "| momentum SGD | 3.75 | 1 / 2 | 300 |" in report
+    assert "[`../a`](../a/report.md): L-BFGS at α = 3.75 (2 runs), L-BFGS at α = 1 (1 runs)" in report
+    assert "momentum SGD, α = 3.75, seed 1: 0.0098 (success after 300 s" in report
+
+
+def test_combine_refuses_other_protocols_and_repeated_runs(tmp_path):
+    cfg = MatrixBatchConfig.preset(False)
+    reproduction_folder(tmp_path / "a", cfg, [fake_run("lbfgs", 3.75, 0, 10.0, 0.009)])
+    reproduction_folder(tmp_path / "short", replace(cfg, seconds=60.0), [fake_run("cg", 3.75, 0, None, 0.1)])
+    reproduction_folder(tmp_path / "again", cfg, [fake_run("lbfgs", 3.75, 0, 12.0, 0.009)])
+    with pytest.raises(ValueError, match=r"another protocol.*seconds 60\.0 against 450\.0"):
+        combine([tmp_path / "a", tmp_path / "short"], tmp_path / "out")
+    with pytest.raises(ValueError, match=r"repeats the run \('lbfgs', 3.75, 0\)"):
+        combine([tmp_path / "a", tmp_path / "again"], tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match=r"no config\.json"):
+        combine([tmp_path / "a", tmp_path / "missing"], tmp_path / "out")
+    with pytest.raises(ValueError, match="at least one"):
+        combine([], tmp_path / "out")

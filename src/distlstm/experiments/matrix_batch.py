@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import statistics
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -195,6 +197,68 @@ def runs_from_folders(cfg: MatrixBatchConfig, out: Path) -> list[dict[str, Any]]
     return runs
 
 
+#: The settings every run of one table must share (the rest say which runs a reproduction made, and how).
+PROTOCOL = ("min_len", "train_size", "test_size", "hidden", "target", "seconds", "sgd_lr", "sgd_momentum", "sgd_batch",
+            "lbfgs_max_iter")
+
+
+def combine(folders: Sequence[Path], out: Path) -> list[dict[str, Any]]:
+    """One table from several finished reproductions (e.g. one optimizer at a time): ``summary.json`` and
+    ``report.md`` in ``out``; returns the summary rows.
+
+    Each folder needs its ``config.json`` and ``details.json``. Their protocols
+    (:data:`PROTOCOL`) must agree and no (optimizer, α, seed) may come twice; the plots and
+    timing measurements stay in the folders, which the report links to.
+    """
+    if not folders:
+        raise ValueError("combine needs at least one reproduction folder")
+    sources: list[tuple[Path, dict[str, Any], list[dict[str, Any]]]] = []  # folder, config, its runs
+    runs: list[dict[str, Any]] = []
+    seen: set[tuple[str, float, int]] = set()
+    for folder in folders:
+        for name in ("config.json", "details.json"):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder} holds no finished matrix-batch reproduction (no {name})")
+        config = json.loads((folder / "config.json").read_text())
+        differs = [f"{k} {config.get(k)!r} against {sources[0][1].get(k)!r}" for k in PROTOCOL
+                   if sources and config.get(k) != sources[0][1].get(k)]
+        if differs:
+            raise ValueError(f"{folder} ran another protocol than {sources[0][0]}: " + "; ".join(differs))
+        folder_runs = json.loads((folder / "details.json").read_text())["runs"]
+        for r in folder_runs:
+            key = (r["optimizer"], r["alpha"], r["seed"])
+            if key in seen:
+                raise ValueError(f"{folder} repeats the run {key} (optimizer, α, seed) of another folder")
+            seen.add(key)
+        sources.append((folder, config, folder_runs))
+        runs += folder_runs
+    counts = Counter(r["alpha"] for r in runs)
+    cfg = MatrixBatchConfig(**{k: sources[0][1][k] for k in PROTOCOL},
+                            optimizers=tuple(o for o in OPTIMIZER_NAMES if any(r["optimizer"] == o for r in runs)),
+                            alphas=tuple(sorted(counts, key=lambda a: (-counts[a], -a))))
+    summary = aggregate(runs, cfg)
+    summary = [row for row in summary if row["runs"]]
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "summary.json", summary)
+    by = {(r["optimizer"], r["alpha"]): r for r in summary}
+    links = [f"- [`{os.path.relpath(folder, out)}`]({os.path.relpath(folder / 'report.md', out)}): " + ", ".join(
+        f"{OPTIMIZER_NAMES[o]} at α = {a:g} ({len(group)} runs)" for o, a, group in _groups(folder_runs))
+        for folder, _, folder_runs in sources]
+    lines = ["# Matrix-batch LSTM training on the multiplication problem: reproductions combined", "",
+             _intro(cfg), "", *_summary_table(summary), "", "From these reproductions (each has its plots and "
+             "timing measurements):", "", *links, "", *_run_lines(runs), "", "## Against the paper", "",
+             *optimizer_findings(cfg, by), "", "## Differences from the paper's setup", "", NOTES]
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    return summary
+
+
+def _groups(runs: list[dict[str, Any]]) -> list[tuple[str, float, list[dict[str, Any]]]]:
+    """The runs by (optimizer, α), in the report's order."""
+    order = list(OPTIMIZER_NAMES)
+    keys = sorted({(r["optimizer"], r["alpha"]) for r in runs}, key=lambda k: (-k[1], order.index(k[0])))
+    return [(o, a, [r for r in runs if (r["optimizer"], r["alpha"]) == (o, a)]) for o, a in keys]
+
+
 def write_report(cfg: MatrixBatchConfig, runs: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
     """summary.json, the vectorization and worker measurements, details.json, plots and report.md from the runs."""
     summary = aggregate(runs, cfg)
@@ -232,36 +296,48 @@ def _fmt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
-def render_report(cfg: MatrixBatchConfig, summary: list[dict[str, Any]], runs: list[dict[str, Any]],
-                  vector: list[Any], workers: list[WorkersRow], mean_mae: float) -> str:
-    main_alpha, other = cfg.alphas[0], cfg.alphas[1:]
-    by = {(r["optimizer"], r["alpha"]): r for r in summary}
-    lines = [f"# Matrix-batch LSTM training on the multiplication problem{' (quick preset)' if cfg.quick else ''}",
-             "",
-             f"Multiplication problem (Hochreiter & Schmidhuber), minimal length {cfg.min_len}, "
-             f"{cfg.train_size:,} training and {cfg.test_size:,} test sequences; LSTM of {cfg.hidden} cells with "
-             "peepholes and no forget gate, linear output, float64; success = mean absolute test error below "
-             f"{cfg.target}. Every run has {cfg.seconds:.0f} s of training time on one thread (test evaluations "
-             "not counted); seed s draws the data set and the initial weights. L-BFGS (strong Wolfe, history 50) "
-             "and CG (Polak–Ribière+, Wolfe line search) use the whole training set in every evaluation; momentum "
-             f"SGD uses lr {cfg.sgd_lr}, momentum {cfg.sgd_momentum}, minibatch {cfg.sgd_batch} (the paper's "
-             "settings).",
-             "",
-             "| optimizer | α | successes / runs | median s to success | median samples to success | "
+def _intro(cfg: MatrixBatchConfig) -> str:
+    """The protocol in one paragraph: task, network, success, budget, optimizers."""
+    return (f"Multiplication problem (Hochreiter & Schmidhuber), minimal length {cfg.min_len}, "
+            f"{cfg.train_size:,} training and {cfg.test_size:,} test sequences; LSTM of {cfg.hidden} cells with "
+            "peepholes and no forget gate, linear output, float64; success = mean absolute test error below "
+            f"{cfg.target}. Every run has {cfg.seconds:.0f} s of training time on one thread (test evaluations "
+            "not counted); seed s draws the data set and the initial weights. L-BFGS (strong Wolfe, history 50) "
+            "and CG (Polak–Ribière+, Wolfe line search) use the whole training set in every evaluation; momentum "
+            f"SGD uses lr {cfg.sgd_lr}, momentum {cfg.sgd_momentum}, minibatch {cfg.sgd_batch} (the paper's "
+            "settings).")
+
+
+def _summary_table(summary: list[dict[str, Any]]) -> list[str]:
+    lines = ["| optimizer | α | successes / runs | median s to success | median samples to success | "
              "median final test MAE |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in summary:
         lines.append(f"| {OPTIMIZER_NAMES[r['optimizer']]} | {r['alpha']:g} | {r['successes']} / {r['runs']} | "
                      f"{_fmt(r['median_seconds_to_success'], '.0f')} | "
                      f"{_fmt(r['median_samples_to_success'], ',.0f')} | {r['final_test_mae']:.4f} |")
-    lines += ["", f"Predicting the training mean for every sequence (learning nothing) gives a test MAE of "
-                  f"{mean_mae:.4f}.", "", f"![test error, α = {main_alpha:g}](test_mae_alpha{main_alpha:g}.png)"]
-    lines += [f"![test error, α = {a:g}](test_mae_alpha{a:g}.png)" for a in other]
-    lines += ["", "Runs (seed: final test MAE, seconds to success or how the run ended):", ""]
+    return lines
+
+
+def _run_lines(runs: list[dict[str, Any]]) -> list[str]:
+    lines = ["Runs (seed: final test MAE, seconds to success or how the run ended):", ""]
     for r in sorted(runs, key=lambda r: (r["alpha"], r["optimizer"], r["seed"])):
         end = f"success after {r['seconds_to_success']:.0f} s" if r["success"] else r["status"]
         lines.append(f"- {OPTIMIZER_NAMES[r['optimizer']]}, α = {r['alpha']:g}, seed {r['seed']}: "
                      f"{r['final_test_mae']:.4f} ({end}; {r['samples']:,} samples)")
+    return lines
+
+
+def render_report(cfg: MatrixBatchConfig, summary: list[dict[str, Any]], runs: list[dict[str, Any]],
+                  vector: list[Any], workers: list[WorkersRow], mean_mae: float) -> str:
+    main_alpha, other = cfg.alphas[0], cfg.alphas[1:]
+    by = {(r["optimizer"], r["alpha"]): r for r in summary}
+    lines = [f"# Matrix-batch LSTM training on the multiplication problem{' (quick preset)' if cfg.quick else ''}",
+             "", _intro(cfg), "", *_summary_table(summary)]
+    lines += ["", f"Predicting the training mean for every sequence (learning nothing) gives a test MAE of "
+                  f"{mean_mae:.4f}.", "", f"![test error, α = {main_alpha:g}](test_mae_alpha{main_alpha:g}.png)"]
+    lines += [f"![test error, α = {a:g}](test_mae_alpha{a:g}.png)" for a in other]
+    lines += ["", *_run_lines(runs)]
     lines += ["", "## Matrix-batched against looping over samples", "",
               "Forward + backward of a minibatch of 100 sequences, one thread:", "",
               "| steps per sequence | looped ms | matrix-batched ms | speed-up |", "|---:|---:|---:|---:|"]
@@ -281,6 +357,11 @@ def render_report(cfg: MatrixBatchConfig, summary: list[dict[str, Any]], runs: l
 def findings(cfg: MatrixBatchConfig, by: dict[tuple[str, float], dict[str, Any]], vector: list[Any],
              workers: list[WorkersRow]) -> list[str]:
     """Each of the paper's claims next to what this run measured, agreeing or not."""
+    return optimizer_findings(cfg, by) + timing_findings(vector, workers)
+
+
+def optimizer_findings(cfg: MatrixBatchConfig, by: dict[tuple[str, float], dict[str, Any]]) -> list[str]:
+    """The paper's claims about the optimizers and α, against the runs' summary rows ``by`` (optimizer, α)."""
     a = cfg.alphas[0]
     out = []
     for opt in ("lbfgs", "cg"):
@@ -317,10 +398,15 @@ def findings(cfg: MatrixBatchConfig, by: dict[tuple[str, float], dict[str, Any]]
             out.append(f"- *Sharper gates converge faster and better* (Fig. 2(b)): L-BFGS needs {ratio:.1f}× the "
                        f"time to success at α = {alpha:g} (median {flat['median_seconds_to_success']:.0f} s against "
                        f"{sharp['median_seconds_to_success']:.0f} s){cg} — {'agrees' if better else 'disagrees'}.")
+    return out
+
+
+def timing_findings(vector: list[Any], workers: list[WorkersRow]) -> list[str]:
+    """The paper's claims about vectorisation and splitting the batch, against this run's measurements."""
     v = vector[0]
-    out.append(f"- *Matrix-batched ≈ 100× faster than looping at batch 100*: {v.speedup:.0f}× at {v.steps} steps — "
+    out = [f"- *Matrix-batched ≈ 100× faster than looping at batch 100*: {v.speedup:.0f}× at {v.steps} steps — "
                f"{'agrees' if v.speedup >= 30 else 'smaller than the paper'} (Python per-call overhead is what the "
-               "loop pays here; the paper's MATLAB loop paid interpreter overhead the same way).")
+               "loop pays here; the paper's MATLAB loop paid interpreter overhead the same way)."]
     if len(workers) >= 2:
         speed = workers[0].rate / workers[1].rate
         out.append(f"- *Splitting the batch speeds every iteration up* (paper: 5 clients ≈ 3× the fastest one): "
