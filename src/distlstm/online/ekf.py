@@ -39,6 +39,7 @@ from torch import Tensor
 from distlstm.models.functional import FunctionalModel
 from distlstm.online.base import LocalAlgorithm, Observation, Prediction, check_positive, check_theta
 from distlstm.online.noise import next_noise, reported_variance, step_sigma2
+from distlstm.ops import memory
 from distlstm.ops.kalman import check_covariance, scalar_update
 from distlstm.ops.noise import check_noise, initial_noise
 
@@ -79,9 +80,13 @@ class EKFState(NamedTuple):
     noise: Tensor  # (2,) the adaptive σ² estimate's [weight, mean] (constant with noise="fixed")
 
 
-def time_update(P: Tensor, q: float) -> Tensor:
-    """Σ_{t|t-1} = Σ_{t-1|t-1} + q I (F = I)."""
-    return P + q * torch.eye(P.shape[0], dtype=P.dtype) if q else P
+def time_update(P: Tensor, q: float | Tensor) -> Tensor:
+    """Σ_{t|t-1} = Σ_{t-1|t-1} + q I (F = I), or + diag(q) for per-coordinate q (n,): a fresh tensor unless q = 0."""
+    if not isinstance(q, Tensor) and not q:
+        return P
+    out = memory.empty_like(P).copy_(P)  # no n × n identity: one pass, and the diagonal
+    out.diagonal().add_(q)
+    return out
 
 
 class EKF(LocalAlgorithm):

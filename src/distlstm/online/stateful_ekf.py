@@ -34,7 +34,7 @@ from torch.func import functional_call, jacrev
 
 from distlstm.models.functional import FunctionalModel
 from distlstm.online.base import LocalAlgorithm, Observation, Prediction, check_theta
-from distlstm.online.ekf import EKFConfig
+from distlstm.online.ekf import EKFConfig, time_update
 from distlstm.online.noise import next_noise, reported_variance, step_sigma2
 from distlstm.ops.kalman import check_covariance, scalar_update
 from distlstm.ops.noise import initial_noise
@@ -115,19 +115,19 @@ class StatefulEKF(LocalAlgorithm):
                                 self.cfg.joseph, q=q)
             a, P = upd.a, upd.P
         else:
-            P = P + torch.diag(q)
+            P = time_update(P, q)
         a, P = self._propagate_carry(a, P, obs.x)
         check_covariance(P, f"stateful EKF at {where}")
         check_theta(a, f"stateful EKF at {where}")
         return StatefulEKFState(a, P, next_noise(self.cfg, noise, obs, pred, sigma2))
 
     def _propagate_carry(self, a: Tensor, P: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        """s ← g(s, θ; X) and Σ ← F Σ Fᵀ, touching only the carry rows and columns."""
+        """s ← g(s, θ; X) and Σ ← F Σ Fᵀ, touching only the carry rows and columns of ``P``, which it writes:
+        a fresh tensor of this step's update, not the state's."""
         n_s = self.n_s
         out, jac = self._linearise(a, x)
         M = jac[1:]  # (n_s, n_a) = [A B]
         T = M @ P  # (n_s, n_a)
-        P = P.clone()
         P[:n_s, :] = T
         P[:, :n_s] = T.mT
         P[:n_s, :n_s] = T @ M.mT

@@ -50,6 +50,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from distlstm.ops import memory
+
 
 class KalmanUpdate(NamedTuple):
     a: Tensor  # (n,) posterior mean
@@ -74,8 +76,8 @@ def scalar_update(a: Tensor, P: Tensor, H: Tensor, innovation: Tensor, sigma2: f
     K = u / r
     a = a + K * innovation
     if joseph:  # (I − K H) Σ (I − K H)ᵀ + K σ² Kᵀ = Σ − K uᵀ − u Kᵀ + r K Kᵀ
-        P = torch.addr(torch.addr(torch.addr(P, K, u, alpha=-1.0), u, K, alpha=-1.0), K, K, alpha=float(r))
-        P = 0.5 * (P + P.mT)
+        P = torch.addr(P, K, u, alpha=-1.0, out=memory.empty_like(P))
+        P = symmetrise_(P.addr_(u, K, alpha=-1.0).addr_(K, K, alpha=float(r)))
     else:
         P = downdate(P, (K * r.sqrt())[None])
     if has_q:
@@ -109,7 +111,7 @@ def block_update(a: Tensor, P: Tensor, H: Tensor, innovations: Tensor, sigma2: f
     elif Wt.shape[0] <= DOWNDATE_ROWS:
         P = downdate(P, Wt)
     else:
-        P = symmetrise_(torch.addmm(P, Wt.mT, Wt, alpha=-1.0))
+        P = symmetrise_(torch.addmm(P, Wt.mT, Wt, alpha=-1.0, out=memory.empty_like(P)))
     if q:
         P.diagonal().add_(q)
     return KalmanUpdate(a, P, S)
@@ -124,7 +126,7 @@ def downdate(P: Tensor, rows: Tensor) -> Tensor:
     One elementwise pass over Σ per row (P_ij − w_i w_j, not BLAS ger or gemm, whose
     blocking need not round (i, j) and (j, i) alike), so no symmetrisation is needed.
     """
-    out = torch.addcmul(P, rows[0, :, None], rows[0, None, :], value=-1.0)
+    out = torch.addcmul(P, rows[0, :, None], rows[0, None, :], value=-1.0, out=memory.empty_like(P))
     for w in rows[1:]:
         out.addcmul_(w[:, None], w[None, :], value=-1.0)
     return out
