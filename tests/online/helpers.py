@@ -35,3 +35,25 @@ def run_online(algorithm: OnlineAlgorithm, streams: list[list[Observation]], the
     records = mode.records
     records.final_thetas = mode.final_thetas()  # type: ignore[attr-defined]
     return records
+
+
+SCHEDULES = ("rows in the update", "rows in the prediction")
+
+
+def dekf_block_update(dekf, state, data, schedule):
+    """ψ and P of node 0's block update with its observation ``data[0]`` and its neighbours' ``data[1:]``, its
+    neighbours' rows computed in the update (after ``predict``) or in the prediction round (``predict_nodes``,
+    node 0 on a complete graph with its neighbours, each holding ``state``)."""
+    from distlstm.network import InProcessTransport, make_topology
+
+    sigma2 = dekf.cfg.sigma2
+    if schedule == "rows in the update":
+        pred = dekf.predict(state, data[0].x)
+        return dekf.block_update(state, data[0], pred, *dekf._rows_now(state, data), sigma2, "test")
+    transport = InProcessTransport(make_topology("complete", len(data)))
+    preds = dekf.predict_nodes(dict.fromkeys(range(len(data)), state), {k: ob.x for k, ob in enumerate(data)},
+                               transport)
+    rows = preds[0].aux[2]
+    assert rows.nodes == list(range(1, len(data)))
+    labels = state.theta.new_tensor([ob.d for ob in data[1:]])
+    return dekf.block_update(state, data[0], preds[0], labels, rows.values, rows.rows, sigma2, "test")

@@ -3,13 +3,17 @@ forward/backward per observation, on the LSTM regressor, with sequences of one l
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import Tensor, nn
 
 from distlstm.models.functional import FunctionalModel
+from distlstm.network import InProcessTransport, make_topology
 from distlstm.online import DEKF, EKFConfig, regressor
 from distlstm.online.base import Observation
+from tests.online.helpers import SCHEDULES, dekf_block_update
 
 D = torch.float64
 
@@ -58,9 +62,11 @@ def test_a_model_without_lengths_gets_its_unequal_sequences_one_by_one():
     torch.testing.assert_close(values, torch.stack([torch.tanh(x[-1] @ theta) for x in xs]), atol=1e-12, rtol=0)
 
 
-def test_block_update_with_neighbours_of_other_lengths_is_the_information_form():
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_block_update_with_neighbours_of_other_lengths_is_the_information_form(schedule):
     """The whole node update on the LSTM, neighbours of lengths 7 and 12 beside the node's 10, against
-    Σ⁻¹ ← Σ_pred⁻¹ + HᵀH/σ², ψ = θ̂ + Σ Hᵀ e / σ² built from per-observation rows with explicit inverses."""
+    Σ⁻¹ ← Σ_pred⁻¹ + HᵀH/σ², ψ = θ̂ + Σ Hᵀ e / σ² built from per-observation rows with explicit inverses;
+    the neighbours' rows differentiated in the update or, with the node's own, in the prediction round."""
     fm, theta0 = regressor(3, 2, seed=4)  # n_θ = 48: small enough to invert Σ
     gen = torch.Generator().manual_seed(5)
     data = [Observation(torch.randn(t, 3, generator=gen, dtype=D), float(torch.randn((), generator=gen)))
@@ -68,11 +74,45 @@ def test_block_update_with_neighbours_of_other_lengths_is_the_information_form()
     sigma2, q, s0 = 0.05, 1e-3, 0.4
     dekf = DEKF(fm, EKFConfig(sigma2=sigma2, q=q, s0=s0))
     state = dekf.init(theta0, 0, gen)
-    pred = dekf.predict(state, data[0].x)
-    psi, P = dekf.block_update(state, data, pred, sigma2, "test")
+    psi, P = dekf_block_update(dekf, state, data, schedule)
 
     values, H = per_observation(fm, theta0, [ob.x for ob in data])
     e = torch.tensor([ob.d for ob in data], dtype=D) - values
     P_post = torch.linalg.inv(torch.eye(fm.numel, dtype=D) / (s0 + q) + H.T @ H / sigma2)
     torch.testing.assert_close(P, P_post, atol=1e-12, rtol=1e-9)
     torch.testing.assert_close(psi, theta0 + P_post @ H.T @ e / sigma2, atol=1e-12, rtol=1e-9)
+
+
+def test_rows_in_the_prediction_round_give_the_run_of_rows_in_the_update():
+    """Six steps on a ring, sequences of several lengths and missing labels: the same states (to rounding) and
+    predictions either way; the prediction round adds one message per neighbour and no number."""
+    fm, theta0 = regressor(3, 4, seed=2)
+    gen = torch.Generator().manual_seed(8)
+    streams = [[Observation(torch.randn(int(torch.randint(3, 9, (), generator=gen)), 3, generator=gen, dtype=D),
+                            math.nan if (k, t) in {(1, 2), (0, 4)} else float(torch.randn((), generator=gen)))
+                for t in range(6)] for k in range(4)]
+    dekf = DEKF(fm)
+
+    def run(in_prediction: bool):
+        transport = InProcessTransport(make_topology("ring", 4))
+        states = {k: dekf.init(theta0, k, torch.Generator()) for k in range(4)}
+        predictions = []
+        for t in range(6):
+            obs = {k: streams[k][t] for k in range(4)}
+            if in_prediction:
+                preds = dekf.predict_nodes(states, {k: ob.x for k, ob in obs.items()}, transport)
+            else:
+                preds = {k: dekf.predict(states[k], obs[k].x) for k in range(4)}
+            predictions += [(preds[k].mean, preds[k].var) for k in range(4)]
+            states = dekf.update(states, obs, preds, transport, {}, t)
+        return states, torch.tensor(predictions, dtype=D), transport.stats
+
+    early, early_preds, early_stats = run(True)
+    late, late_preds, late_stats = run(False)
+    assert float((early[0].theta - theta0).abs().max()) > 1e-3  # the filter moved
+    for k in range(4):
+        torch.testing.assert_close(early[k].theta, late[k].theta, atol=1e-12, rtol=0)
+        torch.testing.assert_close(early[k].P, late[k].P, atol=1e-12, rtol=0)
+    torch.testing.assert_close(early_preds, late_preds, atol=1e-12, rtol=0)
+    assert early_stats.bytes == late_stats.bytes
+    assert [m - n for m, n in zip(early_stats.messages, late_stats.messages, strict=True)] == [6 * 2] * 4

@@ -110,8 +110,8 @@ def test_a_loss_mid_run_keeps_the_past_and_the_survivors_go_on_over_the_reduced_
     assert lost.records.sq_errors[:5] == whole.records.sq_errors[:5]
     assert all(math.isnan(row[1]) for row in lost.records.sq_errors[5:])
     assert all(not math.isnan(row[k]) for row in lost.records.sq_errors[5:] for k in (0, 2, 3))
-    if algorithm != "dpf":  # per neighbour ψ (and DEKF's observation): 4 nodes × 2 before; the path 2-3-0 after
-        per = {"dsgd": 1, "dekf": 2}[algorithm]
+    if algorithm != "dpf":  # per neighbour: ψ (DEKF: also its sequence and label); 4 nodes × 2 before, 2-3-0 after
+        per = {"dsgd": 1, "dekf": 3}[algorithm]
         assert lost.records.messages_per_step[4] == 2 * per
         assert lost.records.messages_per_step[5] == pytest.approx((2 + 1 + 1) * per / 3)
     s = lost.summary()

@@ -25,7 +25,7 @@ from distlstm.ops.noise import (
     update_noise,
     update_ratios,
 )
-from tests.online.helpers import run_online
+from tests.online.helpers import SCHEDULES, dekf_block_update, run_online
 
 from .conftest import D, kalman_reference, linear_streams
 
@@ -145,7 +145,8 @@ class TanhLast(nn.Module):
         return 2 * torch.tanh(x[:, -1] @ self.w)
 
 
-def test_on_a_nonlinear_model_block_is_the_information_form_update_and_differs_from_sequential():
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_on_a_nonlinear_model_block_is_the_information_form_update_and_differs_from_sequential(schedule):
     fm = FunctionalModel(TanhLast(P_DIM))
     gen = torch.Generator().manual_seed(3)
     theta = 0.5 * torch.randn(P_DIM, generator=gen, dtype=D)
@@ -154,9 +155,8 @@ def test_on_a_nonlinear_model_block_is_the_information_form_update_and_differs_f
     sigma2, q = 0.05, 1e-3
     dekf = DEKF(fm, EKFConfig(sigma2=sigma2, q=q, s0=0.7))
     state = dekf.local.init(theta, 0, gen)
-    pred = dekf.predict(state, data[0].x)
-    psi_block, P_block = dekf.block_update(state, data, pred, sigma2, "test")
-    psi_seq, P_seq = dekf.incremental_update(state, data, pred, sigma2, "test")
+    psi_block, P_block = dekf_block_update(dekf, state, data, schedule)
+    psi_seq, P_seq = dekf.incremental_update(state, data, dekf.predict(state, data[0].x), sigma2, "test")
 
     # by hand: Jacobian rows at the predicted state, information form
     def h(th: Tensor, ob: Observation) -> Tensor:

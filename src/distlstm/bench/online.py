@@ -180,7 +180,7 @@ def _network_step(name: str, hidden: int, settings: dict[str, Any], nodes: int =
     obs = {k: stream[0] for k, stream in enumerate(_streams(nodes, 1, 8, 10))}
 
     def step() -> object:
-        preds = {k: alg.predict(states[k], obs[k].x) for k in range(nodes)}
+        preds = alg.predict_nodes(states, {k: ob.x for k, ob in obs.items()}, transport)
         return alg.update(states, obs, preds, transport, gens, 1)
     return step
 

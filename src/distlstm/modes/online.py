@@ -372,9 +372,9 @@ class OnlineMode:
             self._start = (step, {k: _copy(s) for k, s in self.states.items()},
                            {k: self.gens[k].get_state() for k in nodes})
         obs = {k: self.problem.streams[k][step] for k in nodes}
-        preds: dict[int, Prediction] = {k: alg.predict(self.states[k], obs[k].x) for k in nodes}
-        errors = [self._squared_error(obs[k], preds[k], f"{alg.name} at node {k}, step {step}") for k in nodes]
         before = [transport.stats.bytes[k] for k in nodes], [transport.stats.messages[k] for k in nodes]
+        preds: dict[int, Prediction] = alg.predict_nodes(self.states, {k: obs[k].x for k in nodes}, transport)
+        errors = [self._squared_error(obs[k], preds[k], f"{alg.name} at node {k}, step {step}") for k in nodes]
         self.states = alg.update(self.states, obs, preds, transport, self.gens, step)
         local = torch.tensor([[errors[i], preds[k].var, transport.stats.bytes[k] - before[0][i],
                                transport.stats.messages[k] - before[1][i], time.perf_counter() - started]

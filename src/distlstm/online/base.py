@@ -3,7 +3,8 @@
 Online protocol (Ergen & Kozat §3), at every time step t and every node k:
 
 1. **predict** d̂_{k,t} (and, where the algorithm has one, a predictive variance)
-   from the current estimate, before the label is seen;
+   from the current estimate, before the label is seen (``predict_nodes``: every node
+   at once, so a distributed algorithm may exchange sequences first);
 2. receive d_{k,t}; the squared error (d − d̂)² is recorded;
 3. **update** — every node at once, since distributed algorithms exchange messages
    with their neighbours through a :class:`~distlstm.network.transport.Transport`.
@@ -72,6 +73,16 @@ class OnlineAlgorithm(ABC):
     @abstractmethod
     def predict(self, state: State, x: Tensor) -> Prediction:
         """Predictive mean (and variance) of d for sequence x (T, p)."""
+
+    def predict_nodes(self, states: Mapping[int, State], xs: Mapping[int, Tensor],
+                      transport: Transport) -> dict[int, Prediction]:
+        """Every local node's prediction for its sequence ``xs[k]``: ``predict`` at each.
+
+        A distributed algorithm may use this round to send its neighbours what its update
+        will need before the labels come (the DEKF sends its sequence, and differentiates
+        its neighbours' together with its own); every process calls it at the same step.
+        """
+        return {k: self.predict(states[k], xs[k]) for k in transport.local_nodes}
 
     @abstractmethod
     def update(self, states: Mapping[int, State], obs: Mapping[int, Observation],

@@ -105,6 +105,11 @@ class EKF(LocalAlgorithm):
 
     def predict(self, state: EKFState, x: Tensor) -> Prediction:
         value, H = self.output_and_grad(state.theta, x)
+        return self.prediction(state, value, H)
+
+    def prediction(self, state: EKFState, value: Tensor, H: Tensor) -> Prediction:
+        """Mean h(θ̂) and variance H Σ_{t|t-1} Hᵀ + σ² from the model's output ``value`` and its row ``H`` at θ̂;
+        ``aux`` = (H, Σ Hᵀ) for the update."""
         PH = state.P @ H
         sigma2 = step_sigma2(self.cfg, state.noise)
         var = float(H @ PH) + self.cfg.q * float(H @ H) + sigma2
