@@ -56,4 +56,4 @@ def dekf_block_update(dekf, state, data, schedule):
     rows = preds[0].aux[2]
     assert rows.nodes == list(range(1, len(data)))
     labels = state.theta.new_tensor([ob.d for ob in data[1:]])
-    return dekf.block_update(state, data[0], preds[0], labels, rows.values, rows.rows, sigma2, "test")
+    return dekf.block_update(state, data[0], preds[0], labels, rows.values, rows.rows, sigma2, "test", rows.PH)

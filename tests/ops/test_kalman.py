@@ -74,16 +74,18 @@ def test_block_update_keeps_the_covariance_exactly_symmetric(joseph, m):
     assert float(torch.linalg.eigvalsh(P).min()) > 0
 
 
-@pytest.mark.parametrize("given_ph", [False, True])
+@pytest.mark.parametrize("given_ph", ["none", "first row", "every row"])
 @pytest.mark.parametrize("m", [1, 3, DOWNDATE_ROWS + 2])
 def test_block_update_is_the_information_form(m, given_ph):
     """Σ⁻¹ ← Σ_pred⁻¹ + HᵀH/σ², â ← â + Σ Hᵀ e / σ² (an independent closed form, with explicit inverses);
-    also with the first row's Σ H₀ᵀ handed in, as the DEKF does with its prediction's."""
+    also with the first row's Σ H₀ᵀ handed in, as the DEKF's update does with its prediction's, or every
+    row's, as its prediction round computes them."""
     gen = torch.Generator().manual_seed(10 + m)
     n, sigma2, q = 9, 0.3, 0.02
     P, a = random_spd(n, gen), torch.randn(n, generator=gen, dtype=D)
     H, e = torch.randn(m, n, generator=gen, dtype=D), torch.randn(m, generator=gen, dtype=D)
-    upd = block_update(a, P, H, e, sigma2, q=q, PH=P @ H[0] if given_ph else None)
+    PH = {"none": None, "first row": P @ H[0], "every row": P @ H.mT}[given_ph]
+    upd = block_update(a, P, H, e, sigma2, q=q, PH=PH)
     P_post = torch.linalg.inv(torch.linalg.inv(P + q * torch.eye(n, dtype=D)) + H.T @ H / sigma2)
     torch.testing.assert_close(upd.P, P_post, atol=1e-12, rtol=1e-10)
     torch.testing.assert_close(upd.a, a + P_post @ H.T @ e / sigma2, atol=1e-12, rtol=1e-10)

@@ -84,6 +84,7 @@ class NeighbourRows(NamedTuple):
     nodes: list[int]  # the neighbours l, in increasing order
     values: Tensor  # (m,) h(θ̂; X_l)
     rows: Tensor  # (m, n_θ) ∂h(θ̂; X_l)/∂θ
+    PH: Tensor  # (n_θ, m) Σ_{t-1|t-1} ∂h(θ̂; X_l)/∂θᵀ, from the same pass over Σ as the node's own row
 
 
 class DEKF(NetworkAlgorithm):
@@ -113,8 +114,9 @@ class DEKF(NetworkAlgorithm):
             p = xs[k].shape[-1]
             nodes = sorted(received[k])
             values, rows = self._jacobian_rows(states[k].theta, [xs[k], *(received[k][j].view(-1, p) for j in nodes)])
-            pred = self.ekf.prediction(states[k], values[0], rows[0])
-            preds[k] = pred._replace(aux=(*pred.aux, NeighbourRows(nodes, values[1:], rows[1:])))
+            U = states[k].P @ rows.mT  # every row's Σ Hᵀ in one pass over Σ
+            pred = self.ekf.prediction(states[k], values[0], rows[0], U[:, 0])
+            preds[k] = pred._replace(aux=(*pred.aux, NeighbourRows(nodes, values[1:], rows[1:], U[:, 1:])))
         return preds
 
     def update(self, states: Mapping[int, EKFState], obs: Mapping[int, Observation],
@@ -134,7 +136,7 @@ class DEKF(NetworkAlgorithm):
                 nb = preds[k].aux[2]
                 labels = torch.cat([received[k][j] for j in nb.nodes]) if nb.nodes else nb.values
                 psi[k], cov[k] = self.block_update(states[k], obs[k], preds[k], labels, nb.values, nb.rows, sigma2,
-                                                   where)
+                                                   where, nb.PH)
             else:
                 p = obs[k].x.shape[-1]
                 data = [obs[k]] + [unpack_observation(received[k][nb], p) for nb in sorted(received[k])]
@@ -158,23 +160,24 @@ class DEKF(NetworkAlgorithm):
         return state.theta.new_tensor([ob.d for ob in others]), values, rows
 
     def block_update(self, state: EKFState, own: Observation, pred: Prediction, labels: Tensor, values: Tensor,
-                     rows: Tensor, sigma2: float, where: str) -> tuple[Tensor, Tensor]:
+                     rows: Tensor, sigma2: float, where: str, PH: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """ψ and P after the time update and one block update, every measurement linearised at θ̂_{t|t-1}.
 
-        The node's own row and h(θ̂) are ``pred``'s; the neighbours' ``labels`` d_l (NaN: none),
-        ``values`` h(θ̂; X_l) and ``rows`` ∂h/∂θ are at the same θ̂.
+        The node's own row, Σ Hᵀ and h(θ̂) are ``pred``'s; the neighbours' ``labels`` d_l (NaN: none),
+        ``values`` h(θ̂; X_l), ``rows`` ∂h/∂θ and, if known, ``PH`` Σ Hᵀ (n_θ, m) are at the same θ̂.
         """
         labelled = ~torch.isnan(labels)
         if not bool(labelled.all()):
             labels, values, rows = labels[labelled], values[labelled], rows[labelled]
+            PH = None if PH is None else PH[:, labelled]
         H = rows if not own.labelled else torch.cat([pred.aux[0][None], rows])
         innovations = labels - values
         if own.labelled:
             innovations = torch.cat([innovations.new_tensor([own.d - pred.mean]), innovations])
+            PH = pred.aux[1] if PH is None else torch.cat([pred.aux[1][:, None], PH], 1)
         if H.shape[0] == 0:
             return state.theta, time_update(state.P, self.cfg.q)
-        upd = block_update(state.theta, state.P, H, innovations, sigma2, self.cfg.joseph, q=self.cfg.q,
-                           PH=pred.aux[1] if own.labelled else None)
+        upd = block_update(state.theta, state.P, H, innovations, sigma2, self.cfg.joseph, q=self.cfg.q, PH=PH)
         check_covariance(upd.P, f"DEKF at {where}")
         check_theta(upd.a, f"DEKF at {where}")
         return upd.a, upd.P

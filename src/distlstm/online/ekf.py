@@ -107,10 +107,10 @@ class EKF(LocalAlgorithm):
         value, H = self.output_and_grad(state.theta, x)
         return self.prediction(state, value, H)
 
-    def prediction(self, state: EKFState, value: Tensor, H: Tensor) -> Prediction:
-        """Mean h(θ̂) and variance H Σ_{t|t-1} Hᵀ + σ² from the model's output ``value`` and its row ``H`` at θ̂;
-        ``aux`` = (H, Σ Hᵀ) for the update."""
-        PH = state.P @ H
+    def prediction(self, state: EKFState, value: Tensor, H: Tensor, PH: Tensor | None = None) -> Prediction:
+        """Mean h(θ̂) and variance H Σ_{t|t-1} Hᵀ + σ² from the model's output ``value`` and its row ``H`` at θ̂
+        (and Σ Hᵀ if the caller has it); ``aux`` = (H, Σ Hᵀ) for the update."""
+        PH = state.P @ H if PH is None else PH
         sigma2 = step_sigma2(self.cfg, state.noise)
         var = float(H @ PH) + self.cfg.q * float(H @ H) + sigma2
         return Prediction(float(value), reported_variance(self.cfg, state.noise, var), (H, PH))

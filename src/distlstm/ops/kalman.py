@@ -92,12 +92,17 @@ def block_update(a: Tensor, P: Tensor, H: Tensor, innovations: Tensor, sigma2: f
     Args:
         a: (n,) prior mean; P: (n, n) covariance *before* the time update; H: (m, n) rows;
         innovations: (m,) d − h(a); sigma2: σ² of every measurement; joseph: Joseph-form covariance;
-        q: process noise variance (q I); PH: Σ H₀ᵀ (n,) for the first row if the caller already has it
-        (the EKF prediction's), so only the other rows multiply Σ.
+        q: process noise variance (q I); PH: what the caller already has of Σ Hᵀ: the first row's (n,)
+        (the EKF prediction's), so only the other rows multiply Σ, or every row's (n, m).
 
     Returns the posterior and S (m, m) as ``r``.
     """
-    U = P @ H.mT if PH is None else torch.cat([PH[:, None], P @ H[1:].mT], 1)  # (n, m)
+    if PH is None:
+        U = P @ H.mT  # (n, m)
+    elif PH.dim() == 2:
+        U = PH
+    else:
+        U = torch.cat([PH[:, None], P @ H[1:].mT], 1)
     if q:
         U = U + q * H.mT
     S = H @ U
