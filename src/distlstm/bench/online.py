@@ -11,7 +11,8 @@
 * Each distributed filter's step against its local filter's, timed side by side in one
   process (interleaved rounds, median): DPF vs PF at the same N with K = 4, DEKF (block
   and sequential) vs EKF per node, 4 nodes on a ring. A step is every node's prediction
-  and update from the same states (not advanced between repeats).
+  (``predict_nodes``, as in a run) and update on the same observations, each step going on
+  from the last one's states.
 """
 
 from __future__ import annotations
@@ -171,7 +172,9 @@ def bench_jacobian_rows(hidden_sizes: tuple[int, ...] = (8, 16, 32), counts: tup
 
 
 def _network_step(name: str, hidden: int, settings: dict[str, Any], nodes: int = 4) -> Callable[[], object]:
-    """Every node's predict + update of ``name`` on a ring of ``nodes``, from fixed states and observations."""
+    """Every node's predict + update of ``name`` on a ring of ``nodes`` on fixed observations; each call goes on
+    from the states the last one left, as a run does (so each step frees the states two steps old, and its fresh
+    Σ or particles take memory a run would give them, not memory fresh from the system)."""
     fm, theta0 = regressor(8, hidden, seed=0)
     alg = make_algorithm(name, fm, **settings)
     transport = InProcessTransport(make_topology("ring", nodes))
@@ -181,7 +184,8 @@ def _network_step(name: str, hidden: int, settings: dict[str, Any], nodes: int =
 
     def step() -> object:
         preds = alg.predict_nodes(states, {k: ob.x for k, ob in obs.items()}, transport)
-        return alg.update(states, obs, preds, transport, gens, 1)
+        states.update(alg.update(states, obs, preds, transport, gens, 1))
+        return preds
     return step
 
 

@@ -134,8 +134,9 @@ def render_rows(rows: list[RowsRow]) -> str:
 
 RATIO_TEXT = """
 Each distributed filter's step beside its local filter's, timed side by side in one process
-(interleaved rounds, median; 4 nodes on a ring, every node's prediction and update from the
-same states). The ratio is per step of the whole network, so DEKF/EKF is also per node.
+(interleaved rounds, median; 4 nodes on a ring, every node's prediction and update on the
+same observations, each step going on from the last one's states as in a run). The ratio is
+per step of the whole network, so DEKF/EKF is also per node.
 
 | filter | baseline | hidden | N | n_θ | ms / step | baseline ms / step | ratio |
 |---|---|---:|---:|---:|---:|---:|---:|
@@ -146,15 +147,15 @@ What bounds the ratios: the DPF evaluates the model N times for its prediction a
 distinct (particle, node) pair its walk visits (about 3N on a ring with K = 4: a particle
 that comes back is not evaluated again), against the PF's 2N, so about 2× the PF's model
 work; both share the jitter (N × n_θ normal draws) and the resampling, which bring the ratio
-below that. The DEKF's block update reads Σ for Σ Hᵀ of the neighbours' rows (the node's
-own is its prediction's, as in the EKF) and downdates it with rank |N_k| + 1 into a fresh
-n_θ × n_θ matrix (one elementwise pass per row, exactly symmetric), against the EKF's
-rank-1 downdate: at large n_θ the fresh matrix (its page faults) dominates both; at small
-n_θ (hidden 8) Σ is cheap and gradients dominate: a DEKF node differentiates its own
-sequence, as the EKF does, and its two neighbours', theirs in one fused forward and one
-ordinary backward with respect to the pre-activations, from which every sequence's row
-follows by a small product (`models/per_sequence.py`; the EKF's own row is computed the
-same way): about 1.2× one sequence's forward and backward.
+below that. A DEKF node, in the prediction round of a run, differentiates its own sequence
+and its two neighbours' (sent before the labels) in one fused forward and one ordinary
+backward with respect to the pre-activations, from which every sequence's row follows by a
+small product (`models/per_sequence.py`; the EKF's one row is computed the same way): about
+1.2× the EKF's one sequence. It then reads Σ once for Σ Hᵀ of the three rows (the EKF: one
+row) and downdates it with rank |N_k| + 1 = 3 into a fresh n_θ × n_θ matrix, one
+elementwise pass per row, the first writing the fresh matrix and the others in place
+(exactly symmetric), against the EKF's one pass: at small n_θ the rows dominate both, at
+large n_θ the passes over Σ.
 """
 
 
