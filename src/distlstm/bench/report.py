@@ -109,8 +109,8 @@ Python loop over particles:
 
 EKF_TEXT = """
 One EKF step (prediction with H = ∂d̂/∂θ, gain, rank-1 covariance update) against one
-read and one write of the n_θ × n_θ float64 covariance (`clone`), the memory floor of
-any O(n_θ²) update:
+read and one write of the n_θ × n_θ float64 covariance (a copy into a fresh tensor allocated
+as the update's, on huge pages: `ops/memory.py`), the memory floor of any O(n_θ²) update:
 
 | hidden | n_θ | Σ size | EKF step ms | floor ms | × floor |
 |---:|---:|---:|---:|---:|---:|
