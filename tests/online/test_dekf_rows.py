@@ -84,12 +84,14 @@ def test_block_update_with_neighbours_of_other_lengths_is_the_information_form(s
 
 
 def test_rows_in_the_prediction_round_give_the_run_of_rows_in_the_update():
-    """Six steps on a ring, sequences of several lengths and missing labels: the same states (to rounding) and
+    """Six steps on a ring, sequences of several lengths and missing labels (NaN, and an infinite one that is no label
+    either, as ``Observation.labelled`` says): the same states (to rounding) and
     predictions either way; the prediction round adds one message per neighbour and no number."""
     fm, theta0 = regressor(3, 4, seed=2)
     gen = torch.Generator().manual_seed(8)
     streams = [[Observation(torch.randn(int(torch.randint(3, 9, (), generator=gen)), 3, generator=gen, dtype=D),
-                            math.nan if (k, t) in {(1, 2), (0, 4)} else float(torch.randn((), generator=gen)))
+                            math.nan if (k, t) in {(1, 2), (0, 4)} else math.inf if (k, t) == (2, 3)
+                            else float(torch.randn((), generator=gen)))
                 for t in range(6)] for k in range(4)]
     dekf = DEKF(fm)
 

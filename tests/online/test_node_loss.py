@@ -327,7 +327,8 @@ class TwoRanks(LocalComm):
 
 
 @pytest.mark.parametrize(("algorithm", "where", "keep_steps"), [
-    ("dpf", "in the step", True), ("dpf", "after the step", True), ("dekf", "after the step", True),
+    ("dpf", "in the step", True), ("dpf", "after the step", True), ("dekf", "in the step", True),
+    ("dekf", "after the step", True),
     ("dpf", "after the step", False), ("dsgd", "after the step", False)])
 def test_a_survivor_rolls_back_to_the_step_the_others_failed_in(linear_fm, algorithm, where, keep_steps,
                                                                 monkeypatch):
@@ -341,8 +342,10 @@ def test_a_survivor_rolls_back_to_the_step_the_others_failed_in(linear_fm, algor
     streams, _ = linear_streams(4, STEPS, 3, sigma=0.1, seed=5)
     ring = make_topology("ring", 4)
     settings = {"num_particles": 20, "walk_steps": 2} if algorithm == "dpf" else None
-    rounds_per_step = 2  # DPF: K = 2 walk rounds; DEKF: the data, then ψ
-    comm = TwoRanks(agreed=6, fail_at_round=6 * rounds_per_step + 2 if where == "in the step" else None,
+    # DPF: K = 2 walk rounds; DEKF: the sequences (before the prediction), the labels, then ψ. The DEKF's
+    # failure comes in step 6's first round, the prediction's
+    rounds_per_step, into = (3, 1) if algorithm == "dekf" else (2, 2)  # rounds count from 1
+    comm = TwoRanks(agreed=6, fail_at_round=6 * rounds_per_step + into if where == "in the step" else None,
                     fail_reduce=7 if where == "after the step" else None)
     mode = OnlineMode(OnlineProblem(streams), algorithm, algorithm_settings(algorithm, settings), ring,
                       model=lambda _seed: (linear_fm, torch.zeros(3, dtype=D)), on_node_loss="continue",

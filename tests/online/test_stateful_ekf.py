@@ -136,3 +136,20 @@ def test_stateful_settings_are_checked():
 
     with pytest.raises(ValueError, match="needs a model with a carried state"):
         make_algorithm("ekf", FunctionalModel(NoCarry()), stateful=True)
+
+
+@pytest.mark.parametrize("joseph", [False, True])
+def test_an_update_leaves_the_state_it_was_given_unchanged(joseph):
+    """The update writes the carry's rows into its own fresh Σ, never into the caller's (labelled or not)."""
+    gen = torch.Generator().manual_seed(1)
+    model = LinearCarry(gen)
+    stream = linear_carry_stream(model, 4, gen)
+    ekf = StatefulEKF(FunctionalModel(model), EKFConfig(sigma2=0.01, q=1e-3, s0_carry=0.5, stateful=True,
+                                                         joseph=joseph))
+    state = ekf.init(torch.zeros(P_DIM, dtype=D), 0, torch.Generator())
+    for ob in (stream[0], Observation(stream[1].x, float("nan")), stream[2]):
+        kept = [t.clone() for t in state]
+        new = ekf.update_node(state, ob, ekf.predict(state, ob.x), torch.Generator(), "test")
+        assert all(torch.equal(t, k) for t, k in zip(state, kept, strict=True))
+        assert new.P.data_ptr() != state.P.data_ptr() and not torch.equal(new.P, state.P)
+        state = new

@@ -152,7 +152,7 @@ and its two neighbours' (sent before the labels) in one fused forward and one or
 backward with respect to the pre-activations, from which every sequence's row follows by a
 small product (`models/per_sequence.py`; the EKF's one row is computed the same way): about
 1.2× the EKF's one sequence. It then reads Σ once for Σ Hᵀ of the three rows (the EKF: one
-row) and downdates it with rank |N_k| + 1 = 3 into a fresh n_θ × n_θ matrix, one
+row) and downdates it with rank |N_k| = 3 (N_k holds the node) into a fresh n_θ × n_θ matrix, one
 elementwise pass per row, the first writing the fresh matrix and the others in place
 (exactly symmetric), against the EKF's one pass: at small n_θ the rows dominate both, at
 large n_θ the passes over Σ.

@@ -23,7 +23,6 @@ import json
 import multiprocessing
 import os
 import statistics
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
@@ -228,14 +227,14 @@ def combine(folders: Sequence[Path], out: Path) -> list[dict[str, Any]]:
         for r in folder_runs:
             key = (r["optimizer"], r["alpha"], r["seed"])
             if key in seen:
-                raise ValueError(f"{folder} repeats the run {key} (optimizer, α, seed) of another folder")
+                raise ValueError(f"{folder} repeats the run {key} (optimizer, α, seed)")
             seen.add(key)
         sources.append((folder, config, folder_runs))
         runs += folder_runs
-    counts = Counter(r["alpha"] for r in runs)
+    alphas = [a for _, config, _ in sources for a in config["alphas"]]  # the first folder's main α first
     cfg = MatrixBatchConfig(**{k: sources[0][1][k] for k in PROTOCOL},
                             optimizers=tuple(o for o in OPTIMIZER_NAMES if any(r["optimizer"] == o for r in runs)),
-                            alphas=tuple(sorted(counts, key=lambda a: (-counts[a], -a))))
+                            alphas=tuple(dict.fromkeys(alphas)))
     summary = aggregate(runs, cfg)
     summary = [row for row in summary if row["runs"]]
     out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,8 @@ once, in information form (:func:`distlstm.ops.kalman.block_update`)::
 
 (Cattivelli & Sayed write it as an incremental loop over l with the innovation
 d_l − h_l(θ̂_{t|t-1}) − H_l (ψ_k − θ̂_{t|t-1}): the same numbers.) One pass over Σ for
-Σ Hᵀ and one rank-|N_k| downdate; the node's own H is its prediction's.
+Σ Hᵀ and one rank-|N_k| downdate; in a run every row and its Σ Hᵀ come from the
+prediction round (below).
 
 **sequential** — re-linearising at the running estimate (k first, then its
 neighbours in increasing order), the project's first reading of the paper, whose
@@ -33,14 +34,15 @@ Both then combine::
     Σ_{k,t|t} = P_k
 
 σ² is fixed or estimated from the node's own innovations as in the EKF. Messages per
-node and step: its observation (T·p + 1 numbers) and ψ_k (n_θ numbers) to every
-neighbour. Cost O(|N_k| · n_θ²) per node (sequential: |N_k| passes; block: two).
+node and step to every neighbour: its observation (T·p + 1 numbers) and ψ_k (n_θ
+numbers); with the block linearisation in a run, three: its sequence (T·p), its label (1)
+and ψ_k. Cost O(|N_k| · n_θ²) per node (sequential: |N_k| passes; block: two).
 
 **When the rows are computed.** With the block linearisation every row is taken at
 θ̂_{k,t|t-1}, which the node already holds when it predicts. So in a run (the
 network-wide :meth:`predict_nodes`) the nodes send their sequences X_l before the
 prediction, and each differentiates its own sequence and its neighbours' in one call
-(one forward over the |N_k| + 1 sequences, one backward: about 1.2× one sequence's cost,
+(one forward over the |N_k| sequences, one backward: about 1.2× one sequence's cost,
 against 2.1× for its own row at the prediction and its neighbours' in the update); the
 update then sends only the labels d_l. The same numbers travel (T·p, then 1), in one
 more message per neighbour. Predictions made one node at a time (:meth:`predict`) leave
@@ -123,7 +125,11 @@ class DEKF(NetworkAlgorithm):
                preds: Mapping[int, Prediction], transport: Transport,
                gens: Mapping[int, torch.Generator], step: int) -> dict[int, EKFState]:
         nodes = transport.local_nodes
-        rows_known = all(len(preds[k].aux) == 3 for k in nodes)  # predict_nodes sent the sequences already
+        carried = [isinstance(preds[k].aux[-1], NeighbourRows) for k in nodes]  # predict_nodes sent the sequences
+        if any(carried) and not all(carried):
+            raise ValueError("DEKF.update: some predictions came from predict_nodes and some from predict; every "
+                             "node of a step (and every process) must use the same")
+        rows_known = self.cfg.linearisation == "block" and all(carried) and bool(nodes)
         if rows_known:
             received = transport.neighbour_exchange({k: obs[k].x.new_tensor([obs[k].d]) for k in nodes})
         else:
@@ -134,7 +140,10 @@ class DEKF(NetworkAlgorithm):
             sigma2 = step_sigma2(self.cfg, states[k].noise)
             if rows_known:
                 nb = preds[k].aux[2]
-                labels = torch.cat([received[k][j] for j in nb.nodes]) if nb.nodes else nb.values
+                if nb.nodes != sorted(received[k]):
+                    raise RuntimeError(f"DEKF at node {k}, step {step}: the labels came from {sorted(received[k])}, "
+                                       f"the sequences from {nb.nodes}")
+                labels = torch.cat([received[k][j] for j in nb.nodes]) if nb.nodes else nb.values.new_empty(0)
                 psi[k], cov[k] = self.block_update(states[k], obs[k], preds[k], labels, nb.values, nb.rows, sigma2,
                                                    where, nb.PH)
             else:
@@ -166,7 +175,7 @@ class DEKF(NetworkAlgorithm):
         The node's own row, Σ Hᵀ and h(θ̂) are ``pred``'s; the neighbours' ``labels`` d_l (NaN: none),
         ``values`` h(θ̂; X_l), ``rows`` ∂h/∂θ and, if known, ``PH`` Σ Hᵀ (n_θ, m) are at the same θ̂.
         """
-        labelled = ~torch.isnan(labels)
+        labelled = torch.isfinite(labels)  # as Observation.labelled: NaN (or ±inf) is no label
         if not bool(labelled.all()):
             labels, values, rows = labels[labelled], values[labelled], rows[labelled]
             PH = None if PH is None else PH[:, labelled]

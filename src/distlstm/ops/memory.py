@@ -23,7 +23,9 @@ from torch import Tensor
 
 HUGE_PAGE = 2 << 20  # bytes of one x86-64 / arm64 transparent huge page
 MADV_HUGEPAGE = 14  # <sys/mman.h>, Linux
-MIN_BYTES = 2 * HUGE_PAGE  # below this a tensor holds at most one whole huge page: not worth a system call
+#: Smaller tensors are left alone: glibc serves them from its heap once a freed one has raised its mmap
+#: threshold (to at most 32 MiB), so they are reused without faults, and advice there would outlive the tensor.
+MIN_BYTES = 32 << 20
 
 
 @cache
