@@ -151,3 +151,32 @@ def test_device_flag_trains_on_the_gpu_and_on_the_cpu_alike(tmp_path):
     for k, v in cpu.items():
         torch.testing.assert_close(gpu[k].cpu(), v, rtol=1e-9, atol=1e-9)
     assert main(["es", "--device", "cuda", "--out", str(tmp_path / "es")]) == 2  # ES keeps θ on the CPU: refused
+
+
+def test_word_lm_with_dropout_trains_on_the_gpu_as_on_the_cpu(tmp_path):
+    """Dropout masks and sampled candidates come from CPU generators: a float64 run is the same on either device."""
+    from distlstm.cli import main
+    from distlstm.modes import load_run
+
+    text = tmp_path / "w.txt"
+    text.write_text("the king is dead long live the king and the queen .\n" * 60)
+    args = ["train", "--task", "word-lm", "--text", str(text), "--hidden", "16", "--embedding", "8", "--proj", "8",
+            "--window", "5", "--batch", "2", "--samples", "5", "--vocab-size", "12", "--dropout", "0.3",
+            "--eval-tokens", "50", "--cell", "glstm", "--cell-opt", "groups=2", "--dtype", "float64",
+            "--steps", "4", "--no-progress"]
+    assert main([*args, "--device", "cuda", "--out", str(tmp_path / "gpu")]) == 0
+    assert main([*args, "--device", "cpu", "--out", str(tmp_path / "cpu")]) == 0
+    gpu, cpu = load_run(tmp_path / "gpu").model.state_dict(), load_run(tmp_path / "cpu").model.state_dict()
+    for k, v in cpu.items():
+        torch.testing.assert_close(gpu[k].cpu(), v, rtol=1e-9, atol=1e-9)
+
+
+def test_generation_on_the_gpu_with_a_cpu_generator_equals_the_cpu():
+    from distlstm.models.networks import CharLM
+
+    torch.manual_seed(0)
+    model = CharLM(vocab_size=11, hidden_size=8).double()
+    prompt = torch.tensor([1, 2, 3])
+    want = model.generate(prompt, 12, generator=torch.Generator().manual_seed(3))
+    got = model.cuda().generate(prompt.cuda(), 12, generator=torch.Generator().manual_seed(3))
+    assert got.device.type == "cuda" and got.cpu().tolist() == want.tolist()

@@ -136,7 +136,9 @@ class _Generates(nn.Module):
             if temperature == 0:
                 nxt = last.argmax().view(1)
             else:
-                nxt = torch.multinomial(torch.softmax(last / temperature, -1), 1, generator=generator)
+                probs = torch.softmax(last / temperature, -1)  # drawn where the generator is: a CPU one serves a GPU
+                where = probs.device if generator is None else generator.device
+                nxt = torch.multinomial(probs.to(where), 1, generator=generator).to(last.device)
             out.append(nxt)
             logits, state = self(nxt.view(1, 1), state)
         return torch.cat(out) if out else prompt.new_empty(0)

@@ -39,9 +39,16 @@ def step_mask(lengths: Tensor, steps: int) -> Tensor:
 
 
 def dropout_mask(like: Tensor, rate: float, generator: torch.Generator | None) -> Tensor:
-    """Inverted-dropout mask shaped as ``like``: Bernoulli(1 − rate) / (1 − rate), drawn with ``generator``."""
+    """Inverted-dropout mask shaped as ``like``: Bernoulli(1 − rate) / (1 − rate), drawn with ``generator``.
+
+    The mask is drawn on the generator's device and moved to ``like``'s: the runs keep
+    their generators on the CPU, so that a seed gives the same masks on a GPU as on the
+    CPU and a checkpoint's generator state fits either.
+    """
     keep = 1.0 - rate
-    return torch.empty_like(like).bernoulli_(keep, generator=generator).div_(keep)
+    where = like.device if generator is None else generator.device
+    mask = torch.empty_like(like, device=where).bernoulli_(keep, generator=generator).div_(keep)
+    return mask.to(like.device, non_blocking=True)
 
 
 def run_layer(cell: Cell, x: Tensor, state: State, lengths: Tensor | None = None) -> tuple[Tensor, State]:
