@@ -58,6 +58,7 @@ def test_info_reports_backends(capsys):
     info = json.loads(capsys.readouterr().out)
     assert "gloo" in info["distributed_backends"] and info["torch"].startswith("2.")
     assert info["peephole_loops"].startswith(("C++ loops (", "ATen loops ("))  # which, and where or why
+    assert info["kalman_downdate"].startswith(("C++ one-pass loop (", "ATen passes ("))
 
 
 def test_demo_writes_a_run_folder_and_learns(tmp_path):

@@ -35,6 +35,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     import numpy
 
     from distlstm.models import peephole_kernel
+    from distlstm.ops import downdate_kernel
     from distlstm.runtime.dist import available_backends
 
     backends = available_backends()
@@ -54,6 +55,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "distributed_backends": [name for name, ok in backends.items() if ok],
         "default_backend": "nccl" if torch.cuda.is_available() and backends.get("nccl") else "gloo",
         "peephole_loops": peephole_kernel.status(),  # small float64 peephole layers: C++ or ATen loops
+        "kalman_downdate": downdate_kernel.status(),  # the EKF/DEKF covariance downdate: one C++ pass or ATen's
     }
     if args.json:
         print(json.dumps(info, indent=2))

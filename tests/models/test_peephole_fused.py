@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import distlstm
+from distlstm import native
 from distlstm.models import SequenceRegressor, peephole_fused, peephole_kernel
 from distlstm.models.peephole_fused import clear_workspace, peephole_layer, peephole_sequence
 
@@ -28,7 +29,7 @@ def loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ob
         pytest.skip("the C++ kernel is not built here (no compiler: see test_peephole_kernel.py)")
     buffer = peephole_fused._buffer
     monkeypatch.setattr(peephole_fused, "_buffer", lambda *args: buffer(*args).fill_(float("nan")))
-    with peephole_kernel.native(request.param == "kernel"):
+    with native.use(request.param == "kernel"):
         yield request.param
 
 

@@ -2,25 +2,22 @@
 
 The layer-level equality with the generic loop runs in ``test_peephole_fused.py`` (every
 test there runs on both loops); here: the kernel against the ATen loops on shapes that
-cross its block boundaries, its sigmoid against ``torch.sigmoid``, when it applies, and
-what happens where it cannot be built.
+cross its block boundaries, its sigmoid against ``torch.sigmoid``, its argument checks and
+when it applies. Building, caching and what happens where it cannot be built:
+``tests/test_native.py``.
 """
 
 from __future__ import annotations
 
-import shutil
-import stat
-import warnings
-from pathlib import Path
-
 import pytest
 import torch
 
+from distlstm import native
 from distlstm.models import peephole_kernel
 from distlstm.models.peephole_fused import peephole_sequence
 
 D = torch.float64
-needs_compiler = pytest.mark.skipif(peephole_kernel._compiler() is None, reason="no C++ compiler on this machine")
+needs_compiler = pytest.mark.skipif(native.compiler() is None, reason="no C++ compiler on this machine")
 
 
 def layer_inputs(gen, steps, inputs, batch, n, gates, has_bias=True):
@@ -42,8 +39,8 @@ def test_kernel_builds_where_a_compiler_is():
 def both_loops(x, h0, c0, w, p, lengths, has_bias=True, outputs=True):
     """Outputs, final state and the gradients of a loss on all three, on the kernel and on the ATen loops."""
     results = []
-    for native in (True, False):
-        with peephole_kernel.native(native):
+    for on in (True, False):
+        with native.use(on):
             leaves = [t.clone().requires_grad_() for t in (x, h0, c0, w, p)]
             y, h, c = peephole_sequence(*leaves, has_bias=has_bias, lengths=lengths, outputs=outputs)
             gen = torch.Generator().manual_seed(99)
@@ -154,7 +151,7 @@ def test_kernel_sigmoid_against_torch():
 def test_where_the_kernel_applies():
     """float64 CPU cells up to MAX_WEIGHTS weights; float32, bigger cells and a disabled kernel run the ATen loops."""
     small = torch.zeros(12, 7, dtype=D)
-    with peephole_kernel.native(False):
+    with native.use(False):
         assert not peephole_kernel.applies(small)
     assert not peephole_kernel.applies(small.float())
     assert not peephole_kernel.applies(torch.zeros(peephole_kernel.MAX_WEIGHTS + 1, 1, dtype=D))
@@ -171,104 +168,10 @@ def test_the_kernel_path_runs_the_kernel(monkeypatch):
         monkeypatch.setattr(kernel, name, lambda *a, _o=original, _n=name, **k: (calls.append(_n), _o(*a, **k))[1])
     x, h0, c0 = torch.randn(3, 2, 5, dtype=D), torch.zeros(2, 5, dtype=D), torch.zeros(2, 5, dtype=D)
     w, p = torch.randn(6, 5, dtype=D, requires_grad=True), torch.randn(2, 2, dtype=D)
-    for native in (True, False):
-        with peephole_kernel.native(native):
+    for on in (True, False):
+        with native.use(on):
             peephole_sequence(x, h0, c0, w, p, True, None)[1].sum().backward()
     assert calls == ["forward", "backward"]
-
-
-def fake_compiler(folder: Path, script: str) -> str:
-    path = folder / "fake-cxx"
-    path.write_text("#!/bin/sh\n" + script)
-    path.chmod(path.stat().st_mode | stat.S_IEXEC)
-    return str(path)
-
-
-def test_a_failing_compiler_is_reported(tmp_path, monkeypatch):
-    """build() names the compiler and its message; load() warns once and returns None (the ATen loops run)."""
-    cxx = fake_compiler(tmp_path, 'echo "fake-cxx: error: out of luck" >&2; exit 1\n')
-    monkeypatch.setenv("CXX", cxx)
-    with pytest.raises(RuntimeError, match="out of luck"):
-        peephole_kernel.build(tmp_path / "cache")
-    monkeypatch.setenv("DISTLSTM_CACHE", str(tmp_path / "cache"))
-    peephole_kernel.load.cache_clear()
-    try:
-        with pytest.warns(RuntimeWarning, match="C\\+\\+ peephole kernel is not available"):
-            assert peephole_kernel.load() is None
-        assert not peephole_kernel.applies(torch.zeros(12, 7, dtype=D))
-    finally:
-        peephole_kernel.load.cache_clear()
-
-
-def test_disabled_by_environment_without_a_warning(monkeypatch):
-    """DISTLSTM_NATIVE=0: no build, no warning, the ATen loops."""
-    monkeypatch.setenv("DISTLSTM_NATIVE", "0")
-    monkeypatch.setenv("CXX", "/nonexistent/compiler")
-    peephole_kernel.load.cache_clear()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            assert peephole_kernel.load() is None
-    finally:
-        peephole_kernel.load.cache_clear()
-
-
-@needs_compiler
-def test_build_is_cached_and_keyed_by_compiler(tmp_path, monkeypatch):
-    """A second build finds the first (not rebuilt); another compiler version builds its own library."""
-    first = peephole_kernel.build(tmp_path)
-    mtime = first.stat().st_mtime_ns
-    assert peephole_kernel.build(tmp_path) == first and first.stat().st_mtime_ns == mtime
-    command = peephole_kernel._compiler()
-    assert command is not None
-    real = shutil.which(command[0])
-    assert real is not None
-    rest = " ".join(f'"{part}"' for part in command[1:])
-    monkeypatch.setenv("CXX", fake_compiler(tmp_path, f'[ "$1" = --version ] && {{ echo "other 9.9"; exit 0; }}\n'
-                                                      f'exec "{real}" {rest} "$@"\n'))
-    second = peephole_kernel.build(tmp_path)
-    assert second != first and sorted(p.name for p in tmp_path.glob("*.so")) == sorted([first.name, second.name])
-
-
-@needs_compiler
-def test_a_shared_cache_folder_is_not_used(tmp_path, monkeypatch):
-    """A group/world-writable cache: build() refuses it, load() builds privately, then removes that folder."""
-    shared = tmp_path / "shared"
-    (shared / "kernels").mkdir(parents=True)
-    (shared / "kernels").chmod(0o777)
-    with pytest.raises(PermissionError, match="writable by other users"):
-        peephole_kernel.build(shared / "kernels")
-    private = tmp_path / "private"
-    monkeypatch.setenv("DISTLSTM_CACHE", str(shared))
-    mkdtemp = peephole_kernel.tempfile.mkdtemp
-
-    def private_folder(suffix=None, prefix=None, dir=None):  # load()'s call, not TemporaryDirectory's
-        return mkdtemp(suffix, prefix, dir) if dir else str(private.mkdir() or private)
-
-    monkeypatch.setattr(peephole_kernel.tempfile, "mkdtemp", private_folder)
-    peephole_kernel.load.cache_clear()
-    try:
-        assert peephole_kernel.load() is not None
-        assert not private.exists() and list((shared / "kernels").iterdir()) == []
-    finally:
-        peephole_kernel.load.cache_clear()
-
-
-def test_a_library_that_will_not_load_falls_back(tmp_path, monkeypatch):
-    """dlopen failing (a noexec cache, SELinux) is a warning and the ATen loops, not an error in every forward."""
-    def refuse(path: str) -> None:
-        raise OSError(f"{path}: failed to map segment from shared object")
-
-    monkeypatch.setenv("DISTLSTM_CACHE", str(tmp_path))
-    monkeypatch.setattr(peephole_kernel.ctypes, "CDLL", refuse)
-    peephole_kernel.load.cache_clear()
-    try:
-        with pytest.warns(RuntimeWarning, match="failed to map segment"):
-            assert peephole_kernel.load() is None
-        x, h0, c0, w, p = layer_inputs(torch.Generator().manual_seed(0), 3, 2, 4, 2, 3)
-        peephole_sequence(x, h0, c0, w, p, True, None)  # runs the ATen loops
-    finally:
-        peephole_kernel.load.cache_clear()
 
 
 def test_kernel_rejects_wrong_shapes_and_types():
@@ -287,19 +190,3 @@ def test_kernel_rejects_wrong_shapes_and_types():
                       ("tcs", torch.zeros(batch, n, steps, dtype=D).transpose(0, 2))):
         with pytest.raises(ValueError, match="peephole kernel: expected"):
             kernel.forward(**{**args, name: bad})
-
-
-def test_status_says_which_loops_and_why(tmp_path, monkeypatch):
-    """distlstm info's line: the library's path when built, the switch when off, the reason when unavailable."""
-    if peephole_kernel._compiler() is not None:
-        assert peephole_kernel.status() == f"C++ loops ({peephole_kernel._found})"
-        assert peephole_kernel._found.endswith(".so")
-    with peephole_kernel.native(False):
-        assert peephole_kernel.status() == "ATen loops (DISTLSTM_NATIVE=0)"
-    monkeypatch.setenv("CXX", fake_compiler(tmp_path, "exit 1\n"))
-    monkeypatch.setenv("PATH", str(tmp_path))  # no g++ either
-    peephole_kernel.load.cache_clear()
-    try:
-        assert peephole_kernel.status().startswith("ATen loops (the C++ kernel is not available: ")
-    finally:
-        peephole_kernel.load.cache_clear()

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from distlstm import native as native_loops
 from distlstm.bptt.tasks import Batch, LongLagTask
 from distlstm.experiments.matrix_batch_timing import VectorRow, WorkersRow, bench_lbfgs_workers, bench_vectorization
 from distlstm.models import peephole_kernel
@@ -126,7 +127,7 @@ def bench_fullbatch_evaluation(train_size: int = 10_000, min_len: int = 100, rep
 
     def evaluation(model: nn.Module, native: bool) -> Callable[[], None]:
         def run() -> None:
-            with peephole_kernel.native(native):
+            with native_loops.use(native):
                 model.zero_grad(set_to_none=True)
                 task.loss(model, batch, None)[0].backward()
         return run

@@ -8,14 +8,8 @@ of 128–512 sequences, all steps of a block with its state in cache, the blocks
 over ``torch.get_num_threads()`` threads (measured in BENCHMARKS.md, "One full-batch
 evaluation").
 
-The source is compiled once per machine with the host C++ compiler (``$CXX``, else
-``g++``, ``c++`` or ``clang++``) into ``$DISTLSTM_CACHE`` (default
-``~/.cache/distlstm``), under a name that hashes the source, the flags, the compiler
-and the CPU, so a changed kernel or machine builds anew; processes that build at the
-same time each write their own file and rename it into place. It includes no torch
-header: a build takes about a second. A cache folder that others may write to is not
-used (a library planted there would run in this process): the build then goes to a
-private temporary folder. Where no compiler works, or with ``DISTLSTM_NATIVE=0``,
+The source is built and loaded by :mod:`distlstm.native` (once per machine, cached,
+refused from a shared folder). Where no compiler works, or with ``DISTLSTM_NATIVE=0``,
 :func:`load` returns None and the ATen loops run (the same numbers to rounding, about
 1.6× slower on the full-batch evaluation).
 """
@@ -23,130 +17,42 @@ private temporary folder. Where no compiler works, or with ``DISTLSTM_NATIVE=0``
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import math
-import os
-import platform
-import shlex
-import shutil
-import stat
-import subprocess
-import tempfile
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cache
-from importlib import resources
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-SOURCE = "peephole_kernel.cpp"
-FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-std=c++17", "-pthread", "-shared", "-fPIC")
+from distlstm import native
+
+PACKAGE, SOURCE = "distlstm.models", "peephole_kernel.cpp"
 #: Cells with more weights than this run the ATen loops: their per-step GEMMs are large enough
 #: for BLAS to beat the kernel's plain loops, and the per-op overhead the kernel saves is small.
 MAX_WEIGHTS = 16384
-COMPILE_TIMEOUT_S = 300
-
-_enabled = os.environ.get("DISTLSTM_NATIVE", "1") != "0"
-
-
-@contextmanager
-def native(enabled: bool) -> Iterator[None]:
-    """Within the block, use the C++ loops where they apply (True, the default) or always the ATen loops."""
-    global _enabled
-    previous, _enabled = _enabled, bool(enabled)
-    try:
-        yield
-    finally:
-        _enabled = previous
 
 
 def applies(weight: Tensor, *tensors: Tensor) -> bool:
     """Whether the kernel runs a layer with this (G·n, K) folded weight (and these inputs): all float64 on the
     CPU, a cell of at most :data:`MAX_WEIGHTS` weights, the kernel enabled and built."""
-    return (_enabled and weight.numel() <= MAX_WEIGHTS
+    return (native.enabled() and weight.numel() <= MAX_WEIGHTS
             and all(t.device.type == "cpu" and t.dtype == torch.float64 for t in (weight, *tensors))
             and load() is not None)
 
 
-def _compiler() -> list[str] | None:
-    """The compiler's command (``$CXX`` may carry a launcher, e.g. ``ccache g++``), or None."""
-    given = os.environ.get("CXX")
-    if given:
-        command = shlex.split(given)
-        if command and shutil.which(command[0]):
-            return command
-        warnings.warn(f"distlstm: $CXX={given!r} is not an executable; trying g++, c++, clang++", RuntimeWarning,
-                      stacklevel=3)
-    for name in ("g++", "c++", "clang++"):
-        if shutil.which(name):
-            return [name]
-    return None
+def load() -> Kernel | None:
+    """The built kernel, or None (with one warning saying why) where it cannot be built or loaded."""
+    library = native.load(PACKAGE, SOURCE, "peephole kernel")
+    return None if library is None else _kernel(library)
 
 
-def _cpu_signature() -> str:
-    """What ``-march=native`` depends on: the CPU's model and flags (Linux), else the platform's name."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() + platform.machine()
-    lines = [line for line in text.splitlines() if line.startswith(("model name", "flags", "Features"))]
-    return "\n".join(sorted(set(lines)))
+def status() -> str:
+    """A line for ``distlstm info``: which loops small peephole layers run, and where the library is or why not."""
+    return native.status(PACKAGE, SOURCE, "peephole kernel", "C++ loops", "ATen loops")
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("DISTLSTM_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "distlstm")
-    return Path(root) / "kernels"
-
-
-def _private(directory: Path) -> bool:
-    """Whether only this user can write ``directory`` (owned by us, not group- or world-writable)."""
-    info = directory.stat()
-    return info.st_uid == os.getuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-
-
-def build(directory: Path | None = None) -> Path:
-    """Compile the kernel (unless an identical build is there) and return the shared library's path.
-
-    Raises:
-        RuntimeError: no C++ compiler found, the compiler failed or timed out (its output is in the message).
-        PermissionError: ``directory`` is writable by other users.
-        OSError: ``directory`` cannot be created or written.
-    """
-    compiler = _compiler()
-    if compiler is None:
-        raise RuntimeError("no C++ compiler found (set $CXX, or install g++)")
-    source = resources.files("distlstm.models").joinpath(SOURCE).read_bytes()
-    try:
-        version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, check=False,
-                                 timeout=60).stdout
-    except subprocess.TimeoutExpired as error:
-        raise RuntimeError(f"{shlex.join(compiler)} --version did not answer in 60 s") from error
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(),
-                                     _cpu_signature().encode()])).hexdigest()[:16]
-    directory = directory or _cache_dir()
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not _private(directory):
-        raise PermissionError(f"{directory} is writable by other users: a library there could be replaced")
-    target = directory / f"peephole-{key}.so"
-    if target.exists():
-        return target
-    with tempfile.TemporaryDirectory(dir=directory) as work:
-        src = Path(work) / SOURCE
-        src.write_bytes(source)
-        out = Path(work) / target.name
-        try:
-            done = subprocess.run([*compiler, *FLAGS, "-o", str(out), str(src)], capture_output=True, text=True,
-                                  check=False, timeout=COMPILE_TIMEOUT_S)
-        except subprocess.TimeoutExpired as error:
-            raise RuntimeError(f"{shlex.join(compiler)} did not finish {SOURCE} in {COMPILE_TIMEOUT_S} s") from error
-        if done.returncode != 0:
-            raise RuntimeError(f"{shlex.join(compiler)} failed to build {SOURCE}:\n{done.stderr.strip()}")
-        os.replace(out, target)  # atomic: a concurrent build of the same source writes the same bytes
-    return target
+@cache
+def _kernel(library: ctypes.CDLL) -> Kernel:
+    return Kernel(library)
 
 
 class Kernel:
@@ -232,54 +138,3 @@ def _expect_index(t: Tensor, length: int) -> None:
     if t.dtype != torch.int64 or t.device.type != "cpu" or not t.is_contiguous() or t.shape != (length,):
         raise ValueError(f"peephole kernel: expected a contiguous int64 CPU index of length {length}, got {t.dtype} "
                          f"{tuple(t.shape)} on {t.device}")
-
-
-#: What :func:`load` found: the library's path, or why there is none (for ``distlstm info``).
-_found = ""
-
-
-def _open(directory: Path | None) -> Kernel:
-    global _found
-    path = build(directory)
-    kernel = Kernel(ctypes.CDLL(str(path)))
-    _found = str(path)
-    return kernel
-
-
-def status() -> str:
-    """A line for ``distlstm info``: which loops small peephole layers run, and where the library is or why not."""
-    if not _enabled or os.environ.get("DISTLSTM_NATIVE", "1") == "0":
-        return "ATen loops (DISTLSTM_NATIVE=0)"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        kernel = load()
-    return f"C++ loops ({_found})" if kernel is not None else f"ATen loops ({_found})"
-
-
-@cache
-def load() -> Kernel | None:
-    """The built kernel, or None (with one warning saying why) where it cannot be built or loaded.
-
-    An unwritable or shared cache folder gets a build in a private temporary folder, removed
-    once the library is loaded (the mapping stays valid).
-    """
-    if os.environ.get("DISTLSTM_NATIVE", "1") == "0":
-        return None
-    try:
-        return _open(None)
-    except OSError as first:  # PermissionError included: build privately, for this process
-        private = Path(tempfile.mkdtemp(prefix="distlstm-kernel-"))
-        try:
-            return _open(private)
-        except (RuntimeError, OSError) as second:
-            reason = f"{first}; then, in a private folder: {second}"
-        finally:
-            shutil.rmtree(private, ignore_errors=True)
-    except RuntimeError as error:
-        reason = str(error)
-    global _found
-    _found = f"the C++ kernel is not available: {reason}"
-    warnings.warn(f"distlstm: the C++ peephole kernel is not available ({reason}); the peephole layers run "
-                  "ATen loops instead (same numbers, slower). DISTLSTM_NATIVE=0 silences this.",
-                  RuntimeWarning, stacklevel=2)
-    return None

@@ -36,11 +36,11 @@ The Joseph form, a rank-2 update, is symmetrised explicitly.
 which is the information-form update Σ⁻¹ ← Σ_pred⁻¹ + Hᵀ H / σ²,
 â ← â + Σ Hᵀ (d − h(â)) / σ² written without inverting Σ; for a linear h it equals m
 scalar updates in sequence. One pass over Σ for U, then the rank-m downdate Σ − W Wᵀ:
-up to ``DOWNDATE_ROWS`` rows as m elementwise passes (:func:`downdate`, exactly
-symmetric like the rank-1 update; the first pass writes the fresh matrix, the others
-run in place on it while it is still in cache), above that one matrix product and a
-symmetrisation (:func:`symmetrise_`). At n = 584 and m = 3 the passes took a third of
-the time of the product and symmetrisation (side by side in one process).
+up to ``DOWNDATE_ROWS`` rows elementwise (:func:`downdate`, exactly symmetric like the
+rank-1 update: one pass of a C++ loop for a large float64 Σ, else one ATen pass per
+row), above that one matrix product and a symmetrisation (:func:`symmetrise_`). At
+n = 584 and m = 3 the ATen passes took a third of the time of the product and
+symmetrisation (side by side in one process).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from distlstm.ops import memory
+from distlstm.ops import downdate_kernel, memory
 
 
 class KalmanUpdate(NamedTuple):
@@ -128,10 +128,17 @@ DOWNDATE_ROWS = 4  # up to this rank, m elementwise passes over Σ beat one matm
 def downdate(P: Tensor, rows: Tensor) -> Tensor:
     """Σ − Σ_k w_k w_kᵀ for the rows w_k of ``rows`` (m, n): a new tensor, symmetric bit for bit if Σ is.
 
-    One elementwise pass over Σ per row (P_ij − w_i w_j, not BLAS ger or gemm, whose
-    blocking need not round (i, j) and (j, i) alike), so no symmetrisation is needed.
+    Each entry is P_ij − w_i w_j rounded once per row (not BLAS ger or gemm, whose
+    blocking need not round (i, j) and (j, i) alike), so no symmetrisation is needed. A
+    large float64 Σ goes through the C++ loop of :mod:`~distlstm.ops.downdate_kernel`
+    (one pass over Σ for all the rows, the same numbers); otherwise one ATen pass per row.
     """
-    out = torch.addcmul(P, rows[0, :, None], rows[0, None, :], value=-1.0, out=memory.empty_like(P))
+    out = memory.empty_like(P)
+    if downdate_kernel.applies(P, rows):
+        kernel = downdate_kernel.load()
+        assert kernel is not None  # applies() loaded it
+        return kernel.downdate(P, rows.contiguous(), out)
+    torch.addcmul(P, rows[0, :, None], rows[0, None, :], value=-1.0, out=out)
     for w in rows[1:]:
         out.addcmul_(w[:, None], w[None, :], value=-1.0)
     return out

@@ -48,8 +48,10 @@ def empty_like(t: Tensor) -> Tensor:
     Only the whole 2 MiB pages inside the tensor are advised, so no byte outside it is.
     """
     out = torch.empty_like(t, memory_format=torch.contiguous_format)
+    if out.device.type != "cpu" or out.nbytes < MIN_BYTES:
+        return out
     madvise = _madvise()
-    if madvise is None or out.device.type != "cpu" or out.nbytes < MIN_BYTES:
+    if madvise is None:
         return out
     start = -(-out.data_ptr() // HUGE_PAGE) * HUGE_PAGE
     end = (out.data_ptr() + out.nbytes) // HUGE_PAGE * HUGE_PAGE

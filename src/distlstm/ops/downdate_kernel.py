@@ -1,0 +1,79 @@
+"""The covariance downdate Σ − Σ_k w_k w_kᵀ in one pass over Σ (C++, built on first use, loaded with ctypes).
+
+:func:`distlstm.ops.kalman.downdate` makes one elementwise pass over Σ per row w_k; a
+Kalman covariance of hidden 32 (n_θ = 5,408, 223 MB) is far beyond the caches, so the
+DEKF's rank-3 update read and wrote Σ three times from memory where the EKF's rank-1
+update does it once. ``downdate_kernel.cpp`` computes each output row from all the
+w_k while the row is in registers, with the same fused multiply-adds in the same order:
+the numbers are the ATen path's bit for bit (tested), Σ is read once and written once.
+Built and loaded by :mod:`distlstm.native`; without a compiler, or with
+``DISTLSTM_NATIVE=0``, the ATen passes run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from functools import cache
+
+import torch
+from torch import Tensor
+
+from distlstm import native
+
+PACKAGE, SOURCE, WHAT = "distlstm.ops", "downdate_kernel.cpp", "downdate kernel"
+#: Smaller covariances take the ATen path: in cache its passes are as quick, and a ctypes call costs
+#: about as much as one of them (below 256 × 256 the difference is a few microseconds either way).
+MIN_SIZE = 256
+
+
+class Kernel:
+    """``distlstm_downdate`` of ``downdate_kernel.cpp``, called on float64 CPU tensors of checked shapes."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        self._downdate = library.distlstm_downdate
+        self._downdate.argtypes = [i64, i64, ptr, ptr, ptr, i64]
+        self._downdate.restype = None
+        max_rows = library.distlstm_downdate_max_rows
+        max_rows.restype = i64
+        self.max_rows = int(max_rows())
+
+    def downdate(self, P: Tensor, rows: Tensor, out: Tensor) -> Tensor:
+        """Write Σ − Σ_k w_k w_kᵀ into ``out`` and return it: P, out (n, n) and rows (m, n) contiguous float64."""
+        n, m = P.shape[0], rows.shape[0]
+        for name, t, shape in (("P", P, (n, n)), ("rows", rows, (m, n)), ("out", out, (n, n))):
+            if t.shape != shape or t.dtype != torch.float64 or t.device.type != "cpu" or not t.is_contiguous():
+                raise ValueError(f"downdate kernel: {name} must be a contiguous float64 CPU tensor of shape {shape}, "
+                                 f"got {t.dtype} {tuple(t.shape)} on {t.device} (contiguous: {t.is_contiguous()})")
+        if not 1 <= m <= self.max_rows:
+            raise ValueError(f"downdate kernel: 1 to {self.max_rows} rows, got {m}")
+        if out.data_ptr() in (P.data_ptr(), rows.data_ptr()):
+            raise ValueError("downdate kernel: out must be a fresh tensor, not P or rows")
+        self._downdate(n, m, P.data_ptr(), rows.data_ptr(), out.data_ptr(), torch.get_num_threads())
+        return out
+
+
+def applies(P: Tensor, rows: Tensor) -> bool:
+    """Whether the kernel runs this downdate: float64 on the CPU, a contiguous Σ of at least :data:`MIN_SIZE`
+    rows, the rows few enough, the kernel enabled and built."""
+    if not (native.enabled() and P.shape[0] >= MIN_SIZE and P.dtype == rows.dtype == torch.float64
+            and P.device.type == rows.device.type == "cpu" and P.is_contiguous()):
+        return False
+    kernel = load()
+    return kernel is not None and rows.shape[0] <= kernel.max_rows
+
+
+def load() -> Kernel | None:
+    """The built kernel, or None (with one warning saying why) where it cannot be built or loaded."""
+    library = native.load(PACKAGE, SOURCE, WHAT)
+    return None if library is None else _kernel(library)
+
+
+def status() -> str:
+    """A line for ``distlstm info``: which path Kalman downdates take, and where the library is or why not."""
+    return native.status(PACKAGE, SOURCE, WHAT, "C++ one-pass loop", "ATen passes")
+
+
+@cache
+def _kernel(library: ctypes.CDLL) -> Kernel:
+    return Kernel(library)
