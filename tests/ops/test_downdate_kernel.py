@@ -34,7 +34,7 @@ def covariance(n: int, seed: int) -> torch.Tensor:
 
 
 @needs_kernel
-@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("n", [1, 7, 256, 257, 263, 300])
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8])
 def test_kernel_equals_the_aten_passes_bit_for_bit(n, m, threads):
@@ -52,12 +52,48 @@ def test_kernel_equals_the_aten_passes_bit_for_bit(n, m, threads):
 
 
 @needs_kernel
-def test_threads_split_a_large_covariance_alike():
-    """n² ≥ 2¹⁶ runs on several threads: their row ranges cover Σ once (no row left NaN, none twice)."""
-    P, rows = covariance(700, 1), torch.randn(3, 700, dtype=D)
-    out = torch.full_like(P, float("nan"))
+@pytest.mark.parametrize("threads", [2, 3, 4])
+def test_threads_split_a_large_covariance_alike(threads):
+    """n² ≥ 2¹⁸ runs on the kernel's threads: their row ranges cover Σ once (no row left NaN, none twice)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for n, m in ((600, 3), (613, 2), (1030, 5)):
+            P, rows = covariance(n, m), torch.randn(m, n, dtype=D)
+            assert kernel is not None
+            assert torch.equal(kernel.downdate(P, rows, torch.full_like(P, float("nan"))), aten_downdate(P, rows))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _downdate_in_child(queue) -> None:
+    """In the forked child: ATen on one thread (GNU OpenMP threads do not survive a fork either), the kernel on two."""
+    torch.set_num_threads(1)
+    P, rows = covariance(600, 0), torch.ones(3, 600, dtype=D)
+    out = torch.empty_like(P)
     assert kernel is not None
-    assert torch.equal(kernel.downdate(P, rows, out), aten_downdate(P, rows))
+    kernel._downdate(600, 3, P.data_ptr(), rows.data_ptr(), out.data_ptr(), 2)
+    queue.put(bool(torch.equal(out, aten_downdate(P, rows))))
+
+
+@needs_kernel
+def test_a_forked_child_gets_its_own_threads():
+    """A process forked after the kernel ran its threads (which the child does not inherit) still downdates."""
+    import multiprocessing
+
+    P, rows, out = covariance(600, 0), torch.ones(3, 600, dtype=D), torch.empty(600, 600, dtype=D)
+    assert kernel is not None
+    kernel._downdate(600, 3, P.data_ptr(), rows.data_ptr(), out.data_ptr(), 2)  # the parent's threads exist now
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_downdate_in_child, args=(queue,))
+    child.start()
+    child.join(30)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive, "the forked child hung in the downdate (waiting for threads it did not inherit)"
+    assert child.exitcode == 0 and queue.get(timeout=5)
 
 
 @pytest.mark.parametrize("on", [True, False])
@@ -70,7 +106,7 @@ def test_kalman_downdate_gives_the_same_numbers_either_way(on):
 
 
 def test_where_the_kernel_applies():
-    """float64, CPU, contiguous Σ of at least MIN_SIZE rows, at most max_rows vectors; else the ATen passes."""
+    """float64, CPU, contiguous Σ of at least MIN_SIZE rows, 2 to max_rows vectors; else the ATen passes."""
     n = downdate_kernel.MIN_SIZE
     P, rows = torch.zeros(n, n, dtype=D), torch.zeros(3, n, dtype=D)
     if kernel is None:
@@ -81,6 +117,7 @@ def test_where_the_kernel_applies():
     assert not downdate_kernel.applies(P.float(), rows.float())
     assert not downdate_kernel.applies(torch.zeros(n, 2 * n, dtype=D)[:, ::2], rows)  # a strided Σ
     assert not downdate_kernel.applies(P, torch.zeros(kernel.max_rows + 1, n, dtype=D))
+    assert not downdate_kernel.applies(P, rows[:1])  # rank 1: one ATen pass already
     with native.use(False):
         assert not downdate_kernel.applies(P, rows)
 

@@ -64,9 +64,9 @@ def test_a_large_tensor_is_advised_onto_huge_pages():
 def test_small_tensors_make_no_system_call(monkeypatch):
     calls = []
     monkeypatch.setattr(memory, "_madvise", lambda: lambda *a: calls.append(a) or 0)
-    memory.empty_like(torch.empty(2000, 2000, dtype=torch.float64))  # 30.5 MiB: glibc's heap serves these
+    memory.empty_like(torch.empty(720, 720, dtype=torch.float64))  # 3.96 MiB: below MIN_BYTES
     assert calls == []
-    big = memory.empty_like(torch.empty(2048, 2048, dtype=torch.float64))  # 32 MiB: a fresh mapping each time
+    big = memory.empty_like(torch.empty(1680, 1680, dtype=torch.float64))  # 21.5 MiB: hidden 16's Σ
     (start, length, advice), = calls
     assert advice == memory.MADV_HUGEPAGE and start % memory.HUGE_PAGE == 0 and length % memory.HUGE_PAGE == 0
     assert big.data_ptr() <= start and start + length <= big.data_ptr() + big.nbytes and length > 0

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from distlstm import native
 from distlstm.bench.functional import loop_vs_batched
 from distlstm.data.observation import Observation
 from distlstm.models.functional import FunctionalModel
@@ -30,7 +31,7 @@ from distlstm.modes.online import OnlineProblem, run_streams
 from distlstm.network import InProcessTransport, make_topology
 from distlstm.online import ALGORITHMS, DEFAULT_SETTINGS, EKF, make_algorithm, regressor
 from distlstm.online.ekf import EKFState
-from distlstm.ops import memory
+from distlstm.ops import downdate_kernel, kalman, memory
 from distlstm.timing import compare
 
 
@@ -69,6 +70,14 @@ class RowsRow:
     rows: int  # m sequences differentiated in one call
     ms: float  # the default: one backward w.r.t. the pre-activations
     generic_ms: float  # reverse mode, batched over the rows when m > 1
+
+
+@dataclass(frozen=True)
+class DowndateRow:
+    n_theta: int
+    rank: int  # m rows w_k
+    ms: float  # one C++ pass (ops/downdate_kernel.cpp)
+    aten_ms: float  # one ATen pass per row
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,42 @@ def bench_ekf_floor(hidden_sizes: tuple[int, ...] = (8, 16, 32), repeats: int = 
 
         t = compare({"step": _ekf_step(ekf, state, Observation(x, 0.5)), "floor": _copy(state.P)}, repeats=repeats)
         rows.append(EKFRow(h, fm.numel, t["step"] * 1e3, t["floor"] * 1e3))
+    return rows
+
+
+def _downdate(P: torch.Tensor, rows: torch.Tensor, one_pass: bool) -> Callable[[], object]:
+    """Σ − Σ_k w_k w_kᵀ into a fresh Σ (allocated as the filters do): the C++ loop at any size, or the ATen passes."""
+    kernel = downdate_kernel.load()
+    if one_pass and kernel is not None:
+        return lambda: kernel.downdate(P, rows, memory.empty_like(P))
+
+    def passes() -> object:
+        with native.use(False):
+            return kalman.downdate(P, rows)
+    return passes
+
+
+def bench_downdate(hidden_sizes: tuple[int, ...] = (8, 16, 32), ranks: tuple[int, ...] = (2, 3), repeats: int = 9,
+                   progress: Callable[[str], None] | None = None) -> list[DowndateRow]:
+    """Σ − Σ_k w_k w_kᵀ at the regressors' n_θ: the one-pass C++ loop against one ATen pass per row, side by side.
+
+    Empty where the kernel is not built (no compiler, ``DISTLSTM_NATIVE=0``).
+    """
+    if downdate_kernel.load() is None:
+        return []
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    for h in hidden_sizes:
+        n = regressor(8, h, seed=0)[0].numel
+        if progress:
+            progress(f"covariance downdate: n_θ = {n}")
+        A = torch.randn(n, n, generator=gen, dtype=torch.float64)
+        P = A + A.mT
+        del A
+        for m in ranks:
+            w = torch.randn(m, n, generator=gen, dtype=torch.float64) / n
+            t = compare({"kernel": _downdate(P, w, True), "aten": _downdate(P, w, False)}, repeats=repeats)
+            rows.append(DowndateRow(n, m, t["kernel"] * 1e3, t["aten"] * 1e3))
     return rows
 
 

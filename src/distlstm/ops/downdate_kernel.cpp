@@ -58,9 +58,11 @@ void downdate_rows(int64_t n, int64_t m, const double* __restrict P, const doubl
 extern "C" {
 
 // out = P − Σ_{k<m} W[k]ᵀ W[k]; rows split in contiguous ranges over up to `threads` threads
-// (thread 0 is the caller's). 1 ≤ m ≤ MAX_ROWS; out must not overlap P or W.
+// (part 0 on the caller's thread), started per call: the Python side calls this only for a Σ
+// beyond the caches (32 MiB and up, a pass of several milliseconds), where a thread's start
+// (tens of microseconds) does not count. 1 ≤ m ≤ MAX_ROWS; out must not overlap P or W.
 void distlstm_downdate(int64_t n, int64_t m, const double* P, const double* W, double* out, int64_t threads) {
-    if (threads < 1 || n * n < (int64_t{1} << 16)) threads = 1;  // a small Σ: a thread's start costs more
+    if (threads < 1 || n * n < (int64_t{1} << 18)) threads = 1;  // a 2 MiB Σ: one thread
     if (threads > n) threads = n;
     const int64_t per = (n + threads - 1) / threads;
     std::vector<std::thread> pool;

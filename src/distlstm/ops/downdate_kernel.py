@@ -21,9 +21,11 @@ from torch import Tensor
 from distlstm import native
 
 PACKAGE, SOURCE, WHAT = "distlstm.ops", "downdate_kernel.cpp", "downdate kernel"
-#: Smaller covariances take the ATen path: in cache its passes are as quick, and a ctypes call costs
-#: about as much as one of them (below 256 × 256 the difference is a few microseconds either way).
-MIN_SIZE = 256
+#: Smaller covariances take the ATen path: up to 21.5 MiB (n_θ = 1,680) Σ and its fresh copy stay
+#: largely in a 32 MiB last-level cache, where ATen's later passes cost little, and the one pass
+#: measured no quicker (0.6–1.1× at n_θ = 1,680, 0.7× at 1,000, BENCHMARKS.md). From 32 MiB up it
+#: reads Σ from memory once instead of m times.
+MIN_SIZE = 2048
 
 
 class Kernel:
@@ -55,12 +57,15 @@ class Kernel:
 
 def applies(P: Tensor, rows: Tensor) -> bool:
     """Whether the kernel runs this downdate: float64 on the CPU, a contiguous Σ of at least :data:`MIN_SIZE`
-    rows, the rows few enough, the kernel enabled and built."""
+    rows, 2 to ``max_rows`` vectors, the kernel enabled and built.
+
+    A rank-1 downdate is one ATen pass already (the loop measured 0.7–1.0× its speed).
+    """
     if not (native.enabled() and P.shape[0] >= MIN_SIZE and P.dtype == rows.dtype == torch.float64
             and P.device.type == rows.device.type == "cpu" and P.is_contiguous()):
         return False
     kernel = load()
-    return kernel is not None and rows.shape[0] <= kernel.max_rows
+    return kernel is not None and 2 <= rows.shape[0] <= kernel.max_rows
 
 
 def load() -> Kernel | None:

@@ -2,11 +2,12 @@
 
 The Kalman filters replace their covariance Σ (n × n) every step with a fresh tensor (a
 state is never mutated). Above glibc's mmap threshold (at most 32 MiB) each such tensor
-is a new mapping, and the first write to each of its 4 KiB pages faults into the kernel,
-which zeroes the page: at n_θ = 5,408 (hidden 32, 234 MB) that is 57,000 faults per
-update, most of the time of one rank-1 downdate (``BENCHMARKS.md``, online section).
-Advising the fresh mapping ``MADV_HUGEPAGE`` before it is written lets the kernel back it
-with 2 MiB pages where transparent huge pages are enabled as ``madvise`` or ``always``
+is a new mapping, and below it often a block glibc had returned to the system; the first
+write to each of its 4 KiB pages then faults into the kernel, which zeroes the page: at
+n_θ = 5,408 (hidden 32, 234 MB) that is 57,000 faults per update, most of the time of
+one rank-1 downdate (``BENCHMARKS.md``, online section). Advising the fresh mapping
+``MADV_HUGEPAGE`` before it is written lets the kernel back it with 2 MiB pages where
+transparent huge pages are enabled as ``madvise`` or ``always``
 (``/sys/kernel/mm/transparent_hugepage/enabled``), 512 times fewer faults. The advice
 changes no value; where it is not available (another OS, THP ``never``, a failing call)
 the tensor is the plain ``torch.empty_like``.
@@ -23,9 +24,11 @@ from torch import Tensor
 
 HUGE_PAGE = 2 << 20  # bytes of one x86-64 / arm64 transparent huge page
 MADV_HUGEPAGE = 14  # <sys/mman.h>, Linux
-#: Smaller tensors are left alone: glibc serves them from its heap once a freed one has raised its mmap
-#: threshold (to at most 32 MiB), so they are reused without faults, and advice there would outlive the tensor.
-MIN_BYTES = 32 << 20
+#: Smaller tensors are left alone: their faults cost little (a 2.6 MiB Σ, hidden 8: at most 666, when
+#: they happen). Whether glibc reuses a freed block of a few MiB without faults depends on the
+#: allocation history: a 21.5 MiB Σ (hidden 16) faulted 5,500 times in some sequences of calls and
+#: none in others, 4–16 ms against a 3 ms downdate; advised, none after the first few calls.
+MIN_BYTES = 4 << 20
 
 
 @cache
