@@ -31,6 +31,7 @@ LAYERS = {
     "models": 1, "ops": 1,
     "timing": 5,  # side-by-side timing for reproductions and benchmarks (uses runtime.launch)
     "data": 0,
+    "native": 0.5,  # building and loading the C++ loops that models and ops use
     "_flags": -1, "_checks": -1, "_argtypes": -1, "_output": -1,  # helpers every layer may use
 }
 MAY_USE_TORCH_DISTRIBUTED = {"runtime", "network.torch_transport"}

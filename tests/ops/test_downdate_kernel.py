@@ -54,11 +54,11 @@ def test_kernel_equals_the_aten_passes_bit_for_bit(n, m, threads):
 @needs_kernel
 @pytest.mark.parametrize("threads", [2, 3, 4])
 def test_threads_split_a_large_covariance_alike(threads):
-    """n² ≥ 2¹⁸ runs on the kernel's threads: their row ranges cover Σ once (no row left NaN, none twice)."""
+    """n² ≥ 2²² runs on several threads: their row ranges cover Σ once (no row left NaN, none twice)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for n, m in ((600, 3), (613, 2), (1030, 5)):
+        for n, m in ((2048, 3), (2053, 2)):
             P, rows = covariance(n, m), torch.randn(m, n, dtype=D)
             assert kernel is not None
             assert torch.equal(kernel.downdate(P, rows, torch.full_like(P, float("nan"))), aten_downdate(P, rows))
@@ -69,10 +69,10 @@ def test_threads_split_a_large_covariance_alike(threads):
 def _downdate_in_child(queue) -> None:
     """In the forked child: ATen on one thread (GNU OpenMP threads do not survive a fork either), the kernel on two."""
     torch.set_num_threads(1)
-    P, rows = covariance(600, 0), torch.ones(3, 600, dtype=D)
+    P, rows = covariance(2048, 0), torch.ones(3, 2048, dtype=D)
     out = torch.empty_like(P)
     assert kernel is not None
-    kernel._downdate(600, 3, P.data_ptr(), rows.data_ptr(), out.data_ptr(), 2)
+    kernel._downdate(2048, 3, P.data_ptr(), rows.data_ptr(), out.data_ptr(), 2)
     queue.put(bool(torch.equal(out, aten_downdate(P, rows))))
 
 
@@ -81,9 +81,9 @@ def test_a_forked_child_gets_its_own_threads():
     """A process forked after the kernel ran its threads (which the child does not inherit) still downdates."""
     import multiprocessing
 
-    P, rows, out = covariance(600, 0), torch.ones(3, 600, dtype=D), torch.empty(600, 600, dtype=D)
+    P, rows, out = covariance(2048, 0), torch.ones(3, 2048, dtype=D), torch.empty(2048, 2048, dtype=D)
     assert kernel is not None
-    kernel._downdate(600, 3, P.data_ptr(), rows.data_ptr(), out.data_ptr(), 2)  # the parent's threads exist now
+    kernel._downdate(2048, 3, P.data_ptr(), rows.data_ptr(), out.data_ptr(), 2)  # threads ran in the parent
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     child = context.Process(target=_downdate_in_child, args=(queue,))

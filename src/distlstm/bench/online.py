@@ -256,10 +256,18 @@ def bench_filter_ratios(particle_counts: tuple[int, ...] = (200, 1000), particle
     for h in hidden_sizes:
         if progress:
             progress(f"DEKF vs EKF step: hidden {h}")
-        fns = {"ekf": _network_step("ekf", h, {})} | {
-            f"dekf {lin}": _network_step("dekf", h, {"linearisation": lin}) for lin in ("block", "sequential")}
-        t = compare(fns, repeats=repeats, warmup=1)
+        variants = {"dekf block": _network_step("dekf", h, {"linearisation": "block"}),
+                    "dekf block, ATen passes": _aten_passes(_network_step("dekf", h, {"linearisation": "block"})),
+                    "dekf sequential": _network_step("dekf", h, {"linearisation": "sequential"})}
+        t = compare({"ekf": _network_step("ekf", h, {}), **variants}, repeats=repeats, warmup=1)
         n_theta = regressor(8, h, 0)[0].numel
-        rows += [RatioRow(f"dekf {lin}", "ekf", h, n_theta, 0, t[f"dekf {lin}"] * 1e3, t["ekf"] * 1e3)
-                 for lin in ("block", "sequential")]
+        rows += [RatioRow(name, "ekf", h, n_theta, 0, t[name] * 1e3, t["ekf"] * 1e3) for name in variants]
     return rows
+
+
+def _aten_passes(step: Callable[[], object]) -> Callable[[], object]:
+    """``step`` with the covariance downdate's C++ loop switched off (one ATen pass per row)."""
+    def call() -> object:
+        with native.use(False):
+            return step()
+    return call

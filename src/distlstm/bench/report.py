@@ -122,9 +122,10 @@ DOWNDATE_TEXT = """
 The covariance downdate Σ − Σ_k w_k w_kᵀ into a fresh n_θ × n_θ float64 matrix (the Kalman
 filters' standard form: the EKF's rank 1, a DEKF node's rank |N_k| = 3 on a ring), as one
 pass of the C++ loop (`ops/downdate_kernel.cpp`) against one ATen pass per row, side by side;
-the numbers are the same bit for bit (`tests/ops/test_downdate_kernel.py`). The filters take
-the loop for rank 2 and up from n_θ = 2,048 (a 32 MiB Σ, beyond the last-level cache), the
-ATen passes below, where Σ and its fresh copy stay largely in cache and the loop was no quicker:
+the numbers are the same bit for bit (`tests/ops/test_downdate_kernel.py`). Alone, with the
+caches to itself, the loop gains only where Σ is beyond the last-level cache; inside a DEKF
+step it also gains at hidden 16 (the ratio table below has the DEKF with the ATen passes), so
+the filters take it for rank 2 and up from n_θ = 1,024:
 
 | n_θ | Σ size | rank | one pass ms | ATen passes ms | speed-up |
 |---:|---:|---:|---:|---:|---:|
@@ -175,11 +176,12 @@ backward with respect to the pre-activations, from which every sequence's row fo
 small product (`models/per_sequence.py`; the EKF's one row is computed the same way): about
 1.2× the EKF's one sequence. It then reads Σ once for Σ Hᵀ of the three rows (the EKF: one
 row) and downdates it with rank |N_k| = 3 (N_k holds the node) into a fresh n_θ × n_θ
-matrix in one pass, as the EKF does with rank 1 (the downdate table above): both read Σ
-twice (for Σ Hᵀ and in the downdate) and write it once, so what the DEKF adds is the 1.2×
-of its rows, three vectors beside each row of Σ in the pass, and small m × m algebra. The
-sequential DEKF (one linearisation per neighbour, kept for comparison: `docs/online.md`)
-reads and writes Σ once per row.
+matrix, from n_θ = 1,024 in one pass of the C++ loop as the EKF does with rank 1 (the
+"ATen passes" rows: the same DEKF with one pass per row). Both then read Σ twice (for
+Σ Hᵀ and in the downdate) and write it once, so what the DEKF adds is the 1.2× of its rows,
+three vectors beside each row of Σ in the pass, and small m × m algebra. The sequential DEKF
+(one linearisation per neighbour, kept for comparison: `docs/online.md`) reads and writes Σ
+once per row.
 """
 
 

@@ -58,11 +58,13 @@ void downdate_rows(int64_t n, int64_t m, const double* __restrict P, const doubl
 extern "C" {
 
 // out = P − Σ_{k<m} W[k]ᵀ W[k]; rows split in contiguous ranges over up to `threads` threads
-// (part 0 on the caller's thread), started per call: the Python side calls this only for a Σ
-// beyond the caches (32 MiB and up, a pass of several milliseconds), where a thread's start
-// (tens of microseconds) does not count. 1 ≤ m ≤ MAX_ROWS; out must not overlap P or W.
+// (part 0 on the caller's thread), started per call, for a Σ of 2²² entries (32 MiB) and up: a
+// pass of several milliseconds from memory, where two threads draw more bandwidth and a start
+// (tens of microseconds) does not count. Below that one thread: inside a DEKF step at n = 1,680
+// it was as quick as two (threads started per call, or kept waiting in a pool).
+// 1 ≤ m ≤ MAX_ROWS; out must not overlap P or W.
 void distlstm_downdate(int64_t n, int64_t m, const double* P, const double* W, double* out, int64_t threads) {
-    if (threads < 1 || n * n < (int64_t{1} << 18)) threads = 1;  // a 2 MiB Σ: one thread
+    if (threads < 1 || n * n < (int64_t{1} << 22)) threads = 1;
     if (threads > n) threads = n;
     const int64_t per = (n + threads - 1) / threads;
     std::vector<std::thread> pool;

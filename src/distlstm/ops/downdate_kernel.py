@@ -21,11 +21,11 @@ from torch import Tensor
 from distlstm import native
 
 PACKAGE, SOURCE, WHAT = "distlstm.ops", "downdate_kernel.cpp", "downdate kernel"
-#: Smaller covariances take the ATen path: up to 21.5 MiB (n_θ = 1,680) Σ and its fresh copy stay
-#: largely in a 32 MiB last-level cache, where ATen's later passes cost little, and the one pass
-#: measured no quicker (0.6–1.1× at n_θ = 1,680, 0.7× at 1,000, BENCHMARKS.md). From 32 MiB up it
-#: reads Σ from memory once instead of m times.
-MIN_SIZE = 2048
+#: Smaller covariances take the ATen path: Σ and its fresh copy fit in the last-level cache, where
+#: the later passes cost little. From an 8 MiB Σ up the loop's one pass pays: a DEKF step at
+#: hidden 16 (n_θ = 1,680, 21.5 MiB) took about 31 ms with it against 40 ms with the ATen passes,
+#: at hidden 8 (584) the same either way (BENCHMARKS.md, online section).
+MIN_SIZE = 1024
 
 
 class Kernel:
