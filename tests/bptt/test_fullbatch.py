@@ -64,7 +64,8 @@ def test_cg_takes_exactly_scipys_polak_ribiere_steps():
     assert state.f == ref.fun and ours.evaluations == theirs.evaluations
 
 
-def test_cg_on_a_convex_quadratic_converges_in_about_n_steps():
+@pytest.mark.parametrize("update", ["pr", "hs"])
+def test_cg_on_a_convex_quadratic_converges_in_about_n_steps(update):
     a = np.diag(np.arange(1.0, 7.0))
 
     def quad(x):
@@ -72,11 +73,31 @@ def test_cg_on_a_convex_quadratic_converges_in_about_n_steps():
 
     state = cg_start(np.ones(6), quad)
     for _ in range(12):
-        nxt = cg_iteration(state, quad, c2=0.1)
+        nxt = cg_iteration(state, quad, c2=0.1, update=update)
         if nxt is None or not np.any(nxt.g):
             break
         state = nxt
     assert state.f < 1e-12
+
+
+def test_cg_directions_follow_their_update_formula():
+    """p_{k+1} = −g_{k+1} + β p_k with β = max(0, g_{k+1}ᵀy_k / g_kᵀg_k) (PR+) or max(0, g_{k+1}ᵀy_k / p_kᵀy_k) (HS+),
+    written out with NumPy from the states each iteration returns; the two rules take other paths."""
+    paths = {}
+    for update in ("pr", "hs"):
+        _, obj = objective()
+        state = cg_start(obj.theta().numpy().copy(), obj.value_and_grad)
+        for _ in range(4):
+            nxt = cg_iteration(state, obj.value_and_grad, c2=0.1, update=update)
+            assert nxt is not None
+            y = nxt.g - state.g
+            denominator = state.g @ state.g if update == "pr" else state.p @ y
+            beta = max(0.0, (nxt.g @ y) / denominator)
+            np.testing.assert_allclose(nxt.p, -nxt.g + beta * state.p, rtol=1e-12, atol=1e-15)
+            assert nxt.p @ nxt.g <= -0.01 * (nxt.g @ nxt.g)  # sufficient descent, as the line search demands
+            state = nxt
+        paths[update] = state.x
+    assert not np.array_equal(paths["pr"], paths["hs"])
 
 
 def test_cg_state_round_trips_through_a_weights_only_checkpoint():
@@ -126,5 +147,7 @@ def test_bad_settings():
         FullBatchConfig(cg_c2=1.0)
     with pytest.raises(ValueError, match="unknown full-batch method"):
         FullBatchConfig(method="newton")
+    with pytest.raises(ValueError, match="unknown CG update 'fr'"):
+        FullBatchConfig(cg_update="fr")
     with pytest.raises(ValueError, match="lr must be positive"):
         FullBatchConfig(lr=0.0)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from distlstm.bptt.fullbatch import FullBatchObjective
+from distlstm.bptt.fullbatch import FullBatchObjective, cg_iteration, cg_start
 from distlstm.bptt.tasks import LongLagTask, mean_absolute_error
 from distlstm.cli import main
 from distlstm.experiments.matrix_batch import (
@@ -76,6 +76,21 @@ def test_full_batch_runs_take_the_reference_optimizers_steps(optimizer, steps):
         assert rows[-1]["train_loss"] == res.fun
     assert summary["steps"] == steps and summary["test_mae"] == mean_absolute_error(model, task.test)
     assert rows[-1]["evaluations"] == reference.evaluations
+
+
+def test_the_hestenes_stiefel_runs_take_its_cg_steps():
+    """The reproduction's "cg-hs" optimizer is cg_iteration with update="hs", driven directly, bit for bit."""
+    cfg = replace(MatrixBatchConfig.preset(True), train_size=100, test_size=30, seconds=1e9)
+    task = LongLagTask(min_len=cfg.min_len, train_size=cfg.train_size, test_size=cfg.test_size, hidden=cfg.hidden,
+                       alpha=3.75, data_seed=1)
+    _, rows = run_fullbatch(cfg, task, "cg-hs", seed=1, out=None, steps=6)
+    _, reference = reference_objective(task, seed=1)
+    state = cg_start(reference.theta().numpy(), reference.value_and_grad)
+    for _ in range(6):
+        nxt = cg_iteration(state, reference.value_and_grad, 0.1, update="hs")
+        assert nxt is not None
+        state = nxt
+    assert rows[-1]["train_loss"] == state.f and rows[-1]["evaluations"] == reference.evaluations
 
 
 @pytest.mark.multiprocess

@@ -209,3 +209,21 @@ def test_the_same_run_from_flags_from_a_config_file_and_resumed_from_its_folder(
     same_state(state_of(tmp_path / "flags"), state_of(tmp_path / "part"))
     with pytest.raises(ValueError, match=r"fullbatch.method: 'cg' in the run, 'lbfgs' now"):
         run_command(FB, parse(["--resume", str(tmp_path / "part"), "--method", "lbfgs"]))
+
+
+def test_the_cg_update_flag_reaches_the_optimizer(tmp_path):
+    """`train --optimizer cg --cg-update hs` is stored in the run's configuration and takes other steps than the
+    default Polak–Ribière+ (the update formulas themselves: tests/bptt/test_fullbatch.py)."""
+    import json
+
+    from distlstm.cli import main
+
+    args = ["train", "--task", "adding", "--min-len", "24", "--train-size", "64", "--test-size", "16",
+            "--optimizer", "cg", "--max-iter", "3", "--steps", "4", "--no-progress"]
+    assert main([*args, "--cg-update", "hs", "--out", str(tmp_path / "hs")]) == 0
+    assert main([*args, "--out", str(tmp_path / "pr")]) == 0
+    updates = {name: json.loads((tmp_path / name / "config.json").read_text())["optim"]["cg_update"]
+               for name in ("hs", "pr")}
+    assert updates == {"hs": "hs", "pr": "pr"}
+    hs, pr = (load_run(tmp_path / name).model.state_dict() for name in ("hs", "pr"))
+    assert any(not torch.equal(hs[k], pr[k]) for k in hs)

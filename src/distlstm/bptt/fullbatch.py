@@ -18,14 +18,18 @@ Optimizers, one *step* each:
 * ``lbfgs`` — one ``torch.optim.LBFGS.step`` of ``max_iter`` iterations with the
   strong-Wolfe line search; its history (s, y pairs, H_diag, …) carries over between
   steps and lives in the optimizer's ``state_dict``;
-* ``cg`` — one iteration of nonlinear conjugate gradient, Polak–Ribière+ (Nocedal &
-  Wright §5.2)::
+* ``cg`` — one iteration of nonlinear conjugate gradient, Polak–Ribière+ by default
+  (Nocedal & Wright §5.2), or Hestenes–Stiefel+ (``cg_update="hs"``, the default of
+  minFunc, which the matrix-batch paper used); with y_k = g_{k+1} − g_k::
 
-      β_{k+1} = max(0, g_{k+1}ᵀ(g_{k+1} − g_k) / g_kᵀg_k),   p_{k+1} = −g_{k+1} + β_{k+1} p_k,
+      β_{k+1} = max(0, g_{k+1}ᵀ y_k / g_kᵀg_k)   (PR+)   or   max(0, g_{k+1}ᵀ y_k / p_kᵀ y_k)   (HS+),
+      p_{k+1} = −g_{k+1} + β_{k+1} p_k,
       θ_{k+1} = θ_k + α_k p_k,   α_k from a Wolfe line search (c₁ = 1e−4, c₂ = ``cg_c2``)
 
+  (the Wolfe curvature condition makes p_kᵀ y_k ≥ (1 − c₂)|p_kᵀ g_k| > 0);
+
   written as a pure function of an explicit :class:`CGState` so a run can stop and
-  resume between iterations, and made to take exactly the steps of SciPy's
+  resume between iterations, and made to take (with PR+) exactly the steps of SciPy's
   ``minimize(method="CG")``: the same line search (``_line_search_wolfe12``), its first
   trial step from L(θ_{k−1}), and its sufficient-descent check
   p_{k+1}ᵀg_{k+1} ≤ −0.01 ‖g_{k+1}‖² on top of the Wolfe conditions (Gilbert & Nocedal
@@ -51,6 +55,7 @@ from torch.nn.utils import parameters_to_vector
 from distlstm.runtime.comm import Communicator, LocalComm
 
 METHODS = ("lbfgs", "cg")
+CG_UPDATES = ("pr", "hs")  # Polak–Ribière+, Hestenes–Stiefel+
 CG_C1 = 1e-4  # Armijo constant of the Wolfe line search (SciPy's default)
 CG_SIGMA = 0.01  # sufficient descent: p_{k+1}ᵀg_{k+1} ≤ −σ ‖g_{k+1}‖² (SciPy's sigma_3)
 
@@ -64,6 +69,7 @@ class FullBatchConfig:
     history_size: int = 50  # L-BFGS: (s, y) pairs kept
     lr: float = 1.0  # L-BFGS initial step length
     cg_c2: float = 0.1  # CG: curvature constant of the Wolfe line search (smaller: more exact searches)
+    cg_update: str = "pr"  # CG: β of Polak–Ribière+ ("pr") or Hestenes–Stiefel+ ("hs")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -75,6 +81,8 @@ class FullBatchConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not CG_C1 < self.cg_c2 < 1:
             raise ValueError(f"cg_c2 must lie in (c1 = {CG_C1:g}, 1), got {self.cg_c2}")
+        if self.cg_update not in CG_UPDATES:
+            raise ValueError(f"unknown CG update {self.cg_update!r}; expected one of {CG_UPDATES}")
 
 
 class FullBatchObjective:
@@ -197,8 +205,10 @@ def cg_start(x: np.ndarray, value_and_grad: ValueAndGrad) -> CGState:
     return CGState(x, g, -g, f, f + float(np.linalg.norm(g)) / 2)
 
 
-def cg_iteration(state: CGState, value_and_grad: ValueAndGrad, c2: float) -> CGState | None:
-    """One Polak–Ribière+ iteration from ``state`` (SciPy's ``_minimize_cg`` loop body); None if the line search fails.
+def cg_iteration(state: CGState, value_and_grad: ValueAndGrad, c2: float, update: str = "pr") -> CGState | None:
+    """One CG iteration from ``state`` (SciPy's ``_minimize_cg`` loop body); None if the line search fails.
+
+    ``update`` is β's formula: "pr" (Polak–Ribière+, SciPy's) or "hs" (Hestenes–Stiefel+).
 
     ``value_and_grad`` should remember its last point: the line search asks for L and
     ∇L at the same θ separately.
@@ -212,17 +222,22 @@ def cg_iteration(state: CGState, value_and_grad: ValueAndGrad, c2: float) -> CGS
     def fprime(x: np.ndarray) -> np.ndarray:
         return value_and_grad(x)[1]
 
-    def polak_ribiere(alpha: float, g_new: np.ndarray | None) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    if update not in CG_UPDATES:
+        raise ValueError(f"unknown CG update {update!r}; expected one of {CG_UPDATES}")
+
+    def direction(alpha: float, g_new: np.ndarray | None) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
         x_new = xk + alpha * pk
         if g_new is None:
             g_new = fprime(x_new)
-        beta = max(0, np.dot(g_new - gk, g_new) / gk_gk)
+        y = g_new - gk
+        denominator = gk_gk if update == "pr" else float(np.dot(pk, y))
+        beta = max(0, np.dot(y, g_new) / denominator) if denominator > 0 else 0.0  # HS: p·y ≤ 0 off the Wolfe points
         return alpha, x_new, -g_new + beta * pk, g_new
 
     cached: list[Any] = [None]
 
     def descent_condition(alpha: float, _x: np.ndarray, _f: float, g_new: np.ndarray | None) -> bool:
-        cached[:] = polak_ribiere(alpha, g_new)
+        cached[:] = direction(alpha, g_new)
         _, _, p_new, g_new = cached
         if not np.any(g_new):  # a stationary point: SciPy accepts the step (‖g‖ ≤ gtol = 0)
             return True
@@ -234,5 +249,5 @@ def cg_iteration(state: CGState, value_and_grad: ValueAndGrad, c2: float) -> CGS
             extra_condition=descent_condition)
     except _LineSearchError:
         return None
-    _, x_new, p_new, g_new = cached if alpha == cached[0] else polak_ribiere(alpha, g_line)
+    _, x_new, p_new, g_new = cached if alpha == cached[0] else direction(alpha, g_line)
     return CGState(x_new, g_new, p_new, float(f_new), float(f_old))

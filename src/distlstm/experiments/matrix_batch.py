@@ -35,7 +35,7 @@ from tqdm import tqdm
 from distlstm.bptt.tasks import LongLagTask, longlag_splits
 from distlstm.experiments.matrix_batch_timing import WorkersRow, bench_lbfgs_workers, bench_vectorization
 from distlstm.modes.ddp import DDPMode, OptimConfig
-from distlstm.modes.fullbatch import METHODS, FullBatchConfig, FullBatchMode
+from distlstm.modes.fullbatch import FullBatchConfig, FullBatchMode
 from distlstm.runs import atomic_write_text, plot_curves, write_json
 from distlstm.runs.config import LoopConfig, config_document
 from distlstm.runs.loop import run as run_loop
@@ -55,7 +55,11 @@ NOTES = """\
 - Times are for one thread of this machine, test evaluations excluded; runs executed two
   at a time, one per core."""
 
-OPTIMIZER_NAMES = {"lbfgs": "L-BFGS", "cg": "CG (Polak–Ribière+)", "momentum": "momentum SGD"}
+OPTIMIZER_NAMES = {"lbfgs": "L-BFGS", "cg": "CG (Polak–Ribière+)", "cg-hs": "CG (Hestenes–Stiefel+)",
+                   "momentum": "momentum SGD"}
+#: The batch optimizers: (full-batch method, CG update). "cg-hs" is not in the default set: minFunc's default β,
+#: which the paper used, tried as an optimizer of its own (``optimizers=("cg-hs",)``).
+FULL_BATCH = {"lbfgs": ("lbfgs", "pr"), "cg": ("cg", "pr"), "cg-hs": ("cg", "hs")}
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,7 @@ def run_one(cfg: MatrixBatchConfig, optimizer: str, alpha: float, seed: int, out
     torch.set_num_threads(1)
     task = LongLagTask(min_len=cfg.min_len, train_size=cfg.train_size, test_size=cfg.test_size,
                        batch_size=cfg.sgd_batch, hidden=cfg.hidden, alpha=alpha, data_seed=seed)
-    if optimizer in METHODS:
+    if optimizer in FULL_BATCH:
         summary, rows = run_fullbatch(cfg, task, optimizer, seed, out)
     else:
         mode = DDPMode(lambda _rank, _world: task, OptimConfig(optimizer=optimizer, lr=cfg.sgd_lr,
@@ -134,7 +138,8 @@ def run_fullbatch(cfg: MatrixBatchConfig, task: LongLagTask, optimizer: str, see
     L-BFGS step of ``lbfgs_max_iter`` iterations, or one CG iteration); ``out`` None
     runs without a folder.
     """
-    fb = FullBatchConfig(method=optimizer, max_iter=cfg.lbfgs_max_iter)
+    method, update = FULL_BATCH[optimizer]
+    fb = FullBatchConfig(method=method, max_iter=cfg.lbfgs_max_iter, cg_update=update)
     loop = LoopConfig(steps=steps, seconds=cfg.seconds, stop_at=cfg.target, eval_every=1, checkpoint_every=100,
                       seed=seed, progress=False)
     result = run_loop(FullBatchMode(lambda _rank, _world: task, fb), loop, folder=out, overwrite=True,
@@ -302,7 +307,8 @@ def _intro(cfg: MatrixBatchConfig) -> str:
             "peepholes and no forget gate, linear output, float64; success = mean absolute test error below "
             f"{cfg.target}. Every run has {cfg.seconds:.0f} s of training time on one thread (test evaluations "
             "not counted); seed s draws the data set and the initial weights. L-BFGS (strong Wolfe, history 50) "
-            "and CG (Polak–Ribière+, Wolfe line search) use the whole training set in every evaluation; momentum "
+            "and CG (Polak–Ribière+, or Hestenes–Stiefel+ where named; Wolfe line search) use the whole training "
+            "set in every evaluation; momentum "
             f"SGD uses lr {cfg.sgd_lr}, momentum {cfg.sgd_momentum}, minibatch {cfg.sgd_batch} (the paper's "
             "settings).")
 
@@ -363,7 +369,7 @@ def optimizer_findings(cfg: MatrixBatchConfig, by: dict[tuple[str, float], dict[
     """The paper's claims about the optimizers and α, against the runs' summary rows ``by`` (optimizer, α)."""
     a = cfg.alphas[0]
     out = []
-    for opt in ("lbfgs", "cg"):
+    for opt in FULL_BATCH:
         r = by.get((opt, a))
         if r:
             verdict = "agrees" if r["successes"] == r["runs"] else "disagrees"
@@ -378,7 +384,7 @@ def optimizer_findings(cfg: MatrixBatchConfig, by: dict[tuple[str, float], dict[
                    f"{sgd['runs']} successes (median final test MAE {sgd['final_test_mae']:.4f}) against L-BFGS "
                    f"{lbfgs['successes']}/{lbfgs['runs']} — {'agrees' if faster else 'disagrees'}.")
     for alpha in cfg.alphas[1:]:
-        rows = [by[(opt, alpha)] for opt in ("lbfgs", "cg") if (opt, alpha) in by]
+        rows = [by[(opt, alpha)] for opt in FULL_BATCH if (opt, alpha) in by]
         if rows:
             won = sum(r["successes"] for r in rows)
             maes = ", ".join(f"{OPTIMIZER_NAMES[r['optimizer']]} {r['final_test_mae']:.4f}" for r in rows)

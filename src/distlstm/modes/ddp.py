@@ -39,7 +39,7 @@ from distlstm.bptt.ddp import (
     make_optimizer,
     scatter_carry,
 )
-from distlstm.bptt.fullbatch import METHODS
+from distlstm.bptt.fullbatch import CG_UPDATES, METHODS
 from distlstm.models.cells import State
 from distlstm.modes import LoadedRun
 from distlstm.modes.train_tasks import loaded_task_model
@@ -62,6 +62,8 @@ class OptimConfig:
     max_iter: int = flag(5, "lbfgs, cg: iterations per step (the metric is evaluated after each step)",
                          type=positive_int)
     history: int = flag(50, "lbfgs: history size", type=positive_int)
+    cg_update: str = flag("pr", "cg: β's formula, pr (Polak–Ribière+, SciPy's) or hs (Hestenes–Stiefel+, minFunc's "
+                                "default)", choices=CG_UPDATES)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS + METHODS:

@@ -133,7 +133,7 @@ class FullBatchMode:
     def _cg_step(self) -> tuple[float, bool]:
         if self.cg is None:
             self.cg = cg_start(self.objective.theta().double().numpy(), self.objective.value_and_grad)
-        new = cg_iteration(self.cg, self.objective.value_and_grad, self.cfg.cg_c2)
+        new = cg_iteration(self.cg, self.objective.value_and_grad, self.cfg.cg_c2, self.cfg.cg_update)
         if new is None:
             self.status = "line search failed: no step of sufficient decrease along the CG direction"
         else:
