@@ -8,8 +8,9 @@ import tempfile
 
 import pytest
 
-# The C++ peephole kernel (models/peephole_kernel.py) builds into a cache of this session's own,
-# not the user's ~/.cache/distlstm; subprocesses (torchrun workers) inherit it.
+# The C++ kernels (the peephole loops, the covariance downdate: distlstm/native.py builds them) go
+# into a cache of this session's own, not the user's ~/.cache/distlstm; subprocesses (torchrun
+# workers) inherit it.
 _CACHE = None if "DISTLSTM_CACHE" in os.environ else tempfile.mkdtemp(prefix="distlstm-test-cache-")
 if _CACHE is not None:
     os.environ["DISTLSTM_CACHE"] = _CACHE

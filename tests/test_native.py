@@ -122,8 +122,10 @@ def test_a_shared_cache_folder_is_not_used(tmp_path, monkeypatch, fresh_load):
     assert not private.exists() and list((shared / "kernels").iterdir()) == []
 
 
-def test_a_library_that_will_not_load_falls_back(tmp_path, monkeypatch, fresh_load):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_a_library_that_will_not_load_falls_back(kernel, tmp_path, monkeypatch, fresh_load):
     """dlopen failing (a noexec cache, SELinux) is a warning and the ATen path, not an error in every call."""
+    from distlstm.models.peephole_fused import peephole_sequence
     from distlstm.ops.kalman import downdate
 
     def refuse(path: str) -> None:
@@ -132,9 +134,16 @@ def test_a_library_that_will_not_load_falls_back(tmp_path, monkeypatch, fresh_lo
     monkeypatch.setenv("DISTLSTM_CACHE", str(tmp_path))
     monkeypatch.setattr(native.ctypes, "CDLL", refuse)
     with pytest.warns(RuntimeWarning, match="failed to map segment"):
-        assert downdate_kernel.load() is None
-    P, w = torch.eye(300, dtype=D), torch.ones(1, 300, dtype=D)
-    torch.testing.assert_close(downdate(P, w), P - 1.0, rtol=0, atol=0)  # the ATen passes
+        assert kernel.load() is None
+    assert not applies(kernel)
+    if kernel is peephole_kernel:  # a layer the kernel would take runs the ATen loops
+        x, h0, c0 = torch.randn(3, 2, 5, dtype=D), torch.zeros(2, 5, dtype=D), torch.zeros(2, 5, dtype=D)
+        y = peephole_sequence(x, h0, c0, torch.randn(6, 5, dtype=D), torch.randn(2, 2, dtype=D), True, None)[1]
+        assert bool(torch.isfinite(y).all())
+    else:  # a downdate the kernel would take runs the ATen passes
+        n = downdate_kernel.MIN_SIZE
+        P, w = torch.eye(n, dtype=D), torch.ones(3, n, dtype=D)
+        torch.testing.assert_close(downdate(P, w), P - 3.0, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

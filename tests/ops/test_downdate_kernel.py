@@ -2,7 +2,8 @@
 
 ``kalman.downdate`` takes the kernel for a large float64 Σ; its numbers must be those of the
 ATen passes exactly (a Kalman run must not change with the machine's compiler), so the
-comparisons here are ``torch.equal``, on sizes around the thread split and the vector width.
+comparisons here are ``torch.equal``: on sizes around the vector width, across the thread
+split, and under an ATen that rounds differently (``ATEN_CPU_CAPABILITY=default``).
 Building and loading: ``tests/test_native.py``.
 """
 
@@ -34,19 +35,13 @@ def covariance(n: int, seed: int) -> torch.Tensor:
 
 
 @needs_kernel
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("n", [1, 7, 256, 257, 263, 300])
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 256, 257, 263, 300])
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8])
-def test_kernel_equals_the_aten_passes_bit_for_bit(n, m, threads):
+def test_kernel_equals_the_aten_passes_bit_for_bit(n, m):
     P = covariance(n, n + m)
     rows = torch.randn(m, n, generator=torch.Generator().manual_seed(m), dtype=D)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        assert kernel is not None
-        got = kernel.downdate(P, rows, torch.full_like(P, float("nan")))
-    finally:
-        torch.set_num_threads(previous)
+    assert kernel is not None
+    got = kernel.downdate(P, rows, torch.full_like(P, float("nan")))
     assert torch.equal(got, aten_downdate(P, rows))
     assert torch.equal(got, got.mT)  # a symmetric Σ stays symmetric, entry for entry
 
@@ -94,6 +89,43 @@ def test_a_forked_child_gets_its_own_threads():
         child.kill()
     assert not alive, "the forked child hung in the downdate (waiting for threads it did not inherit)"
     assert child.exitcode == 0 and queue.get(timeout=5)
+
+
+ROUNDING_PROBE = """
+import torch
+from distlstm.ops import downdate_kernel, kalman
+n = downdate_kernel.MIN_SIZE
+gen = torch.Generator().manual_seed(1)
+A = torch.randn(n, n, generator=gen, dtype=torch.float64)
+P, rows = A + A.mT, torch.randn(3, n, generator=gen, dtype=torch.float64)
+want = torch.addcmul(P, rows[0, :, None], rows[0, None, :], value=-1.0)
+for w in rows[1:]:
+    want.addcmul_(w[:, None], w[None, :], value=-1.0)
+print(torch.equal(kalman.downdate(P, rows), want), downdate_kernel.load() is not None, downdate_kernel.status())
+"""
+
+
+@needs_kernel
+@pytest.mark.parametrize("capability", ["default", None])
+def test_the_numbers_are_atens_whatever_its_cpu_kernel(capability):
+    """ATen's default CPU kernel rounds P − w wᵀ twice (no fused multiply-add), the loop once: there the loop
+    must not be used, and ``kalman.downdate`` still gives ATen's numbers; with ATen's own choice (AVX2 or
+    AVX-512 here) the loop runs."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+    if capability:
+        env["ATEN_CPU_CAPABILITY"] = capability
+    done = subprocess.run([sys.executable, "-c", ROUNDING_PROBE], env=env, capture_output=True, text=True,
+                          check=True, timeout=120)
+    same, used, status = done.stdout.strip().split(" ", 2)
+    assert same == "True"
+    if capability == "default" and used == "False":
+        assert status.startswith("ATen passes (the loop is built, but this ATen's addcmul rounds")
+    if capability is None and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        assert used == "True" and status.startswith("C++ one-pass loop (")
 
 
 @pytest.mark.parametrize("on", [True, False])

@@ -17,8 +17,8 @@
 //   tcs   (T, n, B)       s_t = σ(C_t)
 //   active (T,)           columns still running at step t (columns sorted by decreasing length)
 //
-// Only float64; shapes and types are checked by peephole_kernel.py, which builds this with
-// the host compiler (no torch headers). An allocation failure here ends the process.
+// Only float64; shapes and types are checked by peephole_kernel.py; distlstm/native.py builds
+// this with the host compiler (no torch headers). An allocation failure here ends the process.
 
 #include <cstdint>
 #include <cstring>

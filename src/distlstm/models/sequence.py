@@ -48,7 +48,7 @@ def dropout_mask(like: Tensor, rate: float, generator: torch.Generator | None) -
     keep = 1.0 - rate
     where = like.device if generator is None else generator.device
     mask = torch.empty_like(like, device=where).bernoulli_(keep, generator=generator).div_(keep)
-    return mask.to(like.device, non_blocking=True)
+    return mask.to(like.device)
 
 
 def run_layer(cell: Cell, x: Tensor, state: State, lengths: Tensor | None = None) -> tuple[Tensor, State]:

@@ -5,9 +5,11 @@
 // writes of Σ from memory. Here each row of the output is computed from its row of Σ and
 // all m vectors while it is in registers: one read of Σ, one write of the result.
 //
-// The numbers are ATen's, bit for bit: its addcmul rounds P_ij − w_i w_j once (a fused
-// multiply-add), and so does std::fma here, in the same order k = 0 .. m − 1. Entry (i, j)
-// and entry (j, i) use the same exact product w_i w_j, so a symmetric Σ stays symmetric.
+// The numbers are ATen's, bit for bit, where its addcmul rounds P_ij − w_i w_j once (a fused
+// multiply-add: its AVX2 and AVX-512 kernels), as std::fma does here, in the same order
+// k = 0 .. m − 1; downdate_kernel.py checks that on load and keeps the ATen passes where
+// ATen rounds twice (its default kernel, a CPU without FMA). Entry (i, j) and entry (j, i)
+// use the same exact product w_i w_j, so a symmetric Σ stays symmetric.
 //
 // Layouts (row-major C arrays): P, out (n, n); W (m, n), row k = w_k. Only float64; shapes
 // and types are checked by downdate_kernel.py, which builds this with the host compiler.
@@ -71,7 +73,12 @@ void distlstm_downdate(int64_t n, int64_t m, const double* P, const double* W, d
     pool.reserve(threads - 1);
     for (int64_t t = 1; t < threads; ++t) {
         const int64_t first = t * per, last = first + per < n ? first + per : n;
-        if (first < last) pool.emplace_back(downdate_rows, n, m, P, W, out, first, last);
+        if (first >= last) continue;
+        try {
+            pool.emplace_back(downdate_rows, n, m, P, W, out, first, last);
+        } catch (...) {  // no thread to be had (a process or memory limit): these rows on this thread
+            downdate_rows(n, m, P, W, out, first, last);
+        }
     }
     downdate_rows(n, m, P, W, out, 0, per < n ? per : n);
     for (auto& thread : pool) thread.join();

@@ -6,8 +6,12 @@ DEKF's rank-3 update read and wrote Σ three times from memory where the EKF's r
 update does it once. ``downdate_kernel.cpp`` computes each output row from all the
 w_k while the row is in registers, with the same fused multiply-adds in the same order:
 the numbers are the ATen path's bit for bit (tested), Σ is read once and written once.
-Built and loaded by :mod:`distlstm.native`; without a compiler, or with
-``DISTLSTM_NATIVE=0``, the ATen passes run.
+That holds where ATen's ``addcmul`` rounds once (a fused multiply-add, as its AVX2 and
+AVX-512 kernels do); :func:`load` checks it on a small downdate and, where ATen rounds
+twice (``ATEN_CPU_CAPABILITY=default``, a CPU without FMA), keeps the ATen passes, so a
+Kalman run's numbers never depend on whether the loop was built. Built and loaded by
+:mod:`distlstm.native`; without a compiler, or with ``DISTLSTM_NATIVE=0``, the ATen
+passes run.
 """
 
 from __future__ import annotations
@@ -49,8 +53,8 @@ class Kernel:
                                  f"got {t.dtype} {tuple(t.shape)} on {t.device} (contiguous: {t.is_contiguous()})")
         if not 1 <= m <= self.max_rows:
             raise ValueError(f"downdate kernel: 1 to {self.max_rows} rows, got {m}")
-        if out.data_ptr() in (P.data_ptr(), rows.data_ptr()):
-            raise ValueError("downdate kernel: out must be a fresh tensor, not P or rows")
+        if out.untyped_storage().data_ptr() in (P.untyped_storage().data_ptr(), rows.untyped_storage().data_ptr()):
+            raise ValueError("downdate kernel: out must be a fresh tensor, not P or rows or a view of them")
         self._downdate(n, m, P.data_ptr(), rows.data_ptr(), out.data_ptr(), torch.get_num_threads())
         return out
 
@@ -69,16 +73,36 @@ def applies(P: Tensor, rows: Tensor) -> bool:
 
 
 def load() -> Kernel | None:
-    """The built kernel, or None (with one warning saying why) where it cannot be built or loaded."""
+    """The built kernel, or None where it cannot be built or loaded (with one warning saying why) or where it
+    would not give ATen's numbers (see the module docstring)."""
     library = native.load(PACKAGE, SOURCE, WHAT)
     return None if library is None else _kernel(library)
 
 
+#: Why the built loop is not used where ATen's addcmul rounds twice (``distlstm info``).
+UNFUSED = ("the loop is built, but this ATen's addcmul rounds P − w wᵀ twice where the loop rounds once "
+           "(its default CPU kernel, no fused multiply-add); the ATen passes keep the numbers the same")
+
+
 def status() -> str:
     """A line for ``distlstm info``: which path Kalman downdates take, and where the library is or why not."""
-    return native.status(PACKAGE, SOURCE, WHAT, "C++ one-pass loop", "ATen passes")
+    line = native.status(PACKAGE, SOURCE, WHAT, "C++ one-pass loop", "ATen passes")
+    return f"ATen passes ({UNFUSED})" if line.startswith("C++") and load() is None else line
 
 
 @cache
-def _kernel(library: ctypes.CDLL) -> Kernel:
-    return Kernel(library)
+def _kernel(library: ctypes.CDLL) -> Kernel | None:
+    kernel = Kernel(library)
+    return kernel if rounds_as_aten(kernel) else None
+
+
+def rounds_as_aten(kernel: Kernel) -> bool:
+    """Whether the loop gives ATen's addcmul passes bit for bit, on a 37 × 37 downdate of rank 3 (vector lanes
+    and a tail): true where ATen fuses the multiply-add, false where it rounds twice."""
+    gen = torch.Generator().manual_seed(0)
+    P = torch.randn(37, 37, generator=gen, dtype=torch.float64)
+    rows = torch.randn(3, 37, generator=gen, dtype=torch.float64)
+    want = torch.addcmul(P, rows[0, :, None], rows[0, None, :], value=-1.0)
+    for w in rows[1:]:
+        want.addcmul_(w[:, None], w[None, :], value=-1.0)
+    return torch.equal(kernel.downdate(P, rows, torch.empty_like(P)), want)

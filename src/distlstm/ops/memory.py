@@ -27,7 +27,9 @@ MADV_HUGEPAGE = 14  # <sys/mman.h>, Linux
 #: Smaller tensors are left alone: their faults cost little (a 2.6 MiB Σ, hidden 8: at most 666, when
 #: they happen). Whether glibc reuses a freed block of a few MiB without faults depends on the
 #: allocation history: a 21.5 MiB Σ (hidden 16) faulted 5,500 times in some sequences of calls and
-#: none in others, 4–16 ms against a 3 ms downdate; advised, none after the first few calls.
+#: none in others, 4–16 ms against a 3 ms downdate; advised, none after the first few calls. A block of
+#: 4–32 MiB may come from glibc's heap, where the advice outlives the tensor: harmless, later blocks
+#: there are then backed by huge pages too.
 MIN_BYTES = 4 << 20
 
 
