@@ -166,11 +166,7 @@ def _downdate(P: torch.Tensor, rows: torch.Tensor, one_pass: bool) -> Callable[[
     kernel = downdate_kernel.load()
     if one_pass and kernel is not None:
         return lambda: kernel.downdate(P, rows, memory.empty_like(P))
-
-    def passes() -> object:
-        with native.use(False):
-            return kalman.downdate(P, rows)
-    return passes
+    return _aten_passes(lambda: kalman.downdate(P, rows))
 
 
 def bench_downdate(hidden_sizes: tuple[int, ...] = (8, 16, 32), ranks: tuple[int, ...] = (2, 3), repeats: int = 9,

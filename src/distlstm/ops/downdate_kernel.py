@@ -59,17 +59,31 @@ class Kernel:
         return out
 
 
-def applies(P: Tensor, rows: Tensor) -> bool:
-    """Whether the kernel runs this downdate: float64 on the CPU, a contiguous Σ of at least :data:`MIN_SIZE`
-    rows, 2 to ``max_rows`` vectors, the kernel enabled and built.
+def kernel_for(P: Tensor, rows: Tensor) -> Kernel | None:
+    """The kernel if it runs this downdate, else None: float64 on the CPU, a contiguous Σ of at least
+    :data:`MIN_SIZE` rows, 2 to ``max_rows`` vectors, the kernel enabled and built.
 
     A rank-1 downdate is one ATen pass already (the loop measured 0.7–1.0× its speed).
     """
     if not (native.enabled() and P.shape[0] >= MIN_SIZE and P.dtype == rows.dtype == torch.float64
             and P.device.type == rows.device.type == "cpu" and P.is_contiguous()):
-        return False
+        return None
     kernel = load()
-    return kernel is not None and 2 <= rows.shape[0] <= kernel.max_rows
+    return kernel if kernel is not None and 2 <= rows.shape[0] <= kernel.max_rows else None
+
+
+def applies(P: Tensor, rows: Tensor) -> bool:
+    """Whether the kernel runs this downdate (:func:`kernel_for`)."""
+    return kernel_for(P, rows) is not None
+
+
+def aten_passes(P: Tensor, rows: Tensor, out: Tensor) -> Tensor:
+    """Σ − Σ_k w_k w_kᵀ into ``out`` as one ATen ``addcmul`` pass per row (the first from P, the others in
+    place): the path for every Σ the kernel does not take, and the numbers the kernel must equal."""
+    torch.addcmul(P, rows[0, :, None], rows[0, None, :], value=-1.0, out=out)
+    for w in rows[1:]:
+        out.addcmul_(w[:, None], w[None, :], value=-1.0)
+    return out
 
 
 def load() -> Kernel | None:
@@ -102,7 +116,4 @@ def rounds_as_aten(kernel: Kernel) -> bool:
     gen = torch.Generator().manual_seed(0)
     P = torch.randn(37, 37, generator=gen, dtype=torch.float64)
     rows = torch.randn(3, 37, generator=gen, dtype=torch.float64)
-    want = torch.addcmul(P, rows[0, :, None], rows[0, None, :], value=-1.0)
-    for w in rows[1:]:
-        want.addcmul_(w[:, None], w[None, :], value=-1.0)
-    return torch.equal(kernel.downdate(P, rows, torch.empty_like(P)), want)
+    return torch.equal(kernel.downdate(P, rows, torch.empty_like(P)), aten_passes(P, rows, torch.empty_like(P)))

@@ -134,14 +134,8 @@ def downdate(P: Tensor, rows: Tensor) -> Tensor:
     (one pass over Σ for all the rows, the same numbers); otherwise one ATen pass per row.
     """
     out = memory.empty_like(P)
-    if downdate_kernel.applies(P, rows):
-        kernel = downdate_kernel.load()
-        assert kernel is not None  # applies() loaded it
-        return kernel.downdate(P, rows.contiguous(), out)
-    torch.addcmul(P, rows[0, :, None], rows[0, None, :], value=-1.0, out=out)
-    for w in rows[1:]:
-        out.addcmul_(w[:, None], w[None, :], value=-1.0)
-    return out
+    kernel = downdate_kernel.kernel_for(P, rows)
+    return downdate_kernel.aten_passes(P, rows, out) if kernel is None else kernel.downdate(P, rows.contiguous(), out)
 
 
 def symmetrise_(P: Tensor, tile: int = 256, in_place_from: int = 1024) -> Tensor:
