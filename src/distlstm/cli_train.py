@@ -78,7 +78,8 @@ def make_train_mode(sections: Mapping[str, Any]) -> Mode:
     if optim.optimizer in METHODS:
         fullbatch = importlib.import_module("distlstm.modes.fullbatch")
         cfg = fullbatch.FullBatchConfig(method=optim.optimizer, max_iter=optim.max_iter, history_size=optim.history,
-                                        lr=1.0, cg_c2=0.1, cg_update=optim.cg_update)
+                                        tolerance_change=optim.lbfgs_tolerance, lr=1.0, cg_c2=0.1,
+                                        cg_update=optim.cg_update)
         mode: Mode = fullbatch.FullBatchMode(make_task, cfg)
         return mode
     return DDPMode(make_task, optim)

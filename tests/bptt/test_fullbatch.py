@@ -151,3 +151,31 @@ def test_bad_settings():
         FullBatchConfig(cg_update="fr")
     with pytest.raises(ValueError, match="lr must be positive"):
         FullBatchConfig(lr=0.0)
+    with pytest.raises(ValueError, match="tolerance_change must be non-negative"):
+        FullBatchConfig(tolerance_change=-1.0)
+
+
+def small_loss_lbfgs(tolerance: float) -> tuple[int, float]:
+    """L-BFGS steps on an ill-conditioned least-squares problem whose loss is scaled by 1e-6, until a step finds
+    no decrease: (steps taken, final loss / 1e-6)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 6, generator=gen, dtype=torch.float64) * torch.logspace(0, -3, 6, dtype=torch.float64)
+    y = x @ torch.randn(6, 1, generator=gen, dtype=torch.float64)
+    torch.manual_seed(0)
+    net = torch.nn.Linear(6, 1).double()
+    obj = FullBatchObjective(net, lambda: 1e-6 * ((net(x) - y) ** 2).mean())
+    opt = make_lbfgs(obj.params, FullBatchConfig(max_iter=5, tolerance_change=tolerance))
+    for step in range(1, 200):
+        start, loss = lbfgs_step(opt, obj.closure)
+        if not loss < start:
+            return step, loss / 1e-6
+    raise AssertionError("L-BFGS never stopped")
+
+
+def test_the_lbfgs_tolerance_is_what_a_small_loss_needs():
+    """torch's default tolerance (1e-9 on changes of L) ends a run whose loss is ~1e-6 in its first step; the
+    default of FullBatchConfig goes on to a loss 30× smaller. The multiplication runs stalled this way at L ≈ 2e-4."""
+    steps, torch_default = small_loss_lbfgs(1e-9)
+    assert steps == 1
+    _, ours = small_loss_lbfgs(FullBatchConfig().tolerance_change)
+    assert ours < torch_default / 30

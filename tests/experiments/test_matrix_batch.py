@@ -65,7 +65,7 @@ def test_full_batch_runs_take_the_reference_optimizers_steps(optimizer, steps):
     model, reference = reference_objective(task, seed=1)
     if optimizer == "lbfgs":
         opt = torch.optim.LBFGS(reference.params, max_iter=cfg.lbfgs_max_iter, history_size=50,
-                                line_search_fn="strong_wolfe")
+                                tolerance_change=cfg.lbfgs_tolerance, line_search_fn="strong_wolfe")
         for _ in range(steps):
             opt.step(reference.closure)
     else:
@@ -197,3 +197,24 @@ def test_combine_refuses_other_protocols_and_repeated_runs(tmp_path):
         combine([tmp_path / "a", tmp_path / "missing"], tmp_path / "out")
     with pytest.raises(ValueError, match="at least one"):
         combine([], tmp_path / "out")
+
+
+def test_combine_holds_lbfgs_runs_to_one_tolerance(tmp_path):
+    """Only folders with L-BFGS runs must agree on its tolerance; a folder written before config.json recorded it
+    ran torch's default."""
+    cfg = MatrixBatchConfig.preset(False)
+    reproduction_folder(tmp_path / "new", replace(cfg, optimizers=("lbfgs",)), [fake_run("lbfgs", 3.75, 0, 10.0,
+                                                                                          0.009)])
+    old = replace(cfg, optimizers=("lbfgs",), lbfgs_tolerance=1e-9)
+    reproduction_folder(tmp_path / "old", old, [fake_run("lbfgs", 3.75, 1, 10.0, 0.009)])
+    config = json.loads((tmp_path / "old/config.json").read_text())
+    del config["lbfgs_tolerance"]
+    (tmp_path / "old/config.json").write_text(json.dumps(config))
+    reproduction_folder(tmp_path / "cg", replace(cfg, optimizers=("cg",), lbfgs_tolerance=1e-9),
+                        [fake_run("cg", 3.75, 0, None, 0.1)])
+    with pytest.raises(ValueError, match=r"lbfgs_tolerance 1e-09 against 1e-14 \(L-BFGS runs\)"):
+        combine([tmp_path / "new", tmp_path / "old"], tmp_path / "out")
+    combine([tmp_path / "cg", tmp_path / "new"], tmp_path / "out")  # CG runs do not use it
+    assert "tolerance on changes of L and θ 1e-14" in (tmp_path / "out/report.md").read_text()
+    combine([tmp_path / "cg", tmp_path / "old"], tmp_path / "out2")
+    assert "tolerance on changes of L and θ 1e-09" in (tmp_path / "out2/report.md").read_text()

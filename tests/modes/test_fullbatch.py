@@ -227,3 +227,22 @@ def test_the_cg_update_flag_reaches_the_optimizer(tmp_path):
     assert updates == {"hs": "hs", "pr": "pr"}
     hs, pr = (load_run(tmp_path / name).model.state_dict() for name in ("hs", "pr"))
     assert any(not torch.equal(hs[k], pr[k]) for k in hs)
+
+
+def test_the_lbfgs_tolerance_flag_reaches_the_optimizer(tmp_path, capsys):
+    """`train --optimizer lbfgs --lbfgs-tolerance T` is stored in the run's configuration and is the tolerance of
+    the L-BFGS the checkpoint holds (its default: FullBatchConfig's)."""
+    import json
+
+    from distlstm.cli import main
+
+    args = ["train", "--task", "adding", "--min-len", "24", "--train-size", "64", "--test-size", "16",
+            "--optimizer", "lbfgs", "--max-iter", "2", "--steps", "1", "--no-progress"]
+    assert main([*args, "--lbfgs-tolerance", "1e-9", "--out", str(tmp_path / "torch")]) == 0
+    assert main([*args, "--out", str(tmp_path / "default")]) == 0
+    for name, tolerance in (("torch", 1e-9), ("default", FullBatchConfig().tolerance_change)):
+        assert json.loads((tmp_path / name / "config.json").read_text())["optim"]["lbfgs_tolerance"] == tolerance
+        ckpt, _ = load_run_checkpoint(tmp_path / name, "fullbatch")
+        assert ckpt["state"]["algorithm"]["lbfgs"]["param_groups"][0]["tolerance_change"] == tolerance
+    assert main([*args, "--lbfgs-tolerance", "-1", "--out", str(tmp_path / "bad")]) == 2
+    assert "--lbfgs-tolerance must be non-negative, got -1.0" in capsys.readouterr().err

@@ -68,6 +68,9 @@ class FullBatchConfig:
     max_iter: int = 20  # L-BFGS iterations per step (the history carries over between steps)
     history_size: int = 50  # L-BFGS: (s, y) pairs kept
     lr: float = 1.0  # L-BFGS initial step length
+    # L-BFGS: the smallest change of L or of θ (absolute) its line search and loop still act on. torch's
+    # default 1e-9 ended the multiplication runs at L ≈ 2e-4, where the valley needs steps of ~1e-6.
+    tolerance_change: float = 1e-14
     cg_c2: float = 0.1  # CG: curvature constant of the Wolfe line search (smaller: more exact searches)
     cg_update: str = "pr"  # CG: β of Polak–Ribière+ ("pr") or Hestenes–Stiefel+ ("hs")
 
@@ -79,6 +82,8 @@ class FullBatchConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if not self.tolerance_change >= 0:
+            raise ValueError(f"tolerance_change must be non-negative, got {self.tolerance_change}")
         if not CG_C1 < self.cg_c2 < 1:
             raise ValueError(f"cg_c2 must lie in (c1 = {CG_C1:g}, 1), got {self.cg_c2}")
         if self.cg_update not in CG_UPDATES:
@@ -163,7 +168,7 @@ class FullBatchObjective:
 def make_lbfgs(params: list[nn.Parameter], cfg: FullBatchConfig) -> torch.optim.LBFGS:
     """``torch.optim.LBFGS`` with the strong-Wolfe line search; one ``step`` runs ``cfg.max_iter`` iterations."""
     return torch.optim.LBFGS(params, lr=cfg.lr, max_iter=cfg.max_iter, history_size=cfg.history_size,
-                             line_search_fn="strong_wolfe")
+                             tolerance_change=cfg.tolerance_change, line_search_fn="strong_wolfe")
 
 
 def lbfgs_step(opt: torch.optim.LBFGS, closure: Callable[[], Tensor]) -> tuple[float, float]:

@@ -80,6 +80,7 @@ class MatrixBatchConfig:
     sgd_momentum: float = 0.9
     sgd_batch: int = 100
     lbfgs_max_iter: int = 5  # iterations between two test evaluations
+    lbfgs_tolerance: float = FullBatchConfig.tolerance_change  # reproductions before it was recorded: TORCH_TOLERANCE
     jobs: int = 2  # runs at a time, one thread each
     worker_iterations: int = 10
 
@@ -139,7 +140,8 @@ def run_fullbatch(cfg: MatrixBatchConfig, task: LongLagTask, optimizer: str, see
     runs without a folder.
     """
     method, update = FULL_BATCH[optimizer]
-    fb = FullBatchConfig(method=method, max_iter=cfg.lbfgs_max_iter, cg_update=update)
+    fb = FullBatchConfig(method=method, max_iter=cfg.lbfgs_max_iter, tolerance_change=cfg.lbfgs_tolerance,
+                         cg_update=update)
     loop = LoopConfig(steps=steps, seconds=cfg.seconds, stop_at=cfg.target, eval_every=1, checkpoint_every=100,
                       seed=seed, progress=False)
     result = run_loop(FullBatchMode(lambda _rank, _world: task, fb), loop, folder=out, overwrite=True,
@@ -204,6 +206,23 @@ def runs_from_folders(cfg: MatrixBatchConfig, out: Path) -> list[dict[str, Any]]
 #: The settings every run of one table must share (the rest say which runs a reproduction made, and how).
 PROTOCOL = ("min_len", "train_size", "test_size", "hidden", "target", "seconds", "sgd_lr", "sgd_momentum", "sgd_batch",
             "lbfgs_max_iter")
+#: Settings only runs of one optimizer use: they must agree among the folders that hold such runs.
+OPTIMIZER_PROTOCOL = {"lbfgs": ("lbfgs_tolerance",)}
+#: torch.optim.LBFGS's tolerance_change, which reproductions ran with before config.json recorded one.
+TORCH_TOLERANCE = 1e-9
+
+
+def protocol_differences(config: Mapping[str, Any], earlier: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Where a reproduction's ``config`` disagrees with ``earlier`` ones: :data:`PROTOCOL` with the first,
+    :data:`OPTIMIZER_PROTOCOL` with the first that ran the same optimizer."""
+    differs = [f"{k} {config.get(k)!r} against {earlier[0].get(k)!r}" for k in PROTOCOL
+               if earlier and config.get(k) != earlier[0].get(k)]
+    for opt, keys in OPTIMIZER_PROTOCOL.items():
+        other = next((c for c in earlier if opt in c["optimizers"]), None)
+        if opt in config["optimizers"] and other is not None:
+            differs += [f"{k} {config[k]!r} against {other[k]!r} ({OPTIMIZER_NAMES[opt]} runs)"
+                        for k in keys if config[k] != other[k]]
+    return differs
 
 
 def combine(folders: Sequence[Path], out: Path) -> list[dict[str, Any]]:
@@ -224,10 +243,10 @@ def combine(folders: Sequence[Path], out: Path) -> list[dict[str, Any]]:
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder} holds no finished matrix-batch reproduction (no {name})")
         config = json.loads((folder / "config.json").read_text())
-        differs = [f"{k} {config.get(k)!r} against {sources[0][1].get(k)!r}" for k in PROTOCOL
-                   if sources and config.get(k) != sources[0][1].get(k)]
+        config.setdefault("lbfgs_tolerance", TORCH_TOLERANCE)
+        differs = protocol_differences(config, [c for _, c, _ in sources])
         if differs:
-            raise ValueError(f"{folder} ran another protocol than {sources[0][0]}: " + "; ".join(differs))
+            raise ValueError(f"{folder} ran another protocol than the folders before it: " + "; ".join(differs))
         folder_runs = json.loads((folder / "details.json").read_text())["runs"]
         for r in folder_runs:
             key = (r["optimizer"], r["alpha"], r["seed"])
@@ -237,7 +256,9 @@ def combine(folders: Sequence[Path], out: Path) -> list[dict[str, Any]]:
         sources.append((folder, config, folder_runs))
         runs += folder_runs
     alphas = [a for _, config, _ in sources for a in config["alphas"]]  # the first folder's main α first
-    cfg = MatrixBatchConfig(**{k: sources[0][1][k] for k in PROTOCOL},
+    specific = {k: config[k] for opt, keys in OPTIMIZER_PROTOCOL.items() for _, config, _ in sources
+                if opt in config["optimizers"] for k in keys}
+    cfg = MatrixBatchConfig(**{k: sources[0][1][k] for k in PROTOCOL}, **specific,
                             optimizers=tuple(o for o in OPTIMIZER_NAMES if any(r["optimizer"] == o for r in runs)),
                             alphas=tuple(dict.fromkeys(alphas)))
     summary = aggregate(runs, cfg)
@@ -306,9 +327,10 @@ def _intro(cfg: MatrixBatchConfig) -> str:
             f"{cfg.train_size:,} training and {cfg.test_size:,} test sequences; LSTM of {cfg.hidden} cells with "
             "peepholes and no forget gate, linear output, float64; success = mean absolute test error below "
             f"{cfg.target}. Every run has {cfg.seconds:.0f} s of training time on one thread (test evaluations "
-            "not counted); seed s draws the data set and the initial weights. L-BFGS (strong Wolfe, history 50) "
-            "and CG (Polak–Ribière+, or Hestenes–Stiefel+ where named; Wolfe line search) use the whole training "
-            "set in every evaluation; momentum "
+            "not counted); seed s draws the data set and the initial weights. L-BFGS (strong Wolfe, history 50, "
+            f"tolerance on changes of L and θ {cfg.lbfgs_tolerance:g}) and CG (Polak–Ribière+, or "
+            "Hestenes–Stiefel+ where named; Wolfe line search) use the whole training set in every evaluation; "
+            "momentum "
             f"SGD uses lr {cfg.sgd_lr}, momentum {cfg.sgd_momentum}, minibatch {cfg.sgd_batch} (the paper's "
             "settings).")
 

@@ -62,6 +62,8 @@ class OptimConfig:
     max_iter: int = flag(5, "lbfgs, cg: iterations per step (the metric is evaluated after each step)",
                          type=positive_int)
     history: int = flag(50, "lbfgs: history size", type=positive_int)
+    lbfgs_tolerance: float = flag(1e-14, "lbfgs: the smallest change of the loss or of a weight its line search "
+                                         "acts on (torch's default 1e-9 ends runs early where the loss is small)")
     cg_update: str = flag("pr", "cg: β's formula, pr (Polak–Ribière+, SciPy's) or hs (Hestenes–Stiefel+, minFunc's "
                                 "default)", choices=CG_UPDATES)
 
@@ -72,6 +74,9 @@ class OptimConfig:
             raise ValueError(f"{option('lr', '--lr')} must be positive, got {self.lr}")
         if not self.clip >= 0:
             raise ValueError(f"{option('clip', '--clip')} must be positive (or 0 for no clipping), got {self.clip}")
+        if not self.lbfgs_tolerance >= 0:
+            raise ValueError(f"{option('lbfgs_tolerance', '--lbfgs-tolerance')} must be non-negative, got "
+                             f"{self.lbfgs_tolerance}")
         if not self.momentum >= 0 or not self.adagrad_accumulator >= 0:
             raise ValueError(f"momentum and the Adagrad accumulator must be non-negative, got {self.momentum} and "
                              f"{self.adagrad_accumulator}")
