@@ -17,6 +17,7 @@ from distlstm.experiments.matrix_batch import (
     MatrixBatchConfig,
     aggregate,
     combine,
+    optimizer_findings,
     run,
     run_fullbatch,
     runs_from_folders,
@@ -40,6 +41,16 @@ def test_aggregate_counts_successes_and_takes_medians_of_successful_runs():
     assert (lbfgs["runs"], lbfgs["successes"], lbfgs["median_seconds_to_success"]) == (3, 2, 20.0)
     assert lbfgs["final_test_mae"] == 0.009 and lbfgs["final_test_mae_per_run"] == [0.009, 0.008, 0.02]
     assert (sgd["successes"], sgd["median_seconds_to_success"]) == (0, None)
+
+
+@pytest.mark.parametrize(("sgd_seconds", "verdict"), [(300.0, "agrees"), (5.0, "disagrees")])
+def test_equal_success_counts_are_decided_by_the_time_to_success(sgd_seconds, verdict):
+    """L-BFGS and momentum SGD with as many successes: the finding names both medians and follows them."""
+    cfg = MatrixBatchConfig(optimizers=("lbfgs", "momentum"), alphas=(3.75,))
+    runs = [fake_run("lbfgs", 3.75, 0, 20.0, 0.009), fake_run("momentum", 3.75, 0, sgd_seconds, 0.009)]
+    by = {(r["optimizer"], r["alpha"]): r for r in aggregate(runs, cfg)}
+    line = next(f for f in optimizer_findings(cfg, by) if "faster than momentum" in f)
+    assert f"median 20 s to success against {sgd_seconds:.0f} s — {verdict}." in line
 
 
 def test_the_run_order_puts_the_long_runs_first():
