@@ -75,7 +75,7 @@ def test_full_batch_runs_take_the_reference_optimizers_steps(optimizer, steps):
     summary, rows = run_fullbatch(cfg, task, optimizer, seed=1, out=None, steps=steps)
     model, reference = reference_objective(task, seed=1)
     if optimizer == "lbfgs":
-        opt = torch.optim.LBFGS(reference.params, max_iter=cfg.lbfgs_max_iter, history_size=50,
+        opt = torch.optim.LBFGS(reference.params, max_iter=cfg.lbfgs_max_iter, history_size=cfg.lbfgs_history,
                                 tolerance_change=cfg.lbfgs_tolerance, line_search_fn="strong_wolfe")
         for _ in range(steps):
             opt.step(reference.closure)
@@ -210,22 +210,23 @@ def test_combine_refuses_other_protocols_and_repeated_runs(tmp_path):
         combine([], tmp_path / "out")
 
 
-def test_combine_holds_lbfgs_runs_to_one_tolerance(tmp_path):
-    """Only folders with L-BFGS runs must agree on its tolerance; a folder written before config.json recorded it
-    ran torch's default."""
+def test_combine_holds_lbfgs_runs_to_one_tolerance_and_history(tmp_path):
+    """Only folders with L-BFGS runs must agree on its tolerance and history; a folder written before config.json
+    recorded them ran torch's tolerance and 50 pairs."""
     cfg = MatrixBatchConfig.preset(False)
     reproduction_folder(tmp_path / "new", replace(cfg, optimizers=("lbfgs",)), [fake_run("lbfgs", 3.75, 0, 10.0,
                                                                                           0.009)])
-    old = replace(cfg, optimizers=("lbfgs",), lbfgs_tolerance=1e-9)
+    old = replace(cfg, optimizers=("lbfgs",), lbfgs_tolerance=1e-9, lbfgs_history=50)
     reproduction_folder(tmp_path / "old", old, [fake_run("lbfgs", 3.75, 1, 10.0, 0.009)])
     config = json.loads((tmp_path / "old/config.json").read_text())
-    del config["lbfgs_tolerance"]
+    del config["lbfgs_tolerance"], config["lbfgs_history"]
     (tmp_path / "old/config.json").write_text(json.dumps(config))
     reproduction_folder(tmp_path / "cg", replace(cfg, optimizers=("cg",), lbfgs_tolerance=1e-9),
                         [fake_run("cg", 3.75, 0, None, 0.1)])
-    with pytest.raises(ValueError, match=r"lbfgs_tolerance 1e-09 against 1e-14 \(L-BFGS runs\)"):
+    with pytest.raises(ValueError, match=r"lbfgs_tolerance 1e-09 against 1e-14 \(L-BFGS runs\); "
+                                         r"lbfgs_history 50 against 100 \(L-BFGS runs\)"):
         combine([tmp_path / "new", tmp_path / "old"], tmp_path / "out")
     combine([tmp_path / "cg", tmp_path / "new"], tmp_path / "out")  # CG runs do not use it
-    assert "tolerance on changes of L and θ 1e-14" in (tmp_path / "out/report.md").read_text()
+    assert "history 100, tolerance on changes of L and θ 1e-14" in (tmp_path / "out/report.md").read_text()
     combine([tmp_path / "cg", tmp_path / "old"], tmp_path / "out2")
-    assert "tolerance on changes of L and θ 1e-09" in (tmp_path / "out2/report.md").read_text()
+    assert "history 50, tolerance on changes of L and θ 1e-09" in (tmp_path / "out2/report.md").read_text()

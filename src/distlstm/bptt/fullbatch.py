@@ -66,7 +66,8 @@ class FullBatchConfig:
 
     method: str = "lbfgs"  # lbfgs or cg
     max_iter: int = 20  # L-BFGS iterations per step (the history carries over between steps)
-    history_size: int = 50  # L-BFGS: (s, y) pairs kept
+    history_size: int = 100  # L-BFGS: (s, y) pairs kept (torch's and minFunc's default; 50 crawled on the
+    # multiplication problem's ill-conditioned valleys where 100 succeeds)
     lr: float = 1.0  # L-BFGS initial step length
     # L-BFGS: the smallest change of L or of θ (absolute) its line search and loop still act on. torch's
     # default 1e-9 ended the multiplication runs at L ≈ 2e-4, where the valley needs steps of ~1e-6.

@@ -81,7 +81,8 @@ class MatrixBatchConfig:
     sgd_momentum: float = 0.9
     sgd_batch: int = 100
     lbfgs_max_iter: int = 5  # iterations between two test evaluations
-    lbfgs_tolerance: float = FullBatchConfig.tolerance_change  # reproductions before it was recorded: TORCH_TOLERANCE
+    lbfgs_tolerance: float = FullBatchConfig.tolerance_change  # before config.json recorded it: BEFORE_RECORDED
+    lbfgs_history: int = FullBatchConfig.history_size  # (s, y) pairs kept
     jobs: int = 2  # runs at a time, one thread each
     worker_iterations: int = 10
 
@@ -141,8 +142,8 @@ def run_fullbatch(cfg: MatrixBatchConfig, task: LongLagTask, optimizer: str, see
     runs without a folder.
     """
     method, update = FULL_BATCH[optimizer]
-    fb = FullBatchConfig(method=method, max_iter=cfg.lbfgs_max_iter, tolerance_change=cfg.lbfgs_tolerance,
-                         cg_update=update)
+    fb = FullBatchConfig(method=method, max_iter=cfg.lbfgs_max_iter, history_size=cfg.lbfgs_history,
+                         tolerance_change=cfg.lbfgs_tolerance, cg_update=update)
     loop = LoopConfig(steps=steps, seconds=cfg.seconds, stop_at=cfg.target, eval_every=1, checkpoint_every=100,
                       seed=seed, progress=False)
     result = run_loop(FullBatchMode(lambda _rank, _world: task, fb), loop, folder=out, overwrite=True,
@@ -208,9 +209,10 @@ def runs_from_folders(cfg: MatrixBatchConfig, out: Path) -> list[dict[str, Any]]
 PROTOCOL = ("min_len", "train_size", "test_size", "hidden", "target", "seconds", "sgd_lr", "sgd_momentum", "sgd_batch",
             "lbfgs_max_iter")
 #: Settings only runs of one optimizer use: they must agree among the folders that hold such runs.
-OPTIMIZER_PROTOCOL = {"lbfgs": ("lbfgs_tolerance",)}
-#: torch.optim.LBFGS's tolerance_change, which reproductions ran with before config.json recorded one.
-TORCH_TOLERANCE = 1e-9
+OPTIMIZER_PROTOCOL = {"lbfgs": ("lbfgs_tolerance", "lbfgs_history")}
+#: What reproductions ran with before config.json recorded these: torch.optim.LBFGS's tolerance_change and the
+#: history of 50 pairs.
+BEFORE_RECORDED = {"lbfgs_tolerance": 1e-9, "lbfgs_history": 50}
 
 
 def protocol_differences(config: Mapping[str, Any], earlier: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -244,7 +246,7 @@ def combine(folders: Sequence[Path], out: Path) -> list[dict[str, Any]]:
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder} holds no finished matrix-batch reproduction (no {name})")
         config = json.loads((folder / "config.json").read_text())
-        config.setdefault("lbfgs_tolerance", TORCH_TOLERANCE)
+        config = BEFORE_RECORDED | config
         differs = protocol_differences(config, [c for _, c, _ in sources])
         if differs:
             raise ValueError(f"{folder} ran another protocol than the folders before it: " + "; ".join(differs))
@@ -328,8 +330,9 @@ def _intro(cfg: MatrixBatchConfig) -> str:
             f"{cfg.train_size:,} training and {cfg.test_size:,} test sequences; LSTM of {cfg.hidden} cells with "
             "peepholes and no forget gate, linear output, float64; success = mean absolute test error below "
             f"{cfg.target}. Every run has {cfg.seconds:.0f} s of training time on one thread (test evaluations "
-            "not counted); seed s draws the data set and the initial weights. L-BFGS (strong Wolfe, history 50, "
-            f"tolerance on changes of L and θ {cfg.lbfgs_tolerance:g}) and CG (Polak–Ribière+, or "
+            "not counted); seed s draws the data set and the initial weights. L-BFGS (strong Wolfe, history "
+            f"{cfg.lbfgs_history}, tolerance on changes of L and θ {cfg.lbfgs_tolerance:g}) and CG "
+            "(Polak–Ribière+, or "
             "Hestenes–Stiefel+ where named; Wolfe line search) use the whole training set in every evaluation; "
             "momentum "
             f"SGD uses lr {cfg.sgd_lr}, momentum {cfg.sgd_momentum}, minibatch {cfg.sgd_batch} (the paper's "

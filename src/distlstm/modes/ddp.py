@@ -61,7 +61,7 @@ class OptimConfig:
     amp: bool = flag(False, "float16 mixed precision with gradient scaling (CUDA GPUs only)")
     max_iter: int = flag(5, "lbfgs, cg: iterations per step (the metric is evaluated after each step)",
                          type=positive_int)
-    history: int = flag(50, "lbfgs: history size", type=positive_int)
+    history: int = flag(100, "lbfgs: history size ((s, y) pairs kept)", type=positive_int)
     lbfgs_tolerance: float = flag(1e-14, "lbfgs: the smallest change of the loss or of a weight its line search "
                                          "acts on (torch's default 1e-9 ends runs early where the loss is small)")
     cg_update: str = flag("pr", "cg: β's formula, pr (Polak–Ribière+, SciPy's) or hs (Hestenes–Stiefel+, minFunc's "
