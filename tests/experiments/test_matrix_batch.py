@@ -68,8 +68,9 @@ def reference_objective(task: LongLagTask, seed: int):
 
 @pytest.mark.parametrize(("optimizer", "steps"), [("lbfgs", 3), ("cg", 10)])
 def test_full_batch_runs_take_the_reference_optimizers_steps(optimizer, steps):
-    """The reproduction's L-BFGS / CG runs equal torch's LBFGS and SciPy's CG driven directly, bit for bit."""
-    cfg = replace(MatrixBatchConfig.preset(True), train_size=100, test_size=30, seconds=1e9)
+    """The reproduction's L-BFGS / CG runs equal torch's LBFGS and SciPy's CG driven directly, bit for bit (L-BFGS
+    with a history of 2 pairs, so that a run which dropped the setting would take other steps)."""
+    cfg = replace(MatrixBatchConfig.preset(True), train_size=100, test_size=30, seconds=1e9, lbfgs_history=2)
     task = LongLagTask(min_len=cfg.min_len, train_size=cfg.train_size, test_size=cfg.test_size, hidden=cfg.hidden,
                        alpha=3.75, data_seed=1)
     summary, rows = run_fullbatch(cfg, task, optimizer, seed=1, out=None, steps=steps)

@@ -246,3 +246,24 @@ def test_the_lbfgs_tolerance_flag_reaches_the_optimizer(tmp_path, capsys):
         assert ckpt["state"]["algorithm"]["lbfgs"]["param_groups"][0]["tolerance_change"] == tolerance
     assert main([*args, "--lbfgs-tolerance", "-1", "--out", str(tmp_path / "bad")]) == 2
     assert "--lbfgs-tolerance must be non-negative, got -1.0" in capsys.readouterr().err
+
+
+def test_an_lbfgs_run_from_before_the_tolerance_setting_resumes_with_its_own(tmp_path):
+    """A run whose config.json has no lbfgs_tolerance was made with torch's 1e-9: resuming it keeps 1e-9 (in the
+    optimizer and in config.json), and asking for another tolerance is a changed setting."""
+    import json
+
+    from distlstm.cli import main
+
+    args = ["train", "--task", "adding", "--min-len", "24", "--train-size", "64", "--test-size", "16",
+            "--optimizer", "lbfgs", "--max-iter", "2", "--no-progress"]
+    folder = tmp_path / "old"
+    assert main([*args, "--steps", "1", "--lbfgs-tolerance", "1e-9", "--out", str(folder)]) == 0
+    config = json.loads((folder / "config.json").read_text())
+    del config["optim"]["lbfgs_tolerance"]  # as distlstm wrote it before the setting existed
+    (folder / "config.json").write_text(json.dumps(config))
+    assert main(["train", "--resume", str(folder), "--lbfgs-tolerance", "1e-14", "--steps", "2"]) == 2
+    assert main(["train", "--resume", str(folder), "--steps", "2", "--no-progress"]) == 0
+    assert json.loads((folder / "config.json").read_text())["optim"]["lbfgs_tolerance"] == 1e-9
+    ckpt, _ = load_run_checkpoint(folder, "fullbatch")
+    assert ckpt["step"] == 2 and ckpt["state"]["algorithm"]["lbfgs"]["param_groups"][0]["tolerance_change"] == 1e-9

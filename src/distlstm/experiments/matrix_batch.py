@@ -50,7 +50,7 @@ NOTES = """\
   is not specified; ours is linear with a bias. It used sparse initialisation; ours is
   PyTorch's uniform ±1/√n.
 - The paper used minFunc's L-BFGS and CG (MATLAB); here `torch.optim.LBFGS` (strong Wolfe;
-  minFunc and torch stop on changes of L or θ below an absolute 10⁻⁹, ours below 10⁻¹⁴)
+  minFunc's and torch's default tolerance on changes of L and θ is an absolute 10⁻⁹)
   and SciPy's Polak–Ribière+ CG (Wolfe line search, c₂ = 0.1), both on the whole training
   set (the paper mentions batches of 1,000 for the batch optimizers).
 - Times are for one thread of this machine, test evaluations excluded; runs executed two

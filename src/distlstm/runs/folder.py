@@ -33,14 +33,24 @@ def is_run_folder(folder: Path) -> bool:
     return (folder / CONFIG).is_file() or (folder / CHECKPOINT).is_file() or (folder / PREVIOUS).is_file()
 
 
+#: (command, section) → settings added after runs were written whose default then changed what a run does,
+#: with the value such a run used: a stored configuration without the key is read with it, so a resumed run
+#: goes on as it was made (and its config.json says so).
+BEFORE_RECORDED: dict[tuple[str, str], dict[str, Any]] = {("train", "optim"): {"lbfgs_tolerance": 1e-9}}
+
+
 def stored_config(folder: Path) -> dict[str, Any]:
-    """The configuration a run folder was started with (its ``config.json``)."""
+    """The configuration a run folder was started with (its ``config.json``; see :data:`BEFORE_RECORDED`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no run folder at {folder}")
     if not (folder / CONFIG).is_file():
         raise ValueError(f"{folder} is not a distlstm run folder: it has no {CONFIG}")
-    return read_config_file(folder / CONFIG)
+    config = read_config_file(folder / CONFIG)
+    for (command, section), values in BEFORE_RECORDED.items():
+        if config.get("command") == command and isinstance(config.get(section), dict):
+            config[section] = values | config[section]
+    return config
 
 
 def _resume_hint() -> str:
