@@ -332,11 +332,9 @@ def _intro(cfg: MatrixBatchConfig) -> str:
             f"{cfg.target}. Every run has {cfg.seconds:.0f} s of training time on one thread (test evaluations "
             "not counted); seed s draws the data set and the initial weights. L-BFGS (strong Wolfe, history "
             f"{cfg.lbfgs_history}, tolerance on changes of L and θ {cfg.lbfgs_tolerance:g}) and CG "
-            "(Polak–Ribière+, or "
-            "Hestenes–Stiefel+ where named; Wolfe line search) use the whole training set in every evaluation; "
-            "momentum "
-            f"SGD uses lr {cfg.sgd_lr}, momentum {cfg.sgd_momentum}, minibatch {cfg.sgd_batch} (the paper's "
-            "settings).")
+            "(Polak–Ribière+, or Hestenes–Stiefel+ where named; Wolfe line search) use the whole training set in "
+            f"every evaluation; momentum SGD uses lr {cfg.sgd_lr}, momentum {cfg.sgd_momentum}, minibatch "
+            f"{cfg.sgd_batch} (the paper's settings).")
 
 
 def _summary_table(summary: list[dict[str, Any]]) -> list[str]:

@@ -102,7 +102,7 @@ class _PeepholeSequence(torch.autograd.Function):
         gates = weight.shape[0] // n  # G: 4 with the forget gate, 3 without
         inputs = weight.shape[1] - n  # x's features, plus a row of ones for the bias
         order, active = _sort_by_length(lengths, steps, batch)
-        kernel = peephole_kernel.load() if peephole_kernel.applies(weight, x, peep) else None
+        kernel = peephole_kernel.kernel_for(weight, x, peep)
         # z_t = [1; x_t; h_{t-1}] in slot t (h_T in the last): every step's GEMM operand, and
         # what the backward's ∇W += δa_t z_tᵀ reads.
         z = _buffer("z", (steps + 1, inputs + n, batch), x)

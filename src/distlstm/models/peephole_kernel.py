@@ -31,12 +31,18 @@ PACKAGE, SOURCE = "distlstm.models", "peephole_kernel.cpp"
 MAX_WEIGHTS = 16384
 
 
+def kernel_for(weight: Tensor, *tensors: Tensor) -> Kernel | None:
+    """The kernel if it runs a layer with this (G·n, K) folded weight (and these inputs), else None: all float64
+    on the CPU, a cell of at most :data:`MAX_WEIGHTS` weights, the kernel enabled and built."""
+    if not (native.enabled() and weight.numel() <= MAX_WEIGHTS
+            and all(t.device.type == "cpu" and t.dtype == torch.float64 for t in (weight, *tensors))):
+        return None
+    return load()
+
+
 def applies(weight: Tensor, *tensors: Tensor) -> bool:
-    """Whether the kernel runs a layer with this (G·n, K) folded weight (and these inputs): all float64 on the
-    CPU, a cell of at most :data:`MAX_WEIGHTS` weights, the kernel enabled and built."""
-    return (native.enabled() and weight.numel() <= MAX_WEIGHTS
-            and all(t.device.type == "cpu" and t.dtype == torch.float64 for t in (weight, *tensors))
-            and load() is not None)
+    """Whether the kernel runs a layer with this weight and these inputs (:func:`kernel_for`)."""
+    return kernel_for(weight, *tensors) is not None
 
 
 def load() -> Kernel | None:
