@@ -231,3 +231,21 @@ def test_combine_holds_lbfgs_runs_to_one_tolerance_and_history(tmp_path):
     assert "history 100, tolerance on changes of L and θ 1e-14" in (tmp_path / "out/report.md").read_text()
     combine([tmp_path / "cg", tmp_path / "old"], tmp_path / "out2")
     assert "history 50, tolerance on changes of L and θ 1e-09" in (tmp_path / "out2/report.md").read_text()
+
+
+def test_combine_holds_every_run_to_one_initialisation(tmp_path):
+    """The initialisation is part of the protocol; a folder written before config.json recorded it used PyTorch's
+    uniform start, and the report names the start it used."""
+    cfg = MatrixBatchConfig.preset(False)
+    reproduction_folder(tmp_path / "new", replace(cfg, optimizers=("cg",)), [fake_run("cg", 3.75, 0, 10.0, 0.009)])
+    reproduction_folder(tmp_path / "old", replace(cfg, optimizers=("momentum",), init="uniform"),
+                        [fake_run("momentum", 3.75, 0, None, 0.1)])
+    config = json.loads((tmp_path / "old/config.json").read_text())
+    del config["init"]
+    (tmp_path / "old/config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"init 'uniform' against 'sparse'"):
+        combine([tmp_path / "new", tmp_path / "old"], tmp_path / "out")
+    combine([tmp_path / "old"], tmp_path / "out")
+    assert "initial weights (PyTorch's uniform ±1/√n)" in (tmp_path / "out/report.md").read_text()
+    combine([tmp_path / "new"], tmp_path / "out2")
+    assert "input-gate bias −1" in (tmp_path / "out2/report.md").read_text()

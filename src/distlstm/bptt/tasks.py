@@ -28,6 +28,7 @@ from distlstm.data.text import SHAKESPEARE_TRAGEDIES, CharVocab, held_out_slice,
 from distlstm.data.words import SHAKESPEARE_COMPLETE, load_word_corpus
 from distlstm.models.cells import State
 from distlstm.models.heads import sequence_cross_entropy
+from distlstm.models.init import INITS, sparse_init_
 from distlstm.models.networks import CharLM, SequenceRegressor, WordLM, sequence_nats, stream_nats
 
 LONG_LAG_PROBLEMS = {"adding": adding_problem, "multiplication": multiplication_problem}
@@ -281,10 +282,13 @@ class LongLagTask(ShuffledMinibatches):
     hidden: int = 4
     alpha: float = 3.75
     data_seed: int = 0
+    init: str = "sparse"  # models/init.py: INITS
     metric: str = "test_mae"
     stateful: bool = False
 
     def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"unknown initialisation {self.init!r}; expected one of {INITS}")
         self.train, self.test = longlag_splits(self.problem, self.min_len, self.train_size, self.test_size,
                                                self.data_seed)
 
@@ -292,8 +296,13 @@ class LongLagTask(ShuffledMinibatches):
         return longlag_spec(self.hidden, self.alpha)
 
     def build_model(self, seed: int) -> nn.Module:
+        """The network with ``init``'s weights: the paper's sparse start (from a generator seeded with ``seed``)
+        or each module's own uniform one."""
         torch.manual_seed(seed)
-        return model_from_spec(self.model_spec())
+        model = model_from_spec(self.model_spec())
+        if self.init == "sparse":
+            sparse_init_(model, torch.Generator().manual_seed(seed))
+        return model
 
     def batch(self, step: int, seed: int) -> Batch:
         rows = self.batch_rows(step, seed)

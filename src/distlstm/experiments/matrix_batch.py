@@ -47,8 +47,11 @@ NOTES = """\
   still descending.
 - The paper's 2 blocks × 2 cells share one input and one output gate per block; here each of
   the 4 cells has its own gates (a slightly larger, 109-parameter network). Its output unit
-  is not specified; ours is linear with a bias. It used sparse initialisation; ours is
-  PyTorch's uniform ±1/√n.
+  is not specified; ours is linear with a bias.
+- The paper names "sparse initialisation" without details. Its authors' code (LSTM-MATLAB,
+  `netInit.m`) draws U(−0.1, 0.1) weights, sets ≈ 40 % of them to zero and gives the input
+  gates a bias of −1: that is `init = "sparse"` here (`models/init.py`, one bias per unit).
+  Reproductions before 2026-11-27 used PyTorch's uniform ±1/√n (`init = "uniform"`).
 - The paper used minFunc's L-BFGS and CG (MATLAB); here `torch.optim.LBFGS` (strong Wolfe;
   minFunc's and torch's default tolerance on changes of L and θ is an absolute 10⁻⁹)
   and SciPy's Polak–Ribière+ CG (Wolfe line search, c₂ = 0.1), both on the whole training
@@ -83,6 +86,7 @@ class MatrixBatchConfig:
     lbfgs_max_iter: int = 5  # iterations between two test evaluations
     lbfgs_tolerance: float = FullBatchConfig.tolerance_change  # before config.json recorded it: BEFORE_RECORDED
     lbfgs_history: int = FullBatchConfig.history_size  # (s, y) pairs kept
+    init: str = "sparse"  # initial weights: models/init.py's INITS
     jobs: int = 2  # runs at a time, one thread each
     worker_iterations: int = 10
 
@@ -107,7 +111,7 @@ def run_one(cfg: MatrixBatchConfig, optimizer: str, alpha: float, seed: int, out
     """One training run until the target, the budget or the end; returns its result and test-error curve."""
     torch.set_num_threads(1)
     task = LongLagTask(min_len=cfg.min_len, train_size=cfg.train_size, test_size=cfg.test_size,
-                       batch_size=cfg.sgd_batch, hidden=cfg.hidden, alpha=alpha, data_seed=seed)
+                       batch_size=cfg.sgd_batch, hidden=cfg.hidden, alpha=alpha, data_seed=seed, init=cfg.init)
     if optimizer in FULL_BATCH:
         summary, rows = run_fullbatch(cfg, task, optimizer, seed, out)
     else:
@@ -207,12 +211,12 @@ def runs_from_folders(cfg: MatrixBatchConfig, out: Path) -> list[dict[str, Any]]
 
 #: The settings every run of one table must share (the rest say which runs a reproduction made, and how).
 PROTOCOL = ("min_len", "train_size", "test_size", "hidden", "target", "seconds", "sgd_lr", "sgd_momentum", "sgd_batch",
-            "lbfgs_max_iter")
+            "lbfgs_max_iter", "init")
 #: Settings only runs of one optimizer use: they must agree among the folders that hold such runs.
 OPTIMIZER_PROTOCOL = {"lbfgs": ("lbfgs_tolerance", "lbfgs_history")}
-#: What reproductions ran with before config.json recorded these: torch.optim.LBFGS's tolerance_change and the
-#: history of 50 pairs.
-BEFORE_RECORDED = {"lbfgs_tolerance": 1e-9, "lbfgs_history": 50}
+#: What reproductions ran with before config.json recorded these: torch.optim.LBFGS's tolerance_change, the
+#: history of 50 pairs and PyTorch's uniform initialisation.
+BEFORE_RECORDED = {"lbfgs_tolerance": 1e-9, "lbfgs_history": 50, "init": "uniform"}
 
 
 def protocol_differences(config: Mapping[str, Any], earlier: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -324,13 +328,18 @@ def _fmt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
+INIT_NAMES = {"sparse": "the paper's sparse initialisation as its authors' code draws it: U(−0.1, 0.1), ≈ 40 % "
+                        "zeros, input-gate bias −1", "uniform": "PyTorch's uniform ±1/√n"}
+
+
 def _intro(cfg: MatrixBatchConfig) -> str:
     """The protocol in one paragraph: task, network, success, budget, optimizers."""
     return (f"Multiplication problem (Hochreiter & Schmidhuber), minimal length {cfg.min_len}, "
             f"{cfg.train_size:,} training and {cfg.test_size:,} test sequences; LSTM of {cfg.hidden} cells with "
             "peepholes and no forget gate, linear output, float64; success = mean absolute test error below "
             f"{cfg.target}. Every run has {cfg.seconds:.0f} s of training time on one thread (test evaluations "
-            "not counted); seed s draws the data set and the initial weights. L-BFGS (strong Wolfe, history "
+            f"not counted); seed s draws the data set and the initial weights ({INIT_NAMES[cfg.init]}). L-BFGS "
+            "(strong Wolfe, history "
             f"{cfg.lbfgs_history}, tolerance on changes of L and θ {cfg.lbfgs_tolerance:g}) and CG "
             "(Polak–Ribière+, or Hestenes–Stiefel+ where named; Wolfe line search) use the whole training set in "
             f"every evaluation; momentum SGD uses lr {cfg.sgd_lr}, momentum {cfg.sgd_momentum}, minibatch "

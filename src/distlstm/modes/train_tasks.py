@@ -24,6 +24,7 @@ from distlstm.bptt.table_task import TableTask, forecast_table
 from distlstm.bptt.tasks import LONG_LAG_PROBLEMS, CharStreamTask, LongLagTask, WordStreamTask, model_from_spec
 from distlstm.data.text import SHAKESPEARE_TRAGEDIES
 from distlstm.data.words import SHAKESPEARE_COMPLETE
+from distlstm.models.init import INITS
 from distlstm.modes import LoadedRun
 from distlstm.runs.config import flag
 
@@ -83,6 +84,8 @@ class TaskConfig:
     test_size: int = flag(3_000, "long-lag: test sequences (test MAE is evaluated)", type=positive_int)
     alpha: float = flag(3.75, "long-lag: gate sharpness α in σ(α·a)")
     data_seed: int = flag(0, "long-lag: seed of the generated data set")
+    init: str = flag("sparse", "long-lag: initial weights: sparse (the matrix-batch paper's: U(±0.1), ~40%% zeros, "
+                               "input-gate bias −1) or uniform (PyTorch's ±1/√n)", choices=INITS)
     # csv
     data: str | None = flag(None, "csv: the CSV file (one row per time step, optional header); empty target cells "
                                   "are missing labels", path=True)
@@ -153,7 +156,7 @@ def build_task(cfg: TaskConfig, rank: int = 0, world_size: int = 1) -> Task:
         raise ValueError("the long-lag tasks train in float64 (the matrix-batch paper found float32 unstable)")
     return LongLagTask(rank=rank, world_size=world_size, problem=cfg.task, min_len=cfg.min_len,
                        train_size=cfg.train_size, test_size=cfg.test_size, batch_size=cfg.batch or 100,
-                       hidden=cfg.hidden or 4, alpha=cfg.alpha, data_seed=cfg.data_seed)
+                       hidden=cfg.hidden or 4, alpha=cfg.alpha, data_seed=cfg.data_seed, init=cfg.init)
 
 
 def check_grouped_input(cell: str, options: dict[str, Any], embedding: int, vocab: int) -> None:

@@ -36,7 +36,8 @@ def is_run_folder(folder: Path) -> bool:
 #: (command, section) → settings added after runs were written whose default then changed what a run does,
 #: with the value such a run used: a stored configuration without the key is read with it, so a resumed run
 #: goes on as it was made (and its config.json says so).
-BEFORE_RECORDED: dict[tuple[str, str], dict[str, Any]] = {("train", "optim"): {"lbfgs_tolerance": 1e-9}}
+BEFORE_RECORDED: dict[tuple[str, str], dict[str, Any]] = {("train", "optim"): {"lbfgs_tolerance": 1e-9},
+                                                       ("train", "task"): {"init": "uniform"}}
 
 
 def stored_config(folder: Path) -> dict[str, Any]:
