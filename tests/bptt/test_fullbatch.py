@@ -15,6 +15,7 @@ from distlstm.bptt.fullbatch import (
     FullBatchObjective,
     cg_iteration,
     cg_start,
+    lbfgs_max_eval,
     lbfgs_step,
     make_lbfgs,
 )
@@ -179,3 +180,25 @@ def test_the_lbfgs_tolerance_is_what_a_small_loss_needs():
     assert steps == 1
     _, ours = small_loss_lbfgs(FullBatchConfig().tolerance_change)
     assert ours < torch_default / 30
+
+
+def overshooting_lbfgs(max_eval: int | None) -> list[float]:
+    """L on f(θ) = 50 θ², θ₀ = 0.01, after each of three one-iteration L-BFGS steps: the first trial step
+    (t = min(1, 1/‖g‖₁) = 1, θ = −0.99) raises L, so a step only progresses if its line search may try again."""
+    net = torch.nn.Linear(1, 1, bias=False).double()
+    with torch.no_grad():
+        net.weight.fill_(0.01)
+    obj = FullBatchObjective(net, lambda: 50 * (net.weight**2).sum())
+    if max_eval is None:
+        opt = make_lbfgs(obj.params, FullBatchConfig(max_iter=1))
+    else:
+        opt = torch.optim.LBFGS(obj.params, max_iter=1, max_eval=max_eval, line_search_fn="strong_wolfe")
+    return [lbfgs_step(opt, obj.closure)[1] for _ in range(3)]
+
+
+def test_a_one_iteration_step_has_room_for_its_line_search():
+    """torch's default max_eval (⌊1.25 · max_iter⌋ = 1) leaves a one-iteration step no line search: it returns
+    t = 0 for ever. make_lbfgs allows max_iter + 1 evaluations, and the steps descend."""
+    assert overshooting_lbfgs(max_eval=1) == [0.005] * 3  # torch's default: stuck at L(θ₀)
+    assert overshooting_lbfgs(max_eval=None)[0] < 1e-12  # the search interpolates to the quadratic's minimum
+    assert [lbfgs_max_eval(i) for i in (1, 2, 3, 4, 5, 8, 20)] == [2, 3, 4, 5, 6, 10, 25]

@@ -166,10 +166,25 @@ class FullBatchObjective:
         self._last = (last["theta"], last["loss"], last["grad"]) if last else None
 
 
+def lbfgs_max_eval(max_iter: int) -> int:
+    """Evaluations one L-BFGS step may take: torch's default ⌊1.25 · max_iter⌋, and at least max_iter + 1.
+
+    A step evaluates L once and then searches along each of its directions; the search
+    gets the evaluations left (torch passes ``max_ls = max_eval − evaluations so far``).
+    Below max_iter = 4 torch's default leaves fewer than one evaluation per iteration: with
+    max_iter = 1 none, so a first trial step that raises L is returned as t = 0 and every
+    later step repeats it (a run from the sparse start stalled at its first step that way).
+    From max_iter = 4 on the two agree.
+    """
+    return max(max_iter * 5 // 4, max_iter + 1)
+
+
 def make_lbfgs(params: list[nn.Parameter], cfg: FullBatchConfig) -> torch.optim.LBFGS:
-    """``torch.optim.LBFGS`` with the strong-Wolfe line search; one ``step`` runs ``cfg.max_iter`` iterations."""
-    return torch.optim.LBFGS(params, lr=cfg.lr, max_iter=cfg.max_iter, history_size=cfg.history_size,
-                             tolerance_change=cfg.tolerance_change, line_search_fn="strong_wolfe")
+    """``torch.optim.LBFGS`` with the strong-Wolfe line search; one ``step`` runs ``cfg.max_iter`` iterations
+    within :func:`lbfgs_max_eval` evaluations."""
+    return torch.optim.LBFGS(params, lr=cfg.lr, max_iter=cfg.max_iter, max_eval=lbfgs_max_eval(cfg.max_iter),
+                             history_size=cfg.history_size, tolerance_change=cfg.tolerance_change,
+                             line_search_fn="strong_wolfe")
 
 
 def lbfgs_step(opt: torch.optim.LBFGS, closure: Callable[[], Tensor]) -> tuple[float, float]:
