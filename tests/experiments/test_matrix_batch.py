@@ -43,14 +43,27 @@ def test_aggregate_counts_successes_and_takes_medians_of_successful_runs():
     assert (sgd["successes"], sgd["median_seconds_to_success"]) == (0, None)
 
 
-@pytest.mark.parametrize(("sgd_seconds", "verdict"), [(300.0, "agrees"), (5.0, "disagrees")])
+@pytest.mark.parametrize(("sgd_seconds", "verdict"), [(300.0, "agrees"), (5.0, "disagrees"),
+                                                     (25.0, "agrees for some: CG (Polak–Ribière+) not")])
 def test_equal_success_counts_are_decided_by_the_time_to_success(sgd_seconds, verdict):
-    """L-BFGS and momentum SGD with as many successes: the finding names both medians and follows them."""
-    cfg = MatrixBatchConfig(optimizers=("lbfgs", "momentum"), alphas=(3.75,))
-    runs = [fake_run("lbfgs", 3.75, 0, 20.0, 0.009), fake_run("momentum", 3.75, 0, sgd_seconds, 0.009)]
+    """Batch optimizers and momentum SGD with as many successes: the finding names every median and follows them,
+    optimizer by optimizer."""
+    cfg = MatrixBatchConfig(optimizers=("lbfgs", "cg", "momentum"), alphas=(3.75,))
+    runs = [fake_run("lbfgs", 3.75, 0, 20.0, 0.009), fake_run("cg", 3.75, 0, 30.0, 0.009),
+            fake_run("momentum", 3.75, 0, sgd_seconds, 0.009)]
     by = {(r["optimizer"], r["alpha"]): r for r in aggregate(runs, cfg)}
     line = next(f for f in optimizer_findings(cfg, by) if "faster than momentum" in f)
-    assert f"median 20 s to success against {sgd_seconds:.0f} s — {verdict}." in line
+    assert line.endswith(f"momentum SGD 1/1 in {sgd_seconds:.0f} s against L-BFGS 1/1 in 20 s, CG (Polak–Ribière+) "
+                         f"1/1 in 30 s — {verdict}.")
+
+
+def test_more_successes_learn_faster_whatever_the_time():
+    cfg = MatrixBatchConfig(optimizers=("lbfgs", "momentum"), alphas=(3.75,))
+    runs = [fake_run("lbfgs", 3.75, 0, 200.0, 0.009), fake_run("lbfgs", 3.75, 1, 300.0, 0.009),
+            fake_run("momentum", 3.75, 0, 5.0, 0.009), fake_run("momentum", 3.75, 1, None, 0.17)]
+    by = {(r["optimizer"], r["alpha"]): r for r in aggregate(runs, cfg)}
+    line = next(f for f in optimizer_findings(cfg, by) if "faster than momentum" in f)
+    assert line.endswith("momentum SGD 1/2 in 5 s against L-BFGS 2/2 in 250 s — agrees.")
 
 
 def test_the_run_order_puts_the_long_runs_first():
