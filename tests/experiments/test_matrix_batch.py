@@ -262,3 +262,8 @@ def test_combine_holds_every_run_to_one_initialisation(tmp_path):
     assert "initial weights (PyTorch's uniform ±1/√n)" in (tmp_path / "out/report.md").read_text()
     combine([tmp_path / "new"], tmp_path / "out2")
     assert "input-gate bias −1" in (tmp_path / "out2/report.md").read_text()
+
+
+def test_an_unknown_initialisation_is_refused_before_any_run():
+    with pytest.raises(ValueError, match=r"unknown initialisation 'xavier'; expected one of \('sparse', 'uniform'\)"):
+        MatrixBatchConfig(init="xavier")

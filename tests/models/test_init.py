@@ -94,3 +94,28 @@ def test_the_init_flag_is_recorded_and_an_old_run_reads_uniform(tmp_path, capsys
     (folder / "config.json").write_text(json.dumps(config))
     assert main(["train", "--resume", str(folder), "--steps", "2", "--no-progress"]) == 0
     assert json.loads((folder / "config.json").read_text())["task"]["init"] == "uniform"
+
+
+def test_every_cell_of_a_stack_shifts_its_input_gate_once():
+    """Stacked and bidirectional layers: each cell's input-gate bias is shifted once (−1 + U(−0.1, 0.1)), however the
+    stack holds its cells."""
+    from distlstm.models.sequence import LSTM
+
+    stack = LSTM(3, 16, num_layers=2, bidirectional=True, cell="peephole").double()
+    sparse_init_(stack, torch.Generator().manual_seed(0))
+    assert len(stack.cells) == 4
+    for cell in stack.cells:
+        assert ((cell.bias_ih[:16] + 1).abs() <= SPARSE_SCALE).all() and (cell.bias_ih[16:].abs() <= SPARSE_SCALE).all()
+
+
+def test_a_grouped_cell_shifts_only_its_input_gates():
+    """G-LSTM keeps a (k, 4n/k) bias, one row per group: every group's input-gate block moves, its other gates
+    do not."""
+    from distlstm.models.sequence import LSTM
+
+    stack = LSTM(4, 8, cell="glstm", groups=2).double()
+    sparse_init_(stack, torch.Generator().manual_seed(0))
+    bias = stack.cells[0].bias_ih
+    blocks = bias.view(2, 4, -1)  # group, gate (i, f, g, o), unit
+    assert bias.shape == (2, 16) and stack.cells[0].gate_names.index("i") == 0
+    assert ((blocks[:, 0] + 1).abs() <= SPARSE_SCALE).all() and (blocks[:, 1:].abs() <= SPARSE_SCALE).all()

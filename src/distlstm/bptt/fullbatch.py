@@ -174,7 +174,8 @@ def lbfgs_max_eval(max_iter: int) -> int:
     Below max_iter = 4 torch's default leaves fewer than one evaluation per iteration: with
     max_iter = 1 none, so a first trial step that raises L is returned as t = 0 and every
     later step repeats it (a run from the sparse start stalled at its first step that way).
-    From max_iter = 4 on the two agree.
+    From max_iter = 4 on the two agree. A run resumed from a checkpoint written before this
+    keeps the budget it was made with (torch restores ``param_groups``, ``max_eval`` included).
     """
     return max(max_iter * 5 // 4, max_iter + 1)
 

@@ -297,7 +297,11 @@ class LongLagTask(ShuffledMinibatches):
 
     def build_model(self, seed: int) -> nn.Module:
         """The network with ``init``'s weights: the paper's sparse start (from a generator seeded with ``seed``)
-        or each module's own uniform one."""
+        or each module's own uniform one.
+
+        Where ``data_seed == seed`` (the reproduction's runs) the sparse start and the data sets are drawn from
+        the same stream of numbers, in other shapes and order; left so, since the checked-in runs were made so.
+        """
         torch.manual_seed(seed)
         model = model_from_spec(self.model_spec())
         if self.init == "sparse":

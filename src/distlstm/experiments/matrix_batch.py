@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from distlstm.bptt.tasks import LongLagTask, longlag_splits
 from distlstm.experiments.matrix_batch_timing import WorkersRow, bench_lbfgs_workers, bench_vectorization
+from distlstm.models.init import INITS
 from distlstm.modes.ddp import DDPMode, OptimConfig
 from distlstm.modes.fullbatch import FullBatchConfig, FullBatchMode
 from distlstm.runs import atomic_write_text, plot_curves, write_json
@@ -50,8 +51,9 @@ NOTES = """\
   is not specified; ours is linear with a bias.
 - The paper names "sparse initialisation" without details. Its authors' code (LSTM-MATLAB,
   `netInit.m`) draws U(−0.1, 0.1) weights, sets ≈ 40 % of them to zero and gives the input
-  gates a bias of −1: that is `init = "sparse"` here (`models/init.py`, one bias per unit).
-  Reproductions before 2026-11-27 used PyTorch's uniform ±1/√n (`init = "uniform"`).
+  gates a bias of −1: that is `init = "sparse"` (`models/init.py`, one bias per unit), the
+  default since 2026-11-27; `init = "uniform"` is PyTorch's ±1/√n, which earlier
+  reproductions used. The first paragraph says which this one used.
 - The paper used minFunc's L-BFGS and CG (MATLAB); here `torch.optim.LBFGS` (strong Wolfe;
   minFunc's and torch's default tolerance on changes of L and θ is an absolute 10⁻⁹)
   and SciPy's Polak–Ribière+ CG (Wolfe line search, c₂ = 0.1), both on the whole training
@@ -89,6 +91,10 @@ class MatrixBatchConfig:
     init: str = "sparse"  # initial weights: models/init.py's INITS
     jobs: int = 2  # runs at a time, one thread each
     worker_iterations: int = 10
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"unknown initialisation {self.init!r}; expected one of {INITS}")
 
     @classmethod
     def preset(cls, quick: bool, seed: int = 0, seeds: int | None = None) -> MatrixBatchConfig:
@@ -300,7 +306,7 @@ def write_report(cfg: MatrixBatchConfig, runs: list[dict[str, Any]], out: Path) 
     torch.set_num_threads(1)  # the paper timed the comparison on one core
     vector = [bench_vectorization(batch=100, steps=steps, repeats=2 if cfg.quick else 5) for steps in (10, cfg.min_len)]
     torch.set_num_threads(previous)
-    workers = bench_lbfgs_workers(cfg.worker_iterations, cfg.train_size, cfg.min_len)
+    workers = bench_lbfgs_workers(cfg.worker_iterations, cfg.train_size, cfg.min_len, init=cfg.init)
     mean_mae = mean_prediction_mae(cfg)
     details = {"mean_prediction_test_mae": mean_mae,
                "runs": [{k: v for k, v in r.items() if k != "curve"} for r in runs],
@@ -328,6 +334,7 @@ def _fmt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
+#: How the report's first paragraph names each of models/init.py's INITS.
 INIT_NAMES = {"sparse": "the paper's sparse initialisation as its authors' code draws it: U(−0.1, 0.1), ≈ 40 % "
                         "zeros, input-gate bias −1", "uniform": "PyTorch's uniform ±1/√n"}
 
@@ -448,6 +455,7 @@ def _learns_faster(r: Mapping[str, Any], than: Mapping[str, Any]) -> bool:
 
 
 def _successes(r: Mapping[str, Any]) -> str:
+    """"s/n in t s" (the median time to success), or the median final test MAE where no run succeeded."""
     median = r["median_seconds_to_success"]
     return f"{r['successes']}/{r['runs']}" + (f" in {median:.0f} s" if median is not None else
                                               f" (median final test MAE {r['final_test_mae']:.4f})")

@@ -62,10 +62,14 @@ def bench_vectorization(batch: int = 100, steps: int = 10, hidden: int = 4, repe
 
 
 def bench_lbfgs_workers(iterations: int = 10, train_size: int = 10_000, min_len: int = 100,
-                        progress: Callable[[str], None] | None = None) -> list[WorkersRow]:
-    """Seconds per full-batch L-BFGS iteration (multiplication problem, float64) by worker setting."""
+                        progress: Callable[[str], None] | None = None, init: str = "sparse") -> list[WorkersRow]:
+    """Seconds per full-batch L-BFGS iteration (multiplication problem, float64, from ``init``) by worker setting.
+
+    One iteration per step; a step may take two evaluations (``lbfgs_max_eval``; before 2026-11-27 one,
+    without a line search), so the seconds compare with tables made since then.
+    """
     args = ["train", "--task", "multiplication", "--optimizer", "lbfgs", "--max-iter", "1", "--steps",
             str(iterations), "--train-size", str(train_size), "--min-len", str(min_len), "--test-size", "100",
-            "--no-progress"]
+            "--init", init, "--no-progress"]
     return [WorkersRow(name, s["seconds"], s["seconds"] / max(s["steps"], 1))
             for name, s in by_worker_setting("L-BFGS workers", lambda _workers: args, progress)]

@@ -53,14 +53,13 @@ def sparse_init_(model: nn.Module, generator: torch.Generator, scale: float = SP
             if bias_ih is not None and bias_hh is not None:
                 bias_hh.zero_()
             bias = bias_ih if bias_ih is not None else bias_hh
-            if bias is not None:
-                n = cell.hidden_size
-                start = gates.index("i") * n
-                bias[start : start + n] += input_gate_bias
+            if bias is not None:  # the last axis holds the gate blocks (G-LSTM's bias is (k, 4n/k))
+                bias.view(*bias.shape[:-1], len(gates), -1)[..., gates.index("i"), :] += input_gate_bias
     return model
 
 
 def _cells(model: nn.Module) -> list[nn.Module]:
     """Every module of ``model`` and the cells its recurrent stacks hold (``LSTM.cells``, a tuple: the stack owns
-    their parameters under nn.LSTM's names, so ``modules()`` does not reach them)."""
-    return [c for m in model.modules() for c in (m, *getattr(m, "cells", ()))]
+    their parameters under nn.LSTM's names, so ``modules()`` does not reach them), each once."""
+    found = {id(c): c for m in model.modules() for c in (m, *getattr(m, "cells", ()))}
+    return list(found.values())
