@@ -28,7 +28,7 @@ from distlstm.data.text import SHAKESPEARE_TRAGEDIES, CharVocab, held_out_slice,
 from distlstm.data.words import SHAKESPEARE_COMPLETE, load_word_corpus
 from distlstm.models.cells import State
 from distlstm.models.heads import sequence_cross_entropy
-from distlstm.models.init import INITS, sparse_init_
+from distlstm.models.init import check_init, sparse_init_
 from distlstm.models.networks import CharLM, SequenceRegressor, WordLM, sequence_nats, stream_nats
 
 LONG_LAG_PROBLEMS = {"adding": adding_problem, "multiplication": multiplication_problem}
@@ -287,8 +287,7 @@ class LongLagTask(ShuffledMinibatches):
     stateful: bool = False
 
     def __post_init__(self) -> None:
-        if self.init not in INITS:
-            raise ValueError(f"unknown initialisation {self.init!r}; expected one of {INITS}")
+        check_init(self.init)
         self.train, self.test = longlag_splits(self.problem, self.min_len, self.train_size, self.test_size,
                                                self.data_seed)
 

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from distlstm.bptt.tasks import LongLagTask, longlag_splits
 from distlstm.experiments.matrix_batch_timing import WorkersRow, bench_lbfgs_workers, bench_vectorization
-from distlstm.models.init import INITS
+from distlstm.models.init import check_init
 from distlstm.modes.ddp import DDPMode, OptimConfig
 from distlstm.modes.fullbatch import FullBatchConfig, FullBatchMode
 from distlstm.runs import atomic_write_text, plot_curves, write_json
@@ -93,8 +93,7 @@ class MatrixBatchConfig:
     worker_iterations: int = 10
 
     def __post_init__(self) -> None:
-        if self.init not in INITS:
-            raise ValueError(f"unknown initialisation {self.init!r}; expected one of {INITS}")
+        check_init(self.init)
 
     @classmethod
     def preset(cls, quick: bool, seed: int = 0, seeds: int | None = None) -> MatrixBatchConfig:

@@ -12,6 +12,13 @@ from torch import nn
 
 INITS = ("sparse", "uniform")  # the long-lag tasks' choices; "uniform" is every module's own reset_parameters
 
+
+def check_init(name: str) -> None:
+    """Raise a clear error unless ``name`` is one of :data:`INITS`."""
+    if name not in INITS:
+        raise ValueError(f"unknown initialisation {name!r}; expected one of {INITS}")
+
+
 SPARSE_SCALE = 0.1  # every weight and bias U(−0.1, 0.1)
 SPARSE_ZERO_FRACTION = 0.4  # of them set to 0
 SPARSE_INPUT_GATE_BIAS = -1.0  # added to the input gates' biases
